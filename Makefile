@@ -1,0 +1,32 @@
+# Two commands work on a fresh machine: `make speedrun` and `make test`. Both bootstrap .venv with the pinned
+# dependencies of constraints.txt (pip, not uv/poetry: pip takes the local CPU build of torch==2.13.0).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-slow lint speedrun bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check nanoseek tests benchmarks
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check nanoseek tests benchmarks
+	$(BIN)/ruff format --check nanoseek tests benchmarks
+
+speedrun: $(STAMP)
+	$(BIN)/nanoseek speedrun --out runs/speedrun
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

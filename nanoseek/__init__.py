@@ -1,0 +1,8 @@
+"""nanoseek: the DeepSeek-V3 / R1 stack (model, training, RL, distillation, serving) as one readable project."""
+
+from nanoseek.checkpoint import from_pretrained
+from nanoseek.config import ModelConfig, preset
+from nanoseek.model import DeepseekV3ForCausalLM, build_model
+
+__version__ = "0.1.0"
+__all__ = ["DeepseekV3ForCausalLM", "ModelConfig", "build_model", "from_pretrained", "preset"]

@@ -1,0 +1,306 @@
+"""Hugging Face checkpoint directories in and out: config.json + safetensors (sharded with an index when large).
+
+Tensors are read one at a time from memory-mapped safetensors and placed straight into the model built on the
+meta device, so loading never holds two copies of the weights. Every key is accounted for: a missing, unexpected
+or mis-shaped tensor, an unknown model_type, or a truncated file is an error that names the key and the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from nanoseek.config import ModelConfig
+from nanoseek.model.moe import Router
+from nanoseek.model.rope import RotaryEmbedding
+from nanoseek.model.transformer import DeepseekV3ForCausalLM
+
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+DEFAULT_SHARD_BYTES = 5 * 1024**3
+
+_EXPERTS = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(w_gate_up|w_down)$")
+_HF_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+_FLOAT32_KEYS = re.compile(r"\.mlp\.gate\.(weight|e_score_correction_bias)$")  # routing stays float32
+# Keys that hold nothing we need: stale rotary buffers, and the copies of the shared embedding and output head
+# that DeepSeek stores inside each MTP layer.
+_IGNORABLE = re.compile(r"(rotary_emb\.inv_freq$)|(^model\.layers\.\d+\.(embed_tokens|shared_head\.head)\.weight$)")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded as it is; the message says which file or key and why."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# internal <-> Hugging Face keys
+
+
+def _hf_tensors(model: DeepseekV3ForCausalLM) -> Iterator[tuple[str, Callable[[], torch.Tensor], int]]:
+    """(hub key, producer, byte size) for every tensor of the checkpoint, producing tensors only on demand."""
+    config = model.config
+    state = model.state_dict()
+    for key, tensor in state.items():
+        if config.tie_word_embeddings and key == "lm_head.weight":
+            continue
+        match = _EXPERTS.match(key)
+        if match is None:
+            yield key, (lambda t=tensor: t), tensor.numel() * tensor.element_size()
+            continue
+        prefix, kind = match.groups()
+        n_experts, size = tensor.shape[0], tensor[0].numel() * tensor.element_size()
+        for e in range(n_experts):
+            if kind == "w_down":
+                yield f"{prefix}.{e}.down_proj.weight", (lambda t=tensor, e=e: t[e].t()), size
+            else:
+                half = tensor.shape[-1] // 2
+                yield f"{prefix}.{e}.gate_proj.weight", (lambda t=tensor, e=e, h=half: t[e, :, :h].t()), size // 2
+                yield f"{prefix}.{e}.up_proj.weight", (lambda t=tensor, e=e, h=half: t[e, :, h:].t()), size // 2
+    # DeepSeek's layout repeats the shared embedding and head inside each MTP layer; vLLM/SGLang read them there.
+    embed, head = state["model.embed_tokens.weight"], state.get("lm_head.weight", state["model.embed_tokens.weight"])
+    for k in range(config.num_nextn_predict_layers):
+        layer = f"model.layers.{config.num_hidden_layers + k}"
+        yield f"{layer}.embed_tokens.weight", (lambda: embed.clone()), embed.numel() * embed.element_size()
+        yield f"{layer}.shared_head.head.weight", (lambda: head.clone()), head.numel() * head.element_size()
+
+
+def save_pretrained(
+    model: DeepseekV3ForCausalLM,
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int | None = None,
+) -> None:
+    """Write config.json, generation_config.json and safetensors weights (sharded above max_shard_bytes)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    max_shard_bytes = max_shard_bytes or DEFAULT_SHARD_BYTES
+    scale = 1.0
+    if dtype is not None:
+        scale = torch.empty(0, dtype=dtype).element_size() / next(model.parameters()).element_size()
+    shards: list[list[tuple[str, Callable[[], torch.Tensor]]]] = [[]]
+    shard_bytes = total = 0
+    for key, produce, size in _hf_tensors(model):
+        size = int(size * scale)
+        if shards[-1] and shard_bytes + size > max_shard_bytes:
+            shards.append([])
+            shard_bytes = 0
+        shards[-1].append((key, produce))
+        shard_bytes += size
+        total += size
+    names = (
+        [WEIGHTS_NAME]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    weight_map = {}
+    for name, shard in zip(names, shards):
+        tensors = {}
+        for key, produce in shard:
+            t = produce().detach()
+            if dtype is not None and t.is_floating_point() and not _FLOAT32_KEYS.search(key):
+                t = t.to(dtype)
+            tensors[key] = t.contiguous().cpu()
+            weight_map[key] = name
+        _atomic_write(path / name, lambda tmp, tensors=tensors: save_file(tensors, tmp, metadata={"format": "pt"}))
+        del tensors
+    stale = [INDEX_NAME] if len(shards) == 1 else [WEIGHTS_NAME]
+    stale += [p.name for p in path.glob("model-*-of-*.safetensors") if p.name not in names]
+    for name in stale:
+        (path / name).unlink(missing_ok=True)
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        _atomic_write(path / INDEX_NAME, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2) + "\n"))
+    config = model.config.to_dict()
+    config["torch_dtype"] = str(dtype or next(model.parameters()).dtype).removeprefix("torch.")
+    _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    generation = {k: getattr(model.config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    _atomic_write(
+        path / "generation_config.json", lambda tmp: Path(tmp).write_text(json.dumps(generation, indent=2) + "\n")
+    )
+
+
+def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
+    """Write through a temporary file and rename, so a crash never leaves a half-written file under `target`."""
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A local checkpoint directory, or a Hugging Face hub id fetched (config, tokenizer, safetensors) to the cache."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if path.exists() or name.count("/") != 1 or name.startswith((".", "/")):
+        raise FileNotFoundError(f"{name}: not a checkpoint directory (and not a hub id like 'org/model')")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        raise FileNotFoundError(f"{name} is not a local directory and huggingface_hub is not installed") from None
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+    try:
+        return Path(snapshot_download(name, allow_patterns=patterns))
+    except Exception as e:  # offline, unknown repo, gated repo...
+        raise FileNotFoundError(
+            f"could not fetch {name!r} from the Hugging Face hub ({type(e).__name__}: {e}). Without network, "
+            f"download it elsewhere (`huggingface-cli download {name}`) and pass the local directory."
+        ) from None
+
+
+def _weight_files(path: Path) -> dict[str, str]:
+    """hub key -> shard file name, from the index or the single weights file."""
+    index = path / INDEX_NAME
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index} is not a valid safetensors index ({e})") from None
+        for name in sorted(set(weight_map.values())):
+            if not (path / name).exists():
+                raise CheckpointError(f"{index} lists shard {name}, which is missing from {path}")
+        return weight_map
+    single = path / WEIGHTS_NAME
+    if single.exists():
+        with _open_safetensors(single) as f:
+            return dict.fromkeys(f.keys(), WEIGHTS_NAME)
+    found = sorted(p.name for p in path.iterdir())
+    hint = (
+        " (.bin/.pt weights are not read: convert them to safetensors)"
+        if any(n.endswith((".bin", ".pt", ".pth")) for n in found)
+        else ""
+    )
+    raise CheckpointError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {path}; found: {', '.join(found) or 'nothing'}{hint}")
+
+
+def _open_safetensors(file: Path):
+    try:
+        return safe_open(str(file), framework="pt")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+def from_pretrained(
+    name_or_path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> DeepseekV3ForCausalLM:
+    """Load a checkpoint directory (or hub id). dtype None keeps the stored dtype; routing stays float32."""
+    path = resolve_model_path(name_or_path)
+    config = ModelConfig.from_json(path / "config.json")
+    weight_map = _weight_files(path)
+    config = _drop_absent_mtp(config, weight_map)
+    device = torch.device(device or "cpu")
+    with torch.device("meta"):
+        model = DeepseekV3ForCausalLM(config)
+    expected = model.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    with ExitStack() as stack:
+        handles = {
+            name: stack.enter_context(_open_safetensors(path / name)) for name in sorted(set(weight_map.values()))
+        }
+
+        def read(key: str, shape: torch.Size) -> torch.Tensor:
+            if key not in weight_map:
+                raise CheckpointError(f"{path}: missing tensor {key!r} (expected shape {tuple(shape)})")
+            try:
+                t = handles[weight_map[key]].get_tensor(key)
+            except (SafetensorError, OSError, ValueError) as e:
+                raise CheckpointError(
+                    f"{path / weight_map[key]}: cannot read {key!r} (truncated or corrupt?): {e}"
+                ) from None
+            if t.shape != shape:
+                raise CheckpointError(
+                    f"{path / weight_map[key]}: {key!r} has shape {tuple(t.shape)}, the config implies {tuple(shape)}"
+                )
+            used.add(key)
+            return t
+
+        for key, meta in expected.items():
+            if config.tie_word_embeddings and key == "lm_head.weight":
+                continue
+            match = _EXPERTS.match(key)
+            if match is None:
+                t = read(key, meta.shape)
+                loaded[key] = t.to(device=device, dtype=_target_dtype(key, key, dtype, handles[weight_map[key]]))
+                continue
+            prefix, kind = match.groups()
+            probe = f"{prefix}.0.down_proj.weight"
+            if probe not in weight_map:
+                raise CheckpointError(f"{path}: missing tensor {probe!r}")
+            target_dtype = _target_dtype(key, probe, dtype, handles[weight_map[probe]])
+            stacked = torch.empty(meta.shape, dtype=target_dtype, device=device)
+            half = meta.shape[-1] // 2
+            for e in range(meta.shape[0]):
+                if kind == "w_down":
+                    stacked[e] = read(f"{prefix}.{e}.down_proj.weight", meta.shape[1:][::-1]).t()
+                else:
+                    stacked[e, :, :half] = read(f"{prefix}.{e}.gate_proj.weight", torch.Size([half, meta.shape[1]])).t()
+                    stacked[e, :, half:] = read(f"{prefix}.{e}.up_proj.weight", torch.Size([half, meta.shape[1]])).t()
+            loaded[key] = stacked
+    unexpected = sorted(
+        k
+        for k in weight_map
+        if k not in used and not _IGNORABLE.search(k) and not (config.tie_word_embeddings and k == "lm_head.weight")
+    )
+    if unexpected:
+        raise CheckpointError(
+            f"{path}: {len(unexpected)} tensor(s) the config has no place for, e.g. {unexpected[:3]} in "
+            f"{weight_map[unexpected[0]]}; does config.json match the weights?"
+        )
+    if config.tie_word_embeddings:
+        loaded["lm_head.weight"] = loaded["model.embed_tokens.weight"]
+    model.load_state_dict(loaded, assign=True, strict=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    _init_buffers(model, device)
+    return model.eval()
+
+
+_STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def _target_dtype(key: str, probe: str, dtype: torch.dtype | None, handle) -> torch.dtype:
+    """float32 for routing; else the requested dtype; else the dtype `probe` is stored in."""
+    if _FLOAT32_KEYS.search(key):
+        return torch.float32
+    if dtype is not None:
+        return dtype
+    stored = handle.get_slice(probe).get_dtype()
+    if stored not in _STORED_DTYPES:
+        raise CheckpointError(f"tensor {probe!r} is stored as {stored}; pass dtype= to load it (e.g. torch.bfloat16)")
+    return _STORED_DTYPES[stored]
+
+
+def _drop_absent_mtp(config: ModelConfig, weight_map: dict[str, str]) -> ModelConfig:
+    """transformers' DeepseekV3ForCausalLM saves no MTP weights yet keeps num_nextn_predict_layers in its config:
+    such a checkpoint loads without MTP. Partly present MTP weights are an error (found later as missing keys)."""
+    n = config.num_nextn_predict_layers
+    if n == 0:
+        return config
+    first_mtp = f"model.layers.{config.num_hidden_layers}."
+    has_mtp = any(k.startswith(first_mtp) and not _IGNORABLE.search(k) for k in weight_map)
+    return config if has_mtp else config.replace(num_nextn_predict_layers=0)
+
+
+def _init_buffers(model: DeepseekV3ForCausalLM, device: torch.device) -> None:
+    """Non-persistent buffers are not in checkpoints: rebuild them on the real device."""
+    model.model.rotary = RotaryEmbedding(model.config).to(device)
+    for module in model.modules():
+        if isinstance(module, Router):
+            module.load = torch.zeros(module.num_experts, device=device)

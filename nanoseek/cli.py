@@ -1,0 +1,118 @@
+"""The `nanoseek` command. Each subcommand lives next to the code it drives and registers itself here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None]]
+
+
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model", help="a preset name (nano, tiny, bench-18m, bench-300m, deepseek-v3) or a checkpoint directory"
+    )
+    p.add_argument("--seq-len", type=int, default=2048, help="context length for the FLOPs estimate")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nanoseek.config import PRESETS, ModelConfig, preset
+    from nanoseek.model.sizes import flops_per_token, latent_cache_bytes_per_token, parameter_counts
+
+    if args.model in PRESETS:
+        config = preset(args.model)
+    elif Path(args.model).is_dir():
+        config = ModelConfig.from_json(Path(args.model) / "config.json")
+    else:
+        raise ValueError(f"{args.model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+    info = {
+        "parameters": parameter_counts(config).as_dict(),
+        "train_flops_per_token": flops_per_token(config, args.seq_len, training=True),
+        "cache_bytes_per_token_bf16": latent_cache_bytes_per_token(config, 2),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    p = info["parameters"]
+    cache = info["cache_bytes_per_token_bf16"]
+    print(
+        f"parameters: {p['total'] / 1e6:,.1f}M total, {p['active'] / 1e6:,.1f}M active per token, "
+        f"MTP +{p['mtp'] / 1e6:,.1f}M"
+    )
+    print(f"training FLOPs per token at {args.seq_len} context: {info['train_flops_per_token'] / 1e9:,.3f} GFLOP")
+    mla, mha = cache["mla_all_layers"], cache["mha_all_layers"]
+    print(f"latent cache per token (bf16): {mla:,} bytes (multi-head attention would need {mha:,}: {mha / mla:.1f}x)")
+    return 0
+
+
+def _init_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("preset", help="preset name (see `nanoseek info`)")
+    p.add_argument("out", help="checkpoint directory to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override config fields, e.g. --set num_hidden_layers=4 vocab_size=4096",
+    )
+
+
+def _init(args: argparse.Namespace) -> int:
+    from nanoseek.config import preset
+    from nanoseek.model import build_model
+
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+        field, value = item.split("=", 1)
+        overrides[field] = json.loads(value) if value not in ("", "None") else None
+    model = build_model(preset(args.preset, **overrides), seed=args.seed)
+    model.save_pretrained(args.out)
+    print(f"wrote a randomly initialised {args.preset} checkpoint to {args.out}")
+    return 0
+
+
+def commands() -> list[Command]:
+    return [
+        ("info", "parameter counts, FLOPs and cache size of a preset or checkpoint", _info_args, _info),
+        ("init", "write a randomly initialised checkpoint from a preset", _init_args, _init),
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nanoseek", description="DeepSeek-style models: train, reason, distill, serve."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text, add_args, run in commands():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as e:  # bad input: say what is wrong, no traceback
+        print(f"nanoseek {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

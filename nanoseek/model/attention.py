@@ -1,0 +1,166 @@
+"""Multi-head Latent Attention (DeepSeek-V2/V3).
+
+Keys and values come from one low-rank latent per token (kv_lora_rank wide) plus a single rotary key shared by
+all heads (qk_rope_head_dim wide). Two mathematically equal ways to attend:
+
+- expanded: kv_b_proj turns each cached latent into per-head keys and values, then ordinary attention.
+  Cheapest for training and long prefills (attention runs at head width).
+- absorbed: kv_b_proj's key half is folded into the query and its value half into the output, so attention runs
+  directly over the latents (multi-query attention in latent space). Decoding reads only the latent cache.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nanoseek.config import ModelConfig
+from nanoseek.model.rope import apply_rope, softmax_scale
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # float32 statistics, as transformers does, so low-precision runs stay stable and fp32 runs match exactly
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class LatentCache(Protocol):
+    """What the inference engine hands to attention: it stores new latents and attends over a sequence's past."""
+
+    def attend(self, layer_idx: int, query: torch.Tensor, entry: torch.Tensor, scale: float) -> torch.Tensor:
+        """query [T, H, Dk] for T new tokens, entry [T, Dk] to store (Dk = kv_lora_rank + qk_rope_head_dim).
+
+        Returns [T, H, kv_lora_rank]: softmax(query . keys) @ values, keys being stored entries, values their
+        first kv_lora_rank dims, each token seeing its own sequence's entries up to its position.
+        """
+        ...
+
+
+class MultiHeadLatentAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.nope_dim, self.rope_dim, self.v_dim = config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim
+        self.kv_lora_rank = config.kv_lora_rank
+        self.interleave = config.rope_interleave
+        self.scale = softmax_scale(config)
+        hidden, heads, qk_dim, bias = (
+            config.hidden_size,
+            config.num_attention_heads,
+            config.qk_head_dim,
+            config.attention_bias,
+        )
+        self.low_rank_query = config.q_lora_rank is not None
+        if not self.low_rank_query:
+            self.q_proj = nn.Linear(hidden, heads * qk_dim, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(hidden, config.q_lora_rank, bias=bias)
+            self.q_a_layernorm = RMSNorm(config.q_lora_rank)
+            self.q_b_proj = nn.Linear(config.q_lora_rank, heads * qk_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(hidden, config.kv_lora_rank + config.qk_rope_head_dim, bias=bias)
+        self.kv_a_layernorm = RMSNorm(config.kv_lora_rank)
+        self.kv_b_proj = nn.Linear(
+            config.kv_lora_rank, heads * (config.qk_nope_head_dim + config.v_head_dim), bias=False
+        )
+        self.o_proj = nn.Linear(heads * config.v_head_dim, hidden, bias=bias)
+
+    # ---- projections shared by both paths ----
+    def project_query(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [..., hidden] -> q_nope [..., H, nope], q_rope [..., H, rope] (rotated)."""
+        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.low_rank_query else self.q_proj(x)
+        q = q.view(*x.shape[:-1], self.num_heads, self.nope_dim + self.rope_dim)
+        q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
+        cos, sin = rope
+        return q_nope, apply_rope(q_rope, cos.unsqueeze(-2), sin.unsqueeze(-2), self.interleave)
+
+    def project_latent(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x [..., hidden] -> the cache entry [..., kv_lora_rank + rope]: normalised latent | rotated shared key."""
+        latent, k_rope = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
+        return torch.cat([self.kv_a_layernorm(latent), apply_rope(k_rope, *rope, self.interleave)], dim=-1)
+
+    def absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv_b_proj split per head: W_UK [H, nope, r] (folded into queries), W_UV [H, v, r] (into outputs)."""
+        w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.kv_lora_rank)
+        return w[:, : self.nope_dim], w[:, self.nope_dim :]
+
+    # ---- the two attention paths ----
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: LatentCache | None = None,
+        absorb: bool = False,
+    ) -> torch.Tensor:
+        """x [B, S, hidden] with rope for its positions. Without a cache: causal attention within each row."""
+        q_nope, q_rope = self.project_query(x, rope)
+        entry = self.project_latent(x, rope)
+        if cache is not None:
+            out = self.attend_cached(q_nope, q_rope, entry, cache)
+        elif absorb:
+            out = self.attend_absorbed(q_nope, q_rope, entry)
+        else:
+            out = self.attend_expanded(q_nope, q_rope, entry)
+        return self.o_proj(out.flatten(-2))
+
+    def attend_expanded(self, q_nope: torch.Tensor, q_rope: torch.Tensor, entry: torch.Tensor) -> torch.Tensor:
+        """Causal attention at head width: expand every latent to per-head keys/values. -> [B, S, H, v]."""
+        batch, seq = entry.shape[:2]
+        latent, k_rope = entry.split([self.kv_lora_rank, self.rope_dim], dim=-1)
+        kv = self.kv_b_proj(latent).view(batch, seq, self.num_heads, self.nope_dim + self.v_dim)
+        k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
+        q = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)
+        k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(-1, -1, self.num_heads, -1)], dim=-1).transpose(1, 2)
+        v = v.transpose(1, 2)
+        qk_dim = self.nope_dim + self.rope_dim
+        if self.v_dim < qk_dim:  # CPU's fused SDPA kernels need equal q/k/v widths; zero-padding v is exact
+            v = F.pad(v, (0, qk_dim - self.v_dim))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        return out[..., : self.v_dim].transpose(1, 2)
+
+    def absorbed_query(self, q_nope: torch.Tensor, q_rope: torch.Tensor) -> torch.Tensor:
+        """[..., H, nope] and [..., H, rope] -> the latent-space query [..., H, r + rope]."""
+        w_uk, _ = self.absorbed_weights()
+        q_latent = torch.einsum("...hd,hdr->...hr", q_nope, w_uk)
+        return torch.cat([q_latent, q_rope], dim=-1)
+
+    def absorbed_output(self, out_latent: torch.Tensor) -> torch.Tensor:
+        """[..., H, r] attention output in latent space -> per-head values [..., H, v]."""
+        _, w_uv = self.absorbed_weights()
+        return torch.einsum("...hr,hvr->...hv", out_latent, w_uv)
+
+    def attend_absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, entries: torch.Tensor) -> torch.Tensor:
+        """Causal attention over latents [B, T, r + rope] for the last S positions; -> [B, S, H, v]."""
+        q = self.absorbed_query(q_nope, q_rope).transpose(1, 2)  # [B, H, S, r + rope]
+        k = entries.unsqueeze(1)  # one shared key per token: [B, 1, T, r + rope]
+        v = entries[..., : self.kv_lora_rank].unsqueeze(1)
+        seq, total = q.shape[2], k.shape[2]
+        mask = torch.ones(seq, total, dtype=torch.bool, device=q.device).tril(total - seq)
+        out = F.scaled_dot_product_attention(
+            q,
+            k.expand(-1, self.num_heads, -1, -1),
+            v.expand(-1, self.num_heads, -1, -1),
+            attn_mask=mask,
+            scale=self.scale,
+        )
+        return self.absorbed_output(out.transpose(1, 2))
+
+    def attend_cached(
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, entry: torch.Tensor, cache: LatentCache
+    ) -> torch.Tensor:
+        """Absorbed attention over the engine's latent cache; tokens arrive flattened as [1, T, ...]."""
+        query = self.absorbed_query(q_nope, q_rope).flatten(0, 1)  # [T, H, r + rope]
+        out_latent = cache.attend(self.layer_idx, query, entry.flatten(0, 1), self.scale)
+        return self.absorbed_output(out_latent).view(*q_nope.shape[:-1], self.v_dim)

@@ -1,0 +1,228 @@
+"""DeepSeekMoE: shared experts plus fine-grained routed experts, sigmoid gating, auxiliary-loss-free balancing.
+
+Routed experts are stored stacked ([experts, in, out]) and run as two grouped matmuls over tokens sorted by
+expert, so the cost is a handful of kernels per layer whatever the number of experts. Checkpoints still use the
+per-expert keys of the Hugging Face layout (`experts.E.gate_proj.weight`); checkpoint.py converts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nanoseek.config import ModelConfig
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: dense layers and the shared experts."""
+
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Router(nn.Module):
+    """Sigmoid affinities; a per-expert bias steers which experts are *chosen*, never how outputs are *weighted*.
+
+    The bias (`e_score_correction_bias`) is DeepSeek-V3's auxiliary-loss-free balancing: it is not trained by
+    gradients but nudged after each step by `update_bias`, up for underloaded experts and down for overloaded ones.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_experts, self.top_k = config.n_routed_experts, config.num_experts_per_tok
+        self.n_group, self.topk_group = config.n_group, config.topk_group
+        self.norm_topk_prob, self.scaling = config.norm_topk_prob, config.routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.hidden_size))
+        self.register_buffer("e_score_correction_bias", torch.zeros(config.n_routed_experts))
+        # tokens routed to each expert since the last bias update (for balancing and logging)
+        self.register_buffer("load", torch.zeros(config.n_routed_experts), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [T, hidden] -> (weights [T, k] float32, expert ids [T, k], sigmoid scores [T, E])."""
+        with torch.autocast(x.device.type, enabled=False):  # routing decisions in float32 whatever the run dtype
+            scores = F.linear(x.float(), self.weight.float()).sigmoid()
+        choice = scores + self.e_score_correction_bias.float()
+        if self.n_group > 1:  # keep only the topk_group groups whose best two experts score highest
+            grouped = choice.view(-1, self.n_group, self.num_experts // self.n_group)
+            group_scores = grouped.topk(2, dim=-1).values.sum(-1)
+            keep = torch.zeros_like(group_scores, dtype=torch.bool)
+            keep.scatter_(1, group_scores.topk(self.topk_group, dim=-1, sorted=False).indices, True)
+            choice = grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(-1, self.num_experts)
+        ids = choice.topk(self.top_k, dim=-1, sorted=False).indices
+        weights = scores.gather(1, ids)
+        if self.norm_topk_prob:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        return weights * self.scaling, ids, scores
+
+    @torch.no_grad()
+    def update_bias(self, gamma: float) -> None:
+        """Aux-loss-free balancing step: bias += gamma * sign(mean load - load); then reset the load counter."""
+        if gamma > 0 and self.load.sum() > 0:
+            self.e_score_correction_bias += gamma * torch.sign(self.load.mean() - self.load)
+        self.load.zero_()
+
+
+def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """x [N, in] sorted by group, weight [G, in, out], offsets[g] = end row of group g -> [N, out].
+
+    A registered op with its own backward, so torch.compile keeps it whole: PyTorch's grouped kernel runs any
+    float dtype on CPU, but inductor would only trace it for bf16.
+    """
+    return torch.ops.nanoseek.grouped_mm(x, weight.to(x.dtype), offsets)
+
+
+def _aligned(*tensors: torch.Tensor) -> bool:
+    """PyTorch's grouped kernels need 16-byte aligned rows (sizes that are multiples of 4 in fp32)."""
+    return all(t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1]) for t in tensors)
+
+
+def _grouped_kernel_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if not hasattr(F, "grouped_mm") or not _aligned(a, b):
+        return False
+    if a.device.type == "cuda":
+        return a.dtype == torch.bfloat16 and torch.cuda.get_device_capability(a.device) >= (8, 0)
+    return a.device.type == "cpu"
+
+
+def _group_bounds(offsets: torch.Tensor) -> list[tuple[int, int, int]]:
+    ends = offsets.tolist()
+    return [(g, start, end) for g, (start, end) in enumerate(zip([0, *ends[:-1]], ends)) if end > start]
+
+
+@torch.library.custom_op("nanoseek::grouped_mm", mutates_args=())
+def _grouped_mm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    if _grouped_kernel_ok(x, weight):
+        return F.grouped_mm(x, weight, offs=offsets)
+    out = x.new_zeros(x.shape[0], weight.shape[-1])  # fallback: one matmul per non-empty group
+    for g, start, end in _group_bounds(offsets):
+        torch.mm(x[start:end], weight[g], out=out[start:end])
+    return out
+
+
+@torch.library.custom_op("nanoseek::grouped_mm_weight_grad", mutates_args=())
+def _grouped_mm_weight_grad(x: torch.Tensor, grad: torch.Tensor, offsets: torch.Tensor, groups: int) -> torch.Tensor:
+    """sum over each group's rows of x^T grad -> [G, in, out]."""
+    if _grouped_kernel_ok(x, grad) and groups == offsets.shape[0]:
+        return F.grouped_mm(x.t(), grad, offs=offsets)
+    out = x.new_zeros(groups, x.shape[1], grad.shape[1])
+    for g, start, end in _group_bounds(offsets):
+        torch.mm(x[start:end].t(), grad[start:end], out=out[g])
+    return out
+
+
+@_grouped_mm.register_fake
+def _(x, weight, offsets):
+    return x.new_empty(x.shape[0], weight.shape[-1])
+
+
+@_grouped_mm_weight_grad.register_fake
+def _(x, grad, offsets, groups):
+    return x.new_empty(groups, x.shape[1], grad.shape[1])
+
+
+def _grouped_mm_backward(ctx, grad: torch.Tensor):
+    x, weight, offsets = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_x = torch.ops.nanoseek.grouped_mm(grad, weight.transpose(-2, -1).contiguous(), offsets)
+    grad_w = torch.ops.nanoseek.grouped_mm_weight_grad(x, grad, offsets, weight.shape[0])
+    return grad_x, grad_w, None
+
+
+def _grouped_mm_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+_grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
+
+
+class _PermuteRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, perm)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
+def permute_rows(x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """x[perm] for a permutation whose inverse is given: the gradient is a gather too, not a scatter."""
+    return _PermuteRows.apply(x, perm, inverse)
+
+
+class Experts(nn.Module):
+    """All routed experts of a layer as stacked weights: w_gate_up [E, hidden, 2*I], w_down [E, I, hidden]."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        e, h, i = config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
+        self.intermediate = i
+        self.w_gate_up = nn.Parameter(torch.empty(e, h, 2 * i))
+        self.w_down = nn.Parameter(torch.empty(e, i, h))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """x [T, hidden]; weights/ids [T, k]; counts [E] tokens per expert -> [T, hidden]."""
+        tokens, k = ids.shape
+        order = ids.flatten().argsort(stable=True)  # (token, slot) pairs grouped by expert
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        offsets = counts.cumsum(0).to(torch.int32)
+        # Only gathers by permutations, forward and backward: no scatter-adds, which are slow on CPU when compiled.
+        rows = permute_rows(x.repeat_interleave(k, dim=0), order, inverse)
+        h = grouped_matmul(rows, self.w_gate_up, offsets)
+        gate, up = h.split(self.intermediate, dim=-1)
+        out = permute_rows(grouped_matmul(F.silu(gate) * up, self.w_down, offsets), inverse, order)
+        return (out.view(tokens, k, -1) * weights.unsqueeze(-1).to(out.dtype)).sum(1).to(x.dtype)
+
+
+class MoE(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_experts, self.top_k = config.n_routed_experts, config.num_experts_per_tok
+        self.aux_loss_alpha = config.aux_loss_alpha
+        self.gate = Router(config)
+        self.experts = Experts(config)
+        self.shared_experts = (
+            MLP(config.hidden_size, config.moe_intermediate_size * config.n_shared_experts)
+            if config.n_shared_experts > 0
+            else None
+        )
+        self.aux_loss: torch.Tensor | None = None  # sequence-wise balance loss of the last training forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, S, hidden] (rows are sequences, for the sequence-wise balance loss) -> [B, S, hidden]."""
+        flat = x.reshape(-1, x.shape[-1])
+        weights, ids, scores = self.gate(flat)
+        counts = ids.new_zeros(self.num_experts).scatter_add_(0, ids.flatten(), torch.ones_like(ids.flatten()))
+        self.gate.load += counts.detach().to(self.gate.load.dtype)
+        out = self.experts(flat, weights, ids, counts).view_as(x)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        self.aux_loss = (
+            self.balance_loss(scores, ids, x.shape[0]) if self.training and self.aux_loss_alpha > 0 else None
+        )
+        return out
+
+    def balance_loss(self, scores: torch.Tensor, ids: torch.Tensor, batch: int) -> torch.Tensor:
+        """DeepSeek-V3's sequence-wise balance loss: alpha * sum_i f_i * P_i, averaged over sequences.
+
+        f_i: expert i's share of the sequence's routing slots, scaled so uniform load gives 1;
+        P_i: expert i's mean normalised affinity over the sequence's tokens.
+        """
+        seq = scores.shape[0] // batch
+        ids = ids.view(batch, seq * self.top_k)
+        hits = torch.zeros(batch, self.num_experts, device=scores.device).scatter_add_(
+            1, ids, torch.ones_like(ids, dtype=torch.float32)
+        )
+        f = hits * self.num_experts / (self.top_k * seq)
+        probs = scores / scores.sum(-1, keepdim=True)
+        p = probs.view(batch, seq, self.num_experts).mean(1)
+        return self.aux_loss_alpha * (f * p).sum(-1).mean()

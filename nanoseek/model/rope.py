@@ -1,0 +1,91 @@
+"""Rotary position embedding for MLA's decoupled rope dims, with YaRN context extension.
+
+Only `qk_rope_head_dim` dims of each query head and one shared key get rotated (DeepSeek's "decoupled RoPE"),
+which is what lets the inference cache keep a single rotated key per token next to the latent.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from nanoseek.config import ModelConfig, yarn_mscale
+
+
+def rope_frequencies(config: ModelConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies for the rope dims and the factor that scales cos/sin (YaRN's attention factor).
+
+    Matches transformers' `_compute_yarn_parameters` (same float32 arithmetic), so positions encode identically.
+    """
+    dim, base = config.qk_rope_head_dim, config.rope_theta
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    if not config.is_yarn:
+        return 1.0 / pos_freqs, 1.0
+    rs = config.rope_scaling
+    assert rs is not None
+    factor = float(rs["factor"])
+    original = rs["original_max_position_embeddings"]
+    attention_factor = rs.get("attention_factor")
+    if attention_factor is None:
+        mscale, mscale_all_dim = rs.get("mscale"), rs.get("mscale_all_dim")
+        if mscale and mscale_all_dim:
+            attention_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+        else:
+            attention_factor = yarn_mscale(factor)
+    beta_fast, beta_slow = rs.get("beta_fast") or 32, rs.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:  # the dim whose wavelength fits `rotations` times in `original`
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if rs.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolate = 1 - ramp  # 1: keep the original frequency (high-frequency dims), 0: interpolate by `factor`
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolate) + (1.0 / pos_freqs) * extrapolate
+    return inv_freq, float(attention_factor)
+
+
+def softmax_scale(config: ModelConfig) -> float:
+    """1/sqrt(d_qk), times YaRN's mscale(factor, mscale_all_dim)^2 when scaling (as DeepSeek and transformers do)."""
+    scale = config.qk_head_dim**-0.5
+    if config.is_yarn:
+        assert config.rope_scaling is not None
+        mscale_all_dim = config.rope_scaling.get("mscale_all_dim", 0)
+        if mscale_all_dim:
+            scale *= yarn_mscale(float(config.rope_scaling["factor"]), mscale_all_dim) ** 2
+    return scale
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin for any positions, computed on the fly (cheap, and no data-dependent table growth to trace)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        inv_freq, self.attention_factor = rope_frequencies(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: int tensor of any shape -> (cos, sin), each [*positions.shape, rope_dim // 2], float32."""
+        freqs = positions.float().unsqueeze(-1) * self.inv_freq.float()  # float32 angles, as transformers computes
+        return freqs.cos() * self.attention_factor, freqs.sin() * self.attention_factor
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:
+    """Rotate the last dim of x. cos/sin broadcast against x[..., :d/2].
+
+    DeepSeek's checkpoints pair dims (0,1), (2,3), ... (`rope_interleave=True`); other models pair i with i+d/2.
+    Either way the result is laid out as [rotated firsts | rotated seconds], as transformers does: queries and keys
+    share the layout, so their dot products are unchanged and the cache can store keys already rotated.
+    """
+    if interleave:
+        a, b = x[..., 0::2], x[..., 1::2]
+    else:
+        a, b = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)

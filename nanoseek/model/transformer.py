@@ -1,0 +1,229 @@
+"""The DeepSeek-V3 decoder: MLA + (dense | DeepSeekMoE) blocks, multi-token prediction, losses and sizes.
+
+Module names equal the Hugging Face checkpoint keys (`model.layers.3.self_attn.kv_b_proj.weight`, ...), except
+routed experts, which are stacked (see moe.py). MTP modules live in `model.layers` after the main layers, exactly
+where DeepSeek's checkpoints put them (`model.layers.{num_hidden_layers + k}`); the main forward skips them.
+
+MTP wiring (DeepSeek-V3 paper section 2.2; the same choices as transformers' MtpModel and vLLM):
+depth k sees [enorm(Emb(t_{i+k})) ; hnorm(h_i^{k-1})] through eh_proj and one transformer block, where h^0 is the
+main model's *final normalised* hidden state and h^k is the block output after the module's own
+`shared_head.norm`; logits come from the shared lm_head. Rotary positions are those of the embedded tokens
+(i + k); RoPE being relative, any constant offset gives the same result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nanoseek.config import ModelConfig
+from nanoseek.model.attention import LatentCache, MultiHeadLatentAttention, RMSNorm
+from nanoseek.model.loss import IGNORE_INDEX, linear_cross_entropy
+from nanoseek.model.moe import MLP, MoE
+from nanoseek.model.rope import RotaryEmbedding
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = MultiHeadLatentAttention(config, layer_idx)
+        self.mlp = MoE(config) if config.is_moe_layer(layer_idx) else MLP(config.hidden_size, config.intermediate_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: LatentCache | None = None
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class SharedHead(nn.Module):
+    """The MTP module's own final norm; the output projection is the main lm_head (shared)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class MTPLayer(DecoderLayer):
+    """One multi-token-prediction depth: a decoder block fed by the previous depth and the next token."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.enorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.hnorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.eh_proj = nn.Linear(2 * config.hidden_size, config.hidden_size, bias=False)
+        self.shared_head = SharedHead(config)
+
+    def predict(
+        self,
+        previous: torch.Tensor,
+        next_embeds: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: LatentCache | None = None,
+    ) -> torch.Tensor:
+        x = self.eh_proj(torch.cat([self.enorm(next_embeds), self.hnorm(previous)], dim=-1))
+        return self.shared_head.norm(super().forward(x, rope, cache))
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        n = config.num_hidden_layers
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            [DecoderLayer(config, i) for i in range(n)]
+            + [MTPLayer(config, n + k) for k in range(config.num_nextn_predict_layers)]
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config)
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # what to backpropagate: main + mtp_weight * mean(mtp) + balance
+    main: torch.Tensor  # next-token cross-entropy
+    mtp: list[torch.Tensor]  # cross-entropy of each MTP depth
+    balance: torch.Tensor  # sum of the sequence-wise balance losses (0 when aux_loss_alpha is 0)
+
+
+class DeepseekV3ForCausalLM(nn.Module):
+    """`model(input_ids)` -> logits [batch, seq, vocab]."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    # ---- forward passes ----
+    @property
+    def main_layers(self) -> list[DecoderLayer]:
+        return list(self.model.layers[: self.config.num_hidden_layers])
+
+    @property
+    def mtp_layers(self) -> list[MTPLayer]:
+        return list(self.model.layers[self.config.num_hidden_layers :])  # type: ignore[arg-type]
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache: LatentCache | None = None
+    ) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(input_ids, positions, cache))
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache: LatentCache | None = None
+    ) -> torch.Tensor:
+        """Final normalised hidden states [B, S, hidden] (what lm_head and the first MTP depth read)."""
+        if positions is None:
+            positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
+        rope = self.model.rotary(positions)
+        x = self.model.embed_tokens(input_ids)
+        for layer in self.main_layers:
+            x = layer(x, rope, cache)
+        return self.model.norm(x)
+
+    def mtp_hidden_states(
+        self,
+        depth: int,
+        previous: torch.Tensor,
+        next_ids: torch.Tensor,
+        positions: torch.Tensor,
+        cache: LatentCache | None = None,
+    ) -> torch.Tensor:
+        """Depth `depth` (0-based) from the previous depth's states and the ids of the tokens one step ahead.
+
+        positions are those of `next_ids`. Logits: `self.lm_head(result)`.
+        """
+        layer = self.mtp_layers[depth]
+        return layer.predict(previous, self.model.embed_tokens(next_ids), self.model.rotary(positions), cache)
+
+    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, mtp_weight: float = 0.3) -> LossOutput:
+        """Training loss. labels[b, i] is the target after input_ids[b, i] (IGNORE_INDEX to skip).
+
+        MTP depth k predicts labels[b, i + k] from input_ids[b, i + k] and depth k-1's state at i; the MTP term is
+        mtp_weight (DeepSeek's lambda) times the mean over depths.
+        """
+        positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
+        h = self.hidden_states(input_ids, positions)
+        main = linear_cross_entropy(h, self.lm_head.weight, labels)
+        mtp_losses = []
+        for depth in range(len(self.mtp_layers)):
+            shift = depth + 1
+            next_ids = F.pad(input_ids[:, shift:], (0, shift), value=0)
+            h = self.mtp_hidden_states(depth, h, next_ids, positions + shift)
+            mtp_labels = F.pad(labels[:, shift:], (0, shift), value=IGNORE_INDEX)
+            mtp_losses.append(linear_cross_entropy(h, self.lm_head.weight, mtp_labels))
+        balance = sum(
+            (m.aux_loss for m in self.moe_modules() if m.aux_loss is not None), torch.zeros((), device=h.device)
+        )
+        total = main + balance
+        if mtp_losses and mtp_weight > 0:
+            total = total + mtp_weight * torch.stack(mtp_losses).mean()
+        return LossOutput(total, main, mtp_losses, balance)
+
+    # ---- expert balancing ----
+    def moe_modules(self) -> list[MoE]:
+        return [m for m in self.modules() if isinstance(m, MoE)]
+
+    def expert_load(self) -> torch.Tensor:
+        """Tokens routed to each expert since the last bias update: [moe layers, n_routed_experts]."""
+        return torch.stack([m.gate.load for m in self.moe_modules()]) if self.moe_modules() else torch.zeros(0)
+
+    def update_router_bias(self, gamma: float) -> None:
+        """DeepSeek-V3's auxiliary-loss-free balancing, once per optimizer step (gamma = bias update speed)."""
+        for m in self.moe_modules():
+            m.gate.update_bias(gamma)
+
+    # ---- checkpoints ----
+    def save_pretrained(self, path: str, dtype: torch.dtype | None = None, max_shard_bytes: int | None = None) -> None:
+        from nanoseek.checkpoint import save_pretrained
+
+        save_pretrained(self, path, dtype=dtype, max_shard_bytes=max_shard_bytes)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Normal(0, initializer_range) matrices and embeddings, unit norms, zero biases (as transformers)."""
+        std = self.config.initializer_range
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, std, generator=generator)
+        for m in self.moe_modules():
+            m.gate.e_score_correction_bias.zero_()
+            m.gate.load.zero_()
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean token cross-entropy in float32, skipping IGNORE_INDEX (0 if nothing is left to score)."""
+    loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def build_model(
+    config: ModelConfig,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    seed: int | None = 0,
+) -> DeepseekV3ForCausalLM:
+    """A freshly initialised model (on the meta device: shapes only, for counting)."""
+    with torch.device(device or "cpu"):
+        model = DeepseekV3ForCausalLM(config)
+    if str(device) != "meta":
+        model.init_weights(torch.Generator(device=device or "cpu").manual_seed(seed) if seed is not None else None)
+    if dtype is not None:
+        model.to(dtype)
+        for m in model.moe_modules():
+            m.gate.float()  # routing stays float32 (as transformers keeps gate weights in float32)
+    return model

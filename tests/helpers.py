@@ -1,0 +1,71 @@
+"""Shared test helpers: random small configs and models with weights large enough to exercise routing."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from nanoseek.config import ModelConfig
+from nanoseek.model import DeepseekV3ForCausalLM, build_model
+
+
+def random_config(seed: int, **overrides) -> ModelConfig:
+    """A small random DeepSeek-V3 config; successive seeds cover the architecture's switches."""
+    rng = random.Random(seed)
+    n_group = rng.choice([1, 2, 4])
+    per_group = rng.choice([2, 3, 4])
+    experts = n_group * per_group
+    topk_group = rng.randint(1, n_group)
+    top_k = rng.randint(1, min(4, topk_group * per_group))
+    layers = rng.randint(1, 3)
+    yarn = seed % 3 == 0
+    fields = dict(
+        vocab_size=rng.choice([97, 128, 256]),
+        hidden_size=rng.choice([32, 48, 64]),
+        intermediate_size=rng.choice([40, 64, 96]),
+        moe_intermediate_size=rng.choice([8, 16, 24]),
+        num_hidden_layers=layers,
+        num_attention_heads=rng.choice([1, 2, 4]),
+        q_lora_rank=None if seed % 2 == 0 else rng.choice([16, 24]),
+        kv_lora_rank=rng.choice([8, 16, 32]),
+        qk_nope_head_dim=rng.choice([8, 16]),
+        qk_rope_head_dim=rng.choice([4, 8, 16]),
+        v_head_dim=rng.choice([8, 12, 16]),
+        n_routed_experts=experts,
+        n_shared_experts=rng.choice([1, 2]),
+        num_experts_per_tok=top_k,
+        n_group=n_group,
+        topk_group=topk_group,
+        routed_scaling_factor=rng.choice([1.0, 2.5]),
+        norm_topk_prob=rng.random() < 0.7,
+        first_k_dense_replace=rng.choice([0, 1, layers]) if seed % 4 else 0,
+        num_nextn_predict_layers=rng.choice([0, 1, 2]),
+        rope_interleave=rng.random() < 0.7,
+        rope_theta=rng.choice([10000.0, 50000.0]),
+        max_position_embeddings=256,
+        attention_bias=seed % 5 == 4,
+        initializer_range=0.1,
+    )
+    if yarn:
+        fields["rope_scaling"] = dict(
+            rope_type="yarn",
+            factor=rng.choice([2.0, 4.0, 40.0]),
+            original_max_position_embeddings=rng.choice([16, 32]),
+            beta_fast=32,
+            beta_slow=1,
+            mscale=rng.choice([1.0, 0.707]),
+            mscale_all_dim=rng.choice([0.0, 1.0, 0.707]),
+        )
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def random_model(config: ModelConfig, seed: int = 0) -> DeepseekV3ForCausalLM:
+    """Weights at initializer_range plus a random balancing bias, so routing depends on it."""
+    torch.manual_seed(seed)
+    model = build_model(config, seed=seed)
+    with torch.no_grad():
+        for m in model.moe_modules():
+            m.gate.e_score_correction_bias.uniform_(-0.05, 0.05)
+    return model.eval()
