@@ -80,9 +80,12 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def commands() -> list[Command]:
+    from nanoseek import tokenizer
+
     return [
         ("info", "parameter counts, FLOPs and cache size of a preset or checkpoint", _info_args, _info),
         ("init", "write a randomly initialised checkpoint from a preset", _init_args, _init),
+        tokenizer.COMMAND,
     ]
 
 

@@ -69,3 +69,29 @@ def random_model(config: ModelConfig, seed: int = 0) -> DeepseekV3ForCausalLM:
         for m in model.moe_modules():
             m.gate.e_score_correction_bias.uniform_(-0.05, 0.05)
     return model.eval()
+
+
+def tiny_tokenizer():
+    """A small real tokenizer (DeepSeek special tokens + chat template) trained on task-like text."""
+    from nanoseek.tokenizer import Tokenizer
+
+    words = ["the", "answer", "is", "what", "add", "and", "sum", "of", "think", "step", "carry", "write", "héllo", "😀"]
+    rng = random.Random(0)
+    texts = [
+        " ".join(rng.choice(words) for _ in range(12)) + f" {rng.randint(0, 9999)} + {rng.randint(0, 999)}."
+        for _ in range(200)
+    ]
+    return Tokenizer.train(texts, 320)
+
+
+def tiny_checkpoint(path, seed: int = 0, **overrides):
+    """A nano model with a real tokenizer saved together: a checkpoint directory like a trained one."""
+    from nanoseek.config import preset
+
+    tokenizer = tiny_tokenizer()
+    fields = dict(vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
+    fields.update(overrides)
+    model = build_model(preset("nano", **fields), seed=seed)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

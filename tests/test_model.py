@@ -80,7 +80,7 @@ def test_absorbed_attention_over_a_longer_context_sees_only_the_past():
     rope = model.model.rotary(torch.arange(10))
     with torch.no_grad():
         full = attn(x, rope)
-        q_nope, q_rope = attn.project_query(x[:, 7:], tuple(r[7:] for r in rope))
+        q_nope, q_rope = attn.project_query(x[:, 7:], rope[7:])
         entries = attn.project_latent(x, rope)
         tail = attn.o_proj(attn.attend_absorbed(q_nope, q_rope, entries).flatten(-2))
     assert (tail - full[:, 7:]).abs().max().item() < 1e-5

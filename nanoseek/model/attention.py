@@ -28,7 +28,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # float32 statistics, as transformers does, so low-precision runs stay stable and fp32 runs match exactly
+        if x.dtype == self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused kernel
+        # float32 statistics, as transformers does, so low-precision runs stay stable
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
@@ -83,13 +85,12 @@ class MultiHeadLatentAttention(nn.Module):
         q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.low_rank_query else self.q_proj(x)
         q = q.view(*x.shape[:-1], self.num_heads, self.nope_dim + self.rope_dim)
         q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
-        cos, sin = rope
-        return q_nope, apply_rope(q_rope, cos.unsqueeze(-2), sin.unsqueeze(-2), self.interleave)
+        return q_nope, apply_rope(q_rope, rope.unsqueeze(-2), self.interleave)
 
-    def project_latent(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def project_latent(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         """x [..., hidden] -> the cache entry [..., kv_lora_rank + rope]: normalised latent | rotated shared key."""
         latent, k_rope = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
-        return torch.cat([self.kv_a_layernorm(latent), apply_rope(k_rope, *rope, self.interleave)], dim=-1)
+        return torch.cat([self.kv_a_layernorm(latent), apply_rope(k_rope, rope, self.interleave)], dim=-1)
 
     def absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """kv_b_proj split per head: W_UK [H, nope, r] (folded into queries), W_UV [H, v, r] (into outputs)."""
@@ -100,11 +101,11 @@ class MultiHeadLatentAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: torch.Tensor,
         cache: LatentCache | None = None,
         absorb: bool = False,
     ) -> torch.Tensor:
-        """x [B, S, hidden] with rope for its positions. Without a cache: causal attention within each row."""
+        """x [B, S, hidden] with the rotations of its positions. Without a cache: causal attention within each row."""
         q_nope, q_rope = self.project_query(x, rope)
         entry = self.project_latent(x, rope)
         if cache is not None:

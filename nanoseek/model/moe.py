@@ -84,7 +84,11 @@ def _aligned(*tensors: torch.Tensor) -> bool:
 
 
 def _grouped_kernel_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if not hasattr(F, "grouped_mm") or not _aligned(a, b):
+    if (
+        not hasattr(F, "grouped_mm")
+        or a.dtype not in (torch.float32, torch.bfloat16, torch.float16)
+        or not _aligned(a, b)
+    ):
         return False
     if a.device.type == "cuda":
         return a.dtype == torch.bfloat16 and torch.cuda.get_device_capability(a.device) >= (8, 0)
@@ -172,6 +176,8 @@ class Experts(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """x [T, hidden]; weights/ids [T, k]; counts [E] tokens per expert -> [T, hidden]."""
         tokens, k = ids.shape
+        if 2 * ids.numel() <= self.w_gate_up.shape[0]:
+            return self._few_tokens(x, weights, ids)
         order = ids.flatten().argsort(stable=True)  # (token, slot) pairs grouped by expert
         inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
         offsets = counts.cumsum(0).to(torch.int32)
@@ -181,6 +187,17 @@ class Experts(nn.Module):
         gate, up = h.split(self.intermediate, dim=-1)
         out = permute_rows(grouped_matmul(F.silu(gate) * up, self.w_down, offsets), inverse, order)
         return (out.view(tokens, k, -1) * weights.unsqueeze(-1).to(out.dtype)).sum(1).to(x.dtype)
+
+    def _few_tokens(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Decoding: a few (token, expert) pairs. Multiplying by just the chosen experts' weight slices (no copy)
+        beats both a grouped kernel that walks every expert and gathering the chosen weights."""
+        out = torch.zeros_like(x, dtype=torch.promote_types(x.dtype, weights.dtype))
+        for token, (experts, gains) in enumerate(zip(ids.tolist(), weights.unbind(0))):
+            row = x[token]
+            for slot, e in enumerate(experts):
+                gate, up = (row @ self.w_gate_up[e]).split(self.intermediate)
+                out[token].add_((F.silu(gate) * up) @ self.w_down[e], alpha=gains[slot].item())
+        return out.to(x.dtype)
 
 
 class MoE(nn.Module):
@@ -202,7 +219,8 @@ class MoE(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         weights, ids, scores = self.gate(flat)
         counts = ids.new_zeros(self.num_experts).scatter_add_(0, ids.flatten(), torch.ones_like(ids.flatten()))
-        self.gate.load += counts.detach().to(self.gate.load.dtype)
+        if not torch.is_inference_mode_enabled():  # serving needs no load statistics; training and eval keep them
+            self.gate.load += counts.detach().to(self.gate.load.dtype)
         out = self.experts(flat, weights, ids, counts).view_as(x)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)

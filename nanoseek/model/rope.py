@@ -63,29 +63,33 @@ def softmax_scale(config: ModelConfig) -> float:
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin for any positions, computed on the fly (cheap, and no data-dependent table growth to trace)."""
+    """Rotations for any positions, computed on the fly (cheap, and nothing data-dependent to trace)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         inv_freq, self.attention_factor = rope_frequencies(config)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: int tensor of any shape -> (cos, sin), each [*positions.shape, rope_dim // 2], float32."""
-        freqs = positions.float().unsqueeze(-1) * self.inv_freq.float()  # float32 angles, as transformers computes
-        return freqs.cos() * self.attention_factor, freqs.sin() * self.attention_factor
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions: int tensor of any shape -> unit rotations (complex) [*positions.shape, rope_dim // 2],
+        times YaRN's attention factor."""
+        angles = positions.float().unsqueeze(-1) * self.inv_freq.float()  # float32 angles, as transformers computes
+        return torch.polar(torch.full_like(angles, self.attention_factor), angles)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:
-    """Rotate the last dim of x. cos/sin broadcast against x[..., :d/2].
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor, interleave: bool) -> torch.Tensor:
+    """Rotate pairs of dims of x's last dimension by `rotation` (broadcast against x[..., :d/2]).
 
     DeepSeek's checkpoints pair dims (0,1), (2,3), ... (`rope_interleave=True`); other models pair i with i+d/2.
-    Either way the result is laid out as [rotated firsts | rotated seconds], as transformers does: queries and keys
-    share the layout, so their dot products are unchanged and the cache can store keys already rotated.
+    The result is laid out as interleaved pairs either way: queries and keys share the layout, so their dot
+    products are unchanged and the cache can store keys already rotated. One complex multiply does the rotation.
     """
     if interleave:
-        a, b = x[..., 0::2], x[..., 1::2]
+        pairs = x.unflatten(-1, (-1, 2))
     else:
-        a, b = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
+        half = x.shape[-1] // 2
+        pairs = torch.stack([x[..., :half], x[..., half:]], dim=-1)
+    precise = x.dtype == torch.float64
+    pairs = pairs.to(torch.float64 if precise else torch.float32).contiguous()
+    rotated = torch.view_as_complex(pairs) * rotation.to(torch.complex128 if precise else torch.complex64)
+    return torch.view_as_real(rotated).flatten(-2).to(x.dtype)

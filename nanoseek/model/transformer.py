@@ -34,9 +34,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache: LatentCache | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: LatentCache | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), rope, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -63,7 +61,7 @@ class MTPLayer(DecoderLayer):
         self,
         previous: torch.Tensor,
         next_embeds: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: torch.Tensor,
         cache: LatentCache | None = None,
     ) -> torch.Tensor:
         x = self.eh_proj(torch.cat([self.enorm(next_embeds), self.hnorm(previous)], dim=-1))

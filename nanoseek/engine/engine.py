@@ -1,0 +1,493 @@
+"""The generation engine: continuous batching over the latent cache. Every consumer uses it (server, chat,
+evaluation, GRPO rollouts, teacher traces).
+
+One step = one forward pass over a flat batch of new tokens from many sequences. Prefill and decode are the same
+operation: a sequence contributes its uncached tokens (a prompt chunk, or the one token it sampled last), and if
+that reaches its end, the step's logits give its next token. New requests join between steps; finished ones leave
+at once and free their cache blocks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from nanoseek.engine.cache import CacheFull, LatentCache, Segment
+from nanoseek.engine.sampling import SamplingParams, make_generator, sample
+from nanoseek.model import DeepseekV3ForCausalLM
+
+
+@dataclass
+class Completion:
+    """One generated sample: the engine's only result type."""
+
+    token_ids: list[int]  # generated ids (without the EOS / stop token that ended generation)
+    text: str
+    finish_reason: str  # "stop" (EOS, stop token or stop string), "length" (max_tokens or context), "abort"
+    prompt_tokens: int
+    prompt_cache_hit_tokens: int
+    index: int = 0  # which of the request's n samples
+    logprobs: list[float] | None = None
+
+    @property
+    def prompt_cache_miss_tokens(self) -> int:
+        return self.prompt_tokens - self.prompt_cache_hit_tokens
+
+
+@dataclass
+class StreamDelta:
+    """New output of one sample since the last delta (what a streaming client receives)."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    completion: Completion | None = None  # set on the last delta
+
+
+class Request:
+    def __init__(
+        self,
+        request_id: int,
+        prompt: list[int],
+        params: SamplingParams,
+        on_delta: Callable[[StreamDelta], None] | None = None,
+    ):
+        self.id, self.prompt, self.params, self.on_delta = request_id, prompt, params, on_delta
+        self.completions: list[Completion | None] = [None] * params.n
+        self.done = threading.Event()
+        self.cancelled = False
+        self.arrival = time.perf_counter()
+
+    def cancel(self) -> None:
+        """Stop generating; the engine frees the request's cache at its next step."""
+        self.cancelled = True
+
+    def finished(self) -> bool:
+        return all(c is not None for c in self.completions)
+
+
+@dataclass
+class Sequence:
+    request: Request
+    index: int
+    tokens: list[int]  # prompt + generated; all but possibly the last have their latents in the cache
+    generator: torch.Generator
+    decoder: object | None
+    num_cached: int = 0
+    blocks: list[int] = field(default_factory=list)
+    hashes: list[bytes] = field(default_factory=list)  # prefix hashes of the registered full blocks
+    generated: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0  # characters of text already streamed
+    hit_tokens: int = 0
+    finish_reason: str | None = None
+    forked: bool = False  # n > 1: siblings are created once the prompt is processed
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.request.prompt)
+
+
+class Engine:
+    """Batched generation for one model. `generate()` for batches; `submit()` + a background loop for servers."""
+
+    def __init__(
+        self,
+        model: DeepseekV3ForCausalLM,
+        tokenizer: object | None = None,
+        *,
+        max_running: int = 64,
+        max_step_tokens: int = 512,
+        cache_tokens: int | None = None,
+        block_size: int = 16,
+        cache_dtype: torch.dtype | None = None,
+        max_context: int | None = None,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        config = model.config
+        self.device = next(model.parameters()).device
+        self.max_running, self.max_step_tokens = max_running, max_step_tokens
+        self.max_context = max_context or config.max_position_embeddings
+        cache_tokens = cache_tokens or max(4 * self.max_context, 16 * 1024)
+        self.cache = LatentCache(
+            num_layers=config.num_hidden_layers + config.num_nextn_predict_layers,
+            width=config.kv_lora_rank + config.qk_rope_head_dim,
+            value_width=config.kv_lora_rank,
+            num_blocks=-(-cache_tokens // block_size) + 1,
+            block_size=block_size,
+            dtype=cache_dtype or next(model.parameters()).dtype,
+            device=self.device,
+        )
+        self.eos_ids = _as_list(config.eos_token_id)
+        self.waiting: list[Request] = []
+        self.running: list[Sequence] = []
+        self._ids = itertools.count()
+        self._inbox: queue.Queue[Request] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stopping = False
+        self.stats = {"steps": 0, "prompt_tokens": 0, "cache_hit_tokens": 0, "generated_tokens": 0, "preempted": 0}
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str, dtype: torch.dtype | None = None, device: str | None = None, **kwargs
+    ) -> Engine:
+        from nanoseek.checkpoint import from_pretrained, resolve_model_path
+
+        path = str(resolve_model_path(path))
+        model = from_pretrained(path, dtype=dtype, device=device)
+        return cls(model, _load_tokenizer(path), **kwargs)
+
+    # ---- requests ----
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this engine has no tokenizer: pass prompts as lists of token ids")
+            return self.tokenizer.encode(prompt, add_bos=not prompt.startswith(self._bos_text()))
+        if not prompt or not all(isinstance(t, int) and 0 <= t < self.model.config.vocab_size for t in prompt):
+            raise ValueError(
+                f"a token-id prompt must be a non-empty list of ids in [0, {self.model.config.vocab_size})"
+            )
+        return list(prompt)
+
+    def _bos_text(self) -> str:
+        return self.tokenizer.id_to_token(self.tokenizer.bos_id) or "\0none"
+
+    def validate(self, prompt: list[int], params: SamplingParams) -> None:
+        """Refuse what can never finish, before any work: prompts longer than the context or the cache."""
+        limit = min(self.max_context, self.cache.capacity_tokens)
+        if len(prompt) >= limit:
+            raise ValueError(f"the prompt has {len(prompt)} tokens; this model's context allows at most {limit - 1}")
+        if params.max_tokens is not None and len(prompt) + params.max_tokens > limit:
+            raise ValueError(
+                f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the context "
+                f"length ({limit}); lower max_tokens or shorten the prompt"
+            )
+
+    def submit(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        on_delta: Callable[[StreamDelta], None] | None = None,
+    ) -> Request:
+        """Queue a request (thread-safe). With a background loop running it starts at the next step."""
+        params = params or SamplingParams()
+        ids = self.encode(prompt)
+        self.validate(ids, params)
+        request = Request(next(self._ids), ids, params, on_delta)
+        self._inbox.put(request)
+        self._wake.set()
+        return request
+
+    def generate(
+        self,
+        prompts: Iterable[str | list[int]],
+        params: SamplingParams | list[SamplingParams] | None = None,
+        progress: bool = False,
+    ) -> list[Completion | list[Completion]]:
+        """Generate for every prompt; one Completion each (a list of n when params.n > 1)."""
+        prompts = list(prompts)
+        if isinstance(params, list):
+            if len(params) != len(prompts):
+                raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
+            param_list = params
+        else:
+            param_list = [params or SamplingParams()] * len(prompts)
+        requests = [self.submit(p, sp) for p, sp in zip(prompts, param_list)]
+        if self._thread is None:
+            bar = _progress(len(requests)) if progress else None
+            while not all(r.finished() for r in requests):
+                self.step()
+                if bar is not None:
+                    bar.n = sum(r.finished() for r in requests)
+                    bar.refresh()
+            if bar is not None:
+                bar.close()
+        for r in requests:
+            r.done.wait()
+        return [r.completions if r.params.n > 1 else r.completions[0] for r in requests]  # type: ignore[misc]
+
+    # ---- background loop (servers) ----
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="nanoseek-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            if not self.has_work():
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            self.step()
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting or not self._inbox.empty())
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting) + self._inbox.qsize()
+
+    # ---- one step ----
+    @torch.inference_mode()
+    def step(self) -> None:
+        while not self._inbox.empty():
+            self.waiting.append(self._inbox.get_nowait())
+        self._drop_cancelled()
+        self._admit()
+        batch = self._schedule()
+        if not batch:
+            return
+        logits = self._forward(batch)
+        self._sample(batch, logits)
+        self.stats["steps"] += 1
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self.running if s.request.cancelled]:
+            self._finish(seq, "abort")
+        for request in [r for r in self.waiting if r.cancelled]:
+            self.waiting.remove(request)
+            for i in range(request.params.n):
+                request.completions[i] = Completion([], "", "abort", len(request.prompt), 0, i)
+            request.done.set()
+
+    def _admit(self) -> None:
+        while self.waiting and len(self.running) < self.max_running:
+            request = self.waiting[0]
+            needed = -(-(len(request.prompt) + 1) // self.cache.block_size)
+            if self.cache.free_blocks() < needed and self.running:
+                break  # wait for running sequences to free blocks
+            self.waiting.pop(0)
+            seq = Sequence(
+                request,
+                0,
+                list(request.prompt),
+                make_generator(request.params.seed, "cpu"),
+                self._decoder(),
+                forked=request.params.n > 1,
+            )
+            # reuse cached latents of the prompt's prefix (never all of it: the last token must run for its logits)
+            seq.blocks = self.cache.match_prefix(request.prompt[: len(request.prompt) - 1])
+            seq.num_cached = seq.hit_tokens = len(seq.blocks) * self.cache.block_size
+            seq.hashes = LatentCache.block_hashes(request.prompt[: seq.num_cached], self.cache.block_size)
+            self.stats["prompt_tokens"] += len(request.prompt)
+            self.stats["cache_hit_tokens"] += seq.hit_tokens
+            self.running.append(seq)
+
+    def _schedule(self) -> list[tuple[Sequence, int]]:
+        """(sequence, number of new tokens) for this step: every decoding sequence, then prompt chunks."""
+        budget = self.max_step_tokens
+        decoding = [s for s in self.running if len(s.tokens) - s.num_cached == 1]
+        prefilling = [s for s in self.running if len(s.tokens) - s.num_cached > 1]
+        batch: list[tuple[Sequence, int]] = []
+        for seq in decoding + prefilling:
+            if budget <= 0:
+                break
+            take = min(len(seq.tokens) - seq.num_cached, budget)
+            if self._reserve(seq, seq.num_cached + take, batch):
+                batch.append((seq, take))
+                budget -= take
+        if not batch and self.running:  # every sequence waits for cache space: free the newest one
+            if len(self.running) == 1:
+                self._finish(self.running[0], "length")  # it alone does not fit in the cache
+            else:
+                self._preempt(self.running[-1])
+        return batch
+
+    def _reserve(self, seq: Sequence, num_tokens: int, scheduled: list[tuple[Sequence, int]]) -> bool:
+        """Blocks for num_tokens; when the cache is full, preempt the newest unscheduled sequence."""
+        while True:
+            try:
+                self.cache.ensure_capacity(seq.blocks, num_tokens)
+                return True
+            except CacheFull:
+                busy = {id(s) for s, _ in scheduled} | {id(seq)}
+                victims = [s for s in self.running if id(s) not in busy and s.blocks]
+                if not victims:
+                    return False
+                self._preempt(victims[-1])
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Free a sequence's cache; it restarts from its prompt + generated tokens when blocks are free again."""
+        self.cache.release(seq.blocks)
+        seq.blocks, seq.hashes, seq.num_cached = [], [], 0
+        self.running.remove(seq)
+        self.running.append(seq)  # keeps its place in line at the end; recomputed as a long prompt chunk
+        self.stats["preempted"] += 1
+
+    def _forward(self, batch: list[tuple[Sequence, int]]) -> torch.Tensor:
+        ids, positions, segments, last_rows = [], [], [], []
+        for seq, take in batch:
+            start = seq.num_cached
+            ids.extend(seq.tokens[start : start + take])
+            positions.extend(range(start, start + take))
+            segments.append(Segment(seq.blocks, start, take))
+            last_rows.append(len(ids) - 1)
+        self.cache.plan(segments)
+        ids_t = torch.tensor([ids], device=self.device)
+        pos_t = torch.tensor([positions], device=self.device)
+        hidden = self.model.hidden_states(ids_t, pos_t, self.cache)[0]
+        needs_logits = [i for i, (seq, take) in enumerate(batch) if seq.num_cached + take == len(seq.tokens)]
+        rows = torch.tensor([last_rows[i] for i in needs_logits], device=self.device)
+        logits = self.model.lm_head(hidden.index_select(0, rows)).float() if needs_logits else hidden.new_empty(0)
+        for seq, take in batch:
+            seq.num_cached += take
+            self._register(seq)
+        return logits
+
+    def _register(self, seq: Sequence) -> None:
+        """Offer newly completed full blocks to the prefix cache."""
+        full = seq.num_cached // self.cache.block_size
+        if full > len(seq.hashes):
+            bs = self.cache.block_size
+            parent = seq.hashes[-1] if seq.hashes else b""
+            new = LatentCache.block_hashes(seq.tokens[len(seq.hashes) * bs : full * bs], bs, parent)
+            self.cache.register(new, seq.blocks[len(seq.hashes) : full])
+            seq.hashes.extend(new)
+
+    def _sample(self, batch: list[tuple[Sequence, int]], logits: torch.Tensor) -> None:
+        ready = [seq for seq, _ in batch if seq.num_cached == len(seq.tokens)]
+        rows = list(range(len(ready)))
+        expanded: list[tuple[Sequence, int]] = []
+        for seq, row in zip(ready, rows):
+            expanded.append((seq, row))
+            if seq.forked:  # n > 1: the prompt is done; the other samples share its cache from here
+                seq.forked = False
+                for i in range(1, seq.request.params.n):
+                    seed = seq.request.params.seed
+                    sibling = Sequence(
+                        seq.request,
+                        i,
+                        list(seq.tokens),
+                        make_generator(None if seed is None else seed + i, "cpu"),
+                        self._decoder(),
+                        num_cached=seq.num_cached,
+                        hit_tokens=seq.hit_tokens,
+                    )
+                    sibling.blocks = self.cache.fork(seq.blocks, seq.num_cached)
+                    sibling.hashes = list(seq.hashes)
+                    self.running.append(sibling)
+                    expanded.append((sibling, row))
+        if not expanded:
+            return
+        row_index = torch.tensor([row for _, row in expanded], device=logits.device)
+        tokens, logprobs = sample(
+            logits.index_select(0, row_index),
+            [s.request.params for s, _ in expanded],
+            [s.generator for s, _ in expanded],
+        )
+        for (seq, _), token, logprob in zip(expanded, tokens.tolist(), logprobs.tolist()):
+            self._append(seq, token, logprob)
+
+    def _append(self, seq: Sequence, token: int, logprob: float) -> None:
+        params = seq.request.params
+        self.stats["generated_tokens"] += 1
+        if (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids:
+            self._finish(seq, "stop")
+            return
+        seq.tokens.append(token)
+        seq.generated.append(token)
+        if params.logprobs:
+            seq.logprobs.append(logprob)
+        new_text = seq.decoder.step(token) if seq.decoder is not None else ""
+        seq.text += new_text
+        if params.stop and new_text:
+            window = seq.text[max(0, seq.emitted - max(map(len, params.stop))) :]
+            hits = [window.find(s) for s in params.stop if s in window]
+            if hits:
+                seq.text = seq.text[: len(seq.text) - len(window) + min(hits)]
+                seq.decoder = None  # the text ends at the stop string: nothing pending is wanted
+                self._finish(seq, "stop")
+                return
+        if params.max_tokens is not None and len(seq.generated) >= params.max_tokens:
+            self._finish(seq, "length")
+        elif len(seq.tokens) >= min(self.max_context, self.cache.capacity_tokens):
+            self._finish(seq, "length")
+        else:
+            self._emit(seq)
+
+    def _emit(self, seq: Sequence, final: Completion | None = None) -> None:
+        on_delta = seq.request.on_delta
+        if on_delta is None:
+            return
+        hold = 0 if final else max((len(s) for s in seq.request.params.stop), default=1) - 1
+        upto = max(seq.emitted, len(seq.text) - hold)
+        delta = StreamDelta(
+            seq.index,
+            seq.text[seq.emitted : upto],
+            seq.generated[-1:] if not final else [],
+            final.finish_reason if final else None,
+            final,
+        )
+        seq.emitted = upto
+        if delta.text or delta.token_ids or final:
+            on_delta(delta)
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.finish_reason = reason
+        if seq.decoder is not None:
+            seq.text += seq.decoder.flush()  # bytes of a character the last token left incomplete
+        if seq in self.running:
+            self.running.remove(seq)
+        self._register(seq)
+        self.cache.release(seq.blocks)
+        seq.blocks = []
+        request = seq.request
+        completion = Completion(
+            seq.generated,
+            seq.text,
+            reason,
+            len(request.prompt),
+            seq.hit_tokens,
+            seq.index,
+            seq.logprobs if request.params.logprobs else None,
+        )
+        if seq.forked:  # finished before its siblings existed (e.g. aborted): they finish the same way
+            for i in range(1, request.params.n):
+                request.completions[i] = Completion([], "", reason, len(request.prompt), seq.hit_tokens, i)
+        request.completions[seq.index] = completion
+        self._emit(seq, completion)
+        if request.finished():
+            request.done.set()
+
+    def _decoder(self):
+        return self.tokenizer.stream_decoder() if self.tokenizer is not None else None
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _load_tokenizer(path: str):
+    from pathlib import Path
+
+    if not (Path(path) / "tokenizer.json").exists():
+        return None
+    from nanoseek.tokenizer import Tokenizer
+
+    return Tokenizer.from_pretrained(path)
+
+
+def _progress(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="generating", unit="req")

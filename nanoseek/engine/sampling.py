@@ -1,0 +1,99 @@
+"""Request parameters and token sampling (greedy, temperature, top-k, top-p, min-p, per-request seeds)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    """What a request asks for. Invalid values raise ValueError before any work is done."""
+
+    max_tokens: int | None = 256  # None: until a stop condition or the context is full
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: off
+    min_p: float = 0.0
+    seed: int | None = None  # reproducible sampling for this request
+    stop: list[str] = field(default_factory=list)  # stop strings (not included in the text)
+    stop_token_ids: list[int] = field(default_factory=list)
+    n: int = 1  # samples per prompt
+    logprobs: bool = False  # return the log-probability of each chosen token
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        checks = [
+            (
+                self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
+                f"max_tokens must be a positive integer or None, got {self.max_tokens!r}",
+            ),
+            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (isinstance(self.top_k, int) and self.top_k >= -1, f"top_k must be an integer >= -1, got {self.top_k!r}"),
+            (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
+            (isinstance(self.n, int) and self.n >= 1, f"n must be a positive integer, got {self.n!r}"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop must be a list of non-empty strings"),
+            (all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids must be token ids"),
+            (self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def sample(
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [N, V] (float32) -> (token ids [N], their log-probabilities under the model [N])."""
+    logprobs = torch.log_softmax(logits, dim=-1)
+    tokens = logits.argmax(dim=-1)
+    sampled = [i for i, p in enumerate(params) if not p.greedy]
+    if sampled:
+        rows = torch.tensor(sampled, device=logits.device)
+        probs = _filtered_probs(logits.index_select(0, rows), [params[i] for i in sampled])
+        for j, i in enumerate(sampled):  # one draw per row, each from its request's own generator
+            tokens[i] = torch.multinomial(probs[j], 1, generator=generators[i])[0]
+    return tokens, logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+
+
+def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Temperature, then top-k, top-p and min-p masks, per row; returns renormalised probabilities."""
+    device = logits.device
+    temperature = torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
+    logits = logits / temperature
+    top_k = [p.top_k for p in params]
+    if any(k > 0 for k in top_k):
+        k_max = min(max(top_k), logits.shape[-1])
+        kth = logits.topk(k_max, dim=-1).values  # [N, k_max]
+        index = torch.tensor([min(k, k_max) - 1 if k > 0 else k_max - 1 for k in top_k], device=device)
+        threshold = kth.gather(1, index.unsqueeze(1))
+        threshold[torch.tensor([k <= 0 for k in top_k], device=device)] = float("-inf")
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)
+    if (top_p < 1).any():
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass strictly above each token
+        drop_sorted = before >= top_p  # keep the smallest set whose mass reaches top_p (always >= 1 token)
+        probs = probs.masked_fill(torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted), 0.0)
+    min_p = torch.tensor([p.min_p for p in params], device=device).unsqueeze(1)
+    if (min_p > 0).any():
+        probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
+    return probs / probs.sum(-1, keepdim=True)

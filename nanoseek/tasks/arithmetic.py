@@ -1,0 +1,130 @@
+"""Addition and multiplication of n-digit integers, with column-by-column worked solutions."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, ClassVar
+
+from nanoseek.tasks.base import Example, Task, check_range
+
+_ADDITION_PROMPTS = (
+    "What is {a} + {b}?",
+    "Add {a} and {b}.",
+    "Compute the sum of {a} and {b}.",
+    "Calculate {a} + {b}.",
+    "What is {a} plus {b}?",
+    "Find the sum: {a} + {b}.",
+)
+_MULTIPLICATION_PROMPTS = (
+    "What is {a} * {b}?",
+    "Multiply {a} by {b}.",
+    "Compute the product of {a} and {b}.",
+    "Calculate {a} * {b}.",
+    "What is {a} times {b}?",
+    "Find the product: {a} * {b}.",
+)
+
+
+def _operand(rng: random.Random, digits: int) -> int:
+    """A number with exactly `digits` digits (0-9 for one digit)."""
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
+
+def _operand_count(digits: int) -> int:
+    return 10 if digits == 1 else 9 * 10 ** (digits - 1)
+
+
+def addition_steps(a: int, b: int) -> list[str]:
+    """Schoolbook addition right to left, one line per column: the form a small model can imitate."""
+    x, y = str(a)[::-1], str(b)[::-1]
+    lines, carry = [], 0
+    for i in range(max(len(x), len(y))):
+        da = int(x[i]) if i < len(x) else 0
+        db = int(y[i]) if i < len(y) else 0
+        total = da + db + carry
+        lines.append(f"{da} + {db} + carry {carry} = {total}: write {total % 10}, carry {total // 10}")
+        carry = total // 10
+    if carry:
+        lines.append(f"final carry {carry}: write {carry}")
+    lines.append(f"{a} + {b} = {a + b}")
+    return lines
+
+
+class AdditionTask(Task):
+    name = "addition"
+    defaults: ClassVar[dict[str, Any]] = {"digits": 3}
+
+    def _check_options(self, digits: int) -> None:
+        check_range(self.name, "digits", digits, 1, 100)
+
+    def _space_size(self, digits: int) -> int:
+        count = _operand_count(digits)
+        return count * (count + 1) // 2  # unordered pairs: a + b and b + a are one problem
+
+    def _draw(self, rng: random.Random, digits: int) -> dict:
+        return {"a": _operand(rng, digits), "b": _operand(rng, digits)}
+
+    def _content(self, data: dict) -> str:
+        return f"{data['a']}+{data['b']}"
+
+    def _canonical(self, data: dict) -> str:
+        return "+".join(sorted([str(data["a"]), str(data["b"])]))  # a + b and b + a are one problem
+
+    def _variant(self, data: dict) -> str:
+        return f"{len(str(max(data['a'], data['b'])))}d"
+
+    def _prompt(self, rng: random.Random, data: dict) -> str:
+        return rng.choice(_ADDITION_PROMPTS).format(**data)
+
+    def _answer(self, data: dict) -> str:
+        return str(data["a"] + data["b"])
+
+    def _reasoning(self, example: Example) -> str:
+        a, b = example.data["a"], example.data["b"]
+        return "\n".join([f"{a} + {b}", *addition_steps(a, b)])
+
+
+class MultiplicationTask(Task):
+    name = "multiplication"
+    defaults: ClassVar[dict[str, Any]] = {"digits": 2}
+
+    def _check_options(self, digits: int) -> None:
+        check_range(self.name, "digits", digits, 1, 20)
+
+    def _space_size(self, digits: int) -> int:
+        count = _operand_count(digits)
+        return count * (count + 1) // 2  # unordered pairs: a + b and b + a are one problem
+
+    def _draw(self, rng: random.Random, digits: int) -> dict:
+        return {"a": _operand(rng, digits), "b": _operand(rng, digits)}
+
+    def _content(self, data: dict) -> str:
+        return f"{data['a']}*{data['b']}"
+
+    def _canonical(self, data: dict) -> str:
+        return "*".join(sorted([str(data["a"]), str(data["b"])]))
+
+    def _variant(self, data: dict) -> str:
+        return f"{len(str(max(data['a'], data['b'])))}d"
+
+    def _prompt(self, rng: random.Random, data: dict) -> str:
+        return rng.choice(_MULTIPLICATION_PROMPTS).format(**data)
+
+    def _answer(self, data: dict) -> str:
+        return str(data["a"] * data["b"])
+
+    def _reasoning(self, example: Example) -> str:
+        """One partial product per digit of b (right to left), then their running sum, column by column."""
+        a, b = example.data["a"], example.data["b"]
+        lines, partials = [f"{a} * {b}"], []
+        for place, digit in enumerate(reversed(str(b))):
+            factor = int(digit) * 10**place
+            partials.append(a * factor)
+            lines.append(f"{a} * {factor} = {a * factor}")
+        total = partials[0]
+        for partial in partials[1:]:
+            lines.append(f"add {total} + {partial}:")
+            lines.extend(addition_steps(total, partial))
+            total += partial
+        lines.append(f"{a} * {b} = {total}")
+        return "\n".join(lines)

@@ -1,0 +1,508 @@
+"""Byte-level BPE tokenizer with DeepSeek-V3/R1's special tokens and R1's chat format, saved as a Hugging Face
+tokenizer directory that `transformers.AutoTokenizer` opens with the same ids.
+
+- Digits are split one per token before the byte-level split, so tiny models see numbers digit by digit.
+- The ByteLevel decoder makes `decode(encode(text)) == text` for any UTF-8 text.
+- BOS/EOS/pad/User/Assistant are special tokens (ids 0-4: BOS 0, EOS 1 and pad 2 as in DeepSeek-V3).
+  `<think>`/`</think>` (ids 5, 6) are added tokens that always encode as single ids but are *not* special, as in
+  DeepSeek-R1's tokenizer.json, so `decode(..., skip_special_tokens=True)` keeps the reasoning markers that
+  reasoning parsers look for.
+
+Chat format (DeepSeek-R1's template, with one addition)::
+
+    {bos}{system}<｜User｜>{user}<｜Assistant｜>{answer}<｜end▁of▁sentence｜>...<｜Assistant｜><think>\\n
+
+Like R1, assistant messages keep only the text after `</think>`, so earlier turns' reasoning is dropped from the
+context, and the generation prompt opens a `<think>` block. The template variable `keep_reasoning=True` (used by
+`render_training_example`, accepted by transformers' `apply_chat_template` as an extra keyword) keeps the final
+assistant message's reasoning, taken from its `reasoning_content` field and written as
+`<think>\\n{reasoning}\\n</think>\\n\\n{content}`, which is exactly what the model generates after the prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import functools
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"
+PAD = "<｜▁pad▁｜>"
+USER = "<｜User｜>"
+ASSISTANT = "<｜Assistant｜>"
+THINK = "<think>"
+END_THINK = "</think>"
+SPECIAL_TOKENS = (BOS, EOS, PAD, USER, ASSISTANT)  # control tokens: special, skipped by skip_special_tokens
+ADDED_TOKENS = (*SPECIAL_TOKENS, THINK, END_THINK)  # ids 0..6 in a trained tokenizer
+ROLES = ("system", "user", "assistant")
+DEFAULT_MODEL_MAX_LENGTH = 131072  # DeepSeek-V3's context length
+_MIN_VOCAB = 256 + len(ADDED_TOKENS)  # every byte plus the added tokens
+
+# DeepSeek-R1's template (system prompts joined by blank lines, previous turns' reasoning dropped, generation
+# prompt "<｜Assistant｜><think>\n"), without tool calls, plus `keep_reasoning` for training examples. Every line
+# starts with a whitespace-stripping tag, so it renders the same with or without trim_blocks/lstrip_blocks.
+CHAT_TEMPLATE = r"""{%- if add_generation_prompt is not defined %}{% set add_generation_prompt = false %}{% endif %}
+{%- if keep_reasoning is not defined %}{% set keep_reasoning = false %}{% endif %}
+{%- set ns = namespace(system_prompt='', first=true) %}
+{%- for message in messages if message['role'] == 'system' %}
+{%- if ns.first %}{% set ns.system_prompt = message['content'] %}{% set ns.first = false %}
+{%- else %}{% set ns.system_prompt = ns.system_prompt + '\n\n' + message['content'] %}{% endif %}
+{%- endfor %}
+{{- bos_token + ns.system_prompt }}
+{%- for message in messages %}
+{%- if message['role'] == 'user' %}
+{{- '<｜User｜>' + message['content'] }}
+{%- elif message['role'] == 'assistant' %}
+{%- set content = message['content'] %}
+{%- if keep_reasoning and loop.last %}
+{%- if message['reasoning_content'] is defined and message['reasoning_content'] %}
+{%- set content = '<think>\n' + message['reasoning_content'] + '\n</think>\n\n' + content %}
+{%- endif %}
+{%- elif '</think>' in content %}
+{%- set content = content.split('</think>')[-1] %}
+{%- endif %}
+{{- '<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>' }}
+{%- elif message['role'] != 'system' %}
+{{- raise_exception('unknown role: ' + message['role']) }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{ '<｜Assistant｜><think>\n' }}{% endif %}"""
+
+_REASONING_ALIASES = ("reasoning_content", "thinking", "reasoning")  # names transformers folds into the first
+
+
+class TokenizerError(ValueError):
+    """A tokenizer directory that cannot be opened as it is; the message names the file and why."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# chat template rendering (transformers' conventions, so both render the same text)
+
+
+@functools.lru_cache(maxsize=8)
+def _compile_template(source: str) -> Any:
+    import jinja2
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, **kw: Any) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, **kw)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(source)
+
+
+def normalize_messages(messages: Any) -> list[dict[str, Any]]:
+    """Checked copies of chat messages, as transformers passes them to a template: keys whose value is None are
+    dropped and `thinking`/`reasoning` are read as `reasoning_content`. Raises ValueError saying what is wrong."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError(f"messages must be a non-empty list of dicts, got {type(messages).__name__}")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {type(message).__name__}")
+        message = {k: v for k, v in message.items() if v is not None}
+        role = message.get("role")
+        if role not in ROLES:
+            raise ValueError(f"message {i} has unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        if not isinstance(message.get("content"), str):
+            raise ValueError(f"message {i} ({role}) has no string 'content'")
+        reasoning = next((message[k] for k in _REASONING_ALIASES if k in message), None)
+        if reasoning is not None:
+            if not isinstance(reasoning, str):
+                raise ValueError(f"message {i} ({role}) has a non-string reasoning_content")
+            message["reasoning_content"] = reasoning
+        out.append(message)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# byte-level alphabet
+
+
+@functools.cache
+def _unicode_to_byte() -> dict[str, int]:
+    """Inverse of GPT-2's byte -> printable character map, which the ByteLevel pre-tokenizer uses."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + n)
+            n += 1
+    return {c: b for b, c in chars.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the tokenizer
+
+
+class Tokenizer:
+    """A `tokenizers.Tokenizer` with DeepSeek's special tokens and chat template."""
+
+    def __init__(
+        self,
+        tok: HFTokenizer,
+        chat_template: str = CHAT_TEMPLATE,
+        model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+    ) -> None:
+        missing = [t for t in ADDED_TOKENS if tok.token_to_id(t) is None]
+        if missing:
+            raise TokenizerError(f"tokenizer lacks DeepSeek's added tokens {missing}")
+        self.hf = tok
+        self.chat_template = chat_template
+        self.model_max_length = model_max_length
+        self._token_bytes: dict[int, bytes] = {}
+        self._added = {i: t.content for i, t in tok.get_added_tokens_decoder().items()}
+        self._special_ids = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+
+    # --- building, loading, saving
+
+    @classmethod
+    def train(
+        cls,
+        sources: Iterable[str | os.PathLike] | str | os.PathLike,
+        vocab_size: int,
+        *,
+        min_frequency: int = 2,
+        show_progress: bool = False,
+    ) -> Tokenizer:
+        """Train a byte-level BPE of `vocab_size` ids (fewer if the text has too few distinct pairs).
+
+        `sources` holds texts (str) and/or files (Path or other os.PathLike: .txt, .jsonl, .parquet, read with
+        `nanoseek.data.read_documents`); a single path or string is also accepted.
+        """
+        if vocab_size < _MIN_VOCAB:
+            raise ValueError(f"vocab_size must be at least {_MIN_VOCAB} (256 bytes + {len(ADDED_TOKENS)} added tokens)")
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(ADDED_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=show_progress,
+        )
+        tok.train_from_iterator(_iter_texts(sources), trainer)
+        # The trainer marks all its tokens special; <think>/</think> stay plain added tokens as in DeepSeek-R1.
+        spec = json.loads(tok.to_str())
+        for added in spec["added_tokens"]:
+            added["special"] = added["content"] in SPECIAL_TOKENS
+        return cls(HFTokenizer.from_str(json.dumps(spec, ensure_ascii=False)))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> Tokenizer:
+        """Open a tokenizer directory written by `save_pretrained` (or a compatible Hugging Face one)."""
+        path = Path(path)
+        file = path / "tokenizer.json" if path.is_dir() or not path.suffix else path
+        if not file.is_file():
+            raise FileNotFoundError(f"no tokenizer.json in {path} (train one with `nanoseek tokenizer train`)")
+        try:
+            tok = HFTokenizer.from_file(str(file))
+        except Exception as e:  # the Rust side raises a bare Exception for any parse error
+            raise TokenizerError(f"{file} is not a valid tokenizer.json: {e}") from e
+        config_file = file.parent / "tokenizer_config.json"
+        config: dict[str, Any] = {}
+        if config_file.is_file():
+            try:
+                config = json.loads(config_file.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise TokenizerError(f"{config_file} is not valid JSON: {e}") from e
+        return cls(
+            tok,
+            chat_template=config.get("chat_template") or CHAT_TEMPLATE,
+            model_max_length=int(config.get("model_max_length", DEFAULT_MODEL_MAX_LENGTH)),
+        )
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (a transformers tokenizer dir)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            **special,
+            # The template writes BOS itself and tokenizer.json has no post-processor: encode adds nothing.
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,  # decode must return the text exactly
+            "model_max_length": self.model_max_length,
+            "chat_template": self.chat_template,
+        }
+        _write_atomic(path / "tokenizer.json", self.hf.to_str(pretty=True))
+        _write_atomic(path / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
+        _write_atomic(path / "special_tokens_map.json", json.dumps(special, indent=2, ensure_ascii=False))
+
+    # --- ids
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def bos_id(self) -> int:
+        return self.hf.token_to_id(BOS)
+
+    @property
+    def eos_id(self) -> int:
+        return self.hf.token_to_id(EOS)
+
+    @property
+    def pad_id(self) -> int:
+        return self.hf.token_to_id(PAD)
+
+    @property
+    def user_id(self) -> int:
+        return self.hf.token_to_id(USER)
+
+    @property
+    def assistant_id(self) -> int:
+        return self.hf.token_to_id(ASSISTANT)
+
+    @property
+    def think_id(self) -> int:
+        return self.hf.token_to_id(THINK)
+
+    @property
+    def end_think_id(self) -> int:
+        return self.hf.token_to_id(END_THINK)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Hash of the tokenization (vocab, merges, added tokens, pre-tokenizer): tells token files apart."""
+        return hashlib.sha256(self.hf.to_str().encode("utf-8")).hexdigest()[:16]
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.hf.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.hf.id_to_token(token_id)
+
+    # --- text <-> ids
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        ids = self.hf.encode(text, add_special_tokens=False).ids
+        return [self.bos_id, *ids] if add_bos else ids
+
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = False) -> list[list[int]]:
+        """Encode many texts at once (the Rust side uses all cores)."""
+        encodings = self.hf.encode_batch_fast(list(texts), add_special_tokens=False)
+        prefix = [self.bos_id] if add_bos else []
+        return [prefix + e.ids for e in encodings]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes a token stands for (a byte-level token may hold part of a character)."""
+        cached = self._token_bytes.get(token_id)
+        if cached is not None:
+            return cached
+        if token_id in self._added:
+            data = self._added[token_id].encode("utf-8")
+        else:
+            token = self.hf.id_to_token(token_id)
+            if token is None:
+                raise ValueError(f"token id {token_id} is outside the vocabulary (size {self.vocab_size})")
+            table = _unicode_to_byte()
+            data = bytes(table[c] for c in token)
+        self._token_bytes[token_id] = data
+        return data
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special_ids
+
+    def stream_decoder(self, skip_special_tokens: bool = False) -> StreamDecoder:
+        return StreamDecoder(self, skip_special_tokens=skip_special_tokens)
+
+    # --- chat
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        keep_reasoning: bool = False,
+    ) -> str:
+        """Render a conversation as `transformers`' apply_chat_template(..., tokenize=False) does with our template.
+
+        add_generation_prompt: end with "<｜Assistant｜><think>\\n" (the prompt for a new answer).
+        keep_reasoning: keep the final assistant message's reasoning (`reasoning_content`) for training; without
+        it, every assistant message keeps only its text after "</think>", as DeepSeek-R1 does.
+        """
+        import jinja2
+
+        messages = normalize_messages(messages)
+        try:
+            return _compile_template(self.chat_template).render(
+                messages=messages,
+                tools=None,
+                documents=None,
+                add_generation_prompt=add_generation_prompt,
+                keep_reasoning=keep_reasoning,
+                bos_token=BOS,
+                eos_token=EOS,
+                pad_token=PAD,
+            )
+        except jinja2.exceptions.TemplateError as e:
+            raise ValueError(f"chat template: {e}") from e
+
+    def render_training_example(
+        self, messages: Sequence[dict[str, Any]], last_turn_only: bool = False
+    ) -> tuple[list[int], list[int]]:
+        """(ids, loss_mask) of a conversation for supervised fine-tuning.
+
+        The text is the chat template with keep_reasoning=True and no generation prompt, so the final assistant
+        turn keeps its reasoning while earlier ones are shown as they will be at inference (answer only). The mask
+        is 1 on every token after an "<｜Assistant｜>" marker up to and including its closing EOS (reasoning,
+        answer, EOS) and 0 elsewhere (BOS, system, user turns, role markers). `last_turn_only` learns only the
+        final assistant turn. Raises ValueError for malformed messages or ones with nothing to learn.
+        """
+        messages = normalize_messages(messages)
+        n_assistant = sum(m["role"] == "assistant" for m in messages)
+        if n_assistant == 0:
+            raise ValueError("conversation has no assistant message to learn from")
+        for i, message in enumerate(messages):
+            for field in ("content", "reasoning_content"):
+                for token in SPECIAL_TOKENS:
+                    if token in message.get(field, ""):
+                        raise ValueError(f"message {i} {field} contains the control token {token!r}")
+        ids = self.encode(self.apply_chat_template(messages, add_generation_prompt=False, keep_reasoning=True))
+        mask, inside, spans = [0] * len(ids), False, []
+        for pos, token_id in enumerate(ids):
+            if token_id == self.assistant_id:
+                inside = True
+                spans.append([pos + 1, pos + 1])
+            elif inside:
+                spans[-1][1] = pos + 1
+                inside = token_id != self.eos_id
+        if len(spans) != n_assistant:  # the template must produce exactly one marker per assistant message
+            raise ValueError(f"rendered {len(spans)} assistant turns for {n_assistant} assistant messages")
+        for start, end in spans[-1:] if last_turn_only else spans:
+            mask[start:end] = [1] * (end - start)
+        return ids, mask
+
+
+class StreamDecoder:
+    """Incremental, UTF-8-safe detokenisation for streaming.
+
+    `step(id)` returns only text that no later token can change: bytes of a character split across byte-level
+    tokens are held until the character is complete. `flush()` returns what is left at the end (an incomplete
+    character becomes U+FFFD, as in `decode`). The concatenation of all returned strings equals
+    `tokenizer.decode(ids, skip_special_tokens)`.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def step(self, token_id: int) -> str:
+        token_id = int(token_id)
+        tok = self.tokenizer
+        if token_id in tok._added:
+            if self.skip_special_tokens and tok.is_special(token_id):
+                return ""  # dropped before decoding, as `decode` does: bytes either side may join
+            # Added tokens are decoded apart from the byte-level ones, so pending bytes end here.
+            return self.flush() + tok._added[token_id]
+        return self._utf8.decode(tok.token_bytes(token_id))
+
+    def flush(self) -> str:
+        text = self._utf8.decode(b"", final=True)
+        self._utf8.reset()
+        return text
+
+    def __call__(self, token_id: int) -> str:
+        return self.step(token_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _iter_texts(sources: Iterable[str | os.PathLike] | str | os.PathLike) -> Iterator[str]:
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    for source in sources:
+        if isinstance(source, os.PathLike):
+            from nanoseek.data.readers import read_documents
+
+            yield from read_documents(source)
+        elif isinstance(source, str):
+            yield source
+        else:
+            raise ValueError(f"training sources must be str (text) or Path (file), got {type(source).__name__}")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line: nanoseek tokenizer train --input FILE... --vocab-size N --out DIR
+
+
+def train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", nargs="+", required=True, metavar="FILE", help=".txt, .jsonl, .parquet or hf://NAME")
+    p.add_argument("--vocab-size", type=int, required=True, help=f"ids in the vocabulary (at least {_MIN_VOCAB})")
+    p.add_argument("--out", required=True, help="tokenizer directory to write")
+    p.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to merge")
+    p.add_argument("--stats-chars", type=int, default=10_000_000, help="characters to measure tokens per character on")
+
+
+def train_main(args: argparse.Namespace) -> int:
+    from nanoseek.data.readers import read_documents
+
+    for source in args.input:
+        if not source.startswith("hf://") and not Path(source).exists():
+            raise FileNotFoundError(f"input file {source} does not exist")
+    texts = (text for source in args.input for text in read_documents(source))
+    tok = Tokenizer.train(texts, args.vocab_size, min_frequency=args.min_frequency, show_progress=sys.stderr.isatty())
+    tok.save_pretrained(args.out)
+    chars = tokens = 0
+    for text in (text for source in args.input for text in read_documents(source)):
+        chars += len(text)
+        tokens += len(tok.encode(text))
+        if chars >= args.stats_chars:
+            break
+    print(f"wrote {args.out}: vocab size {tok.vocab_size} (bos {tok.bos_id}, eos {tok.eos_id}, pad {tok.pad_id})")
+    print(f"{tokens / max(chars, 1):.3f} tokens per character ({chars / max(tokens, 1):.2f} characters per token)")
+    return 0
+
+
+def tokenizer_args(p: argparse.ArgumentParser) -> None:
+    """`nanoseek tokenizer SUBCOMMAND`: one argparse level below the command registered in nanoseek/cli.py."""
+    sub = p.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND")
+    train = sub.add_parser("train", help="train a byte-level BPE tokenizer with DeepSeek's special tokens")
+    train_args(train)
+    train.set_defaults(tokenizer_run=train_main)
+
+
+def tokenizer_main(args: argparse.Namespace) -> int:
+    run = getattr(args, "tokenizer_run", None)
+    if run is None:
+        raise ValueError("missing subcommand: nanoseek tokenizer train --input FILE... --vocab-size N --out DIR")
+    return run(args)
+
+
+COMMAND = ("tokenizer", "train a tokenizer (byte-level BPE, DeepSeek's special tokens)", tokenizer_args, tokenizer_main)

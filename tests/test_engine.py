@@ -1,0 +1,206 @@
+"""The engine: exactness against transformers, continuous batching, prefix reuse, sampling, streaming, limits."""
+
+import threading
+
+import pytest
+import torch
+from helpers import random_config, random_model, tiny_checkpoint
+
+from nanoseek.engine import Engine, SamplingParams
+from nanoseek.engine.cache import LatentCache
+
+transformers = pytest.importorskip("transformers")
+GREEDY = dict(temperature=0, ignore_eos=True)
+
+
+def _prompts(vocab: int, lengths: list[int], seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(2, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 5, 9])
+def test_greedy_equals_transformers_generate(seed, tmp_path):
+    """float64 on both sides, so equality is exact rather than up to near-ties."""
+    config = random_config(seed, max_position_embeddings=256)
+    model = random_model(config, seed).double()
+    model.save_pretrained(tmp_path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, dtype=torch.float64, experts_implementation="eager"
+    ).eval()
+    engine = Engine(model, block_size=4, max_step_tokens=7)  # chunked prefill, many blocks per sequence
+    prompts = _prompts(config.vocab_size, [3, 9, 17, 5], seed)
+    ours = engine.generate(prompts, SamplingParams(max_tokens=10, **GREEDY))
+    for prompt, completion in zip(prompts, ours):
+        expected = theirs.generate(
+            torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0
+        )[0, len(prompt) :].tolist()
+        assert completion.token_ids == expected
+        assert completion.finish_reason == "length" and completion.prompt_cache_hit_tokens == 0
+    # the same prompts again: served partly from the prefix cache, same tokens
+    again = engine.generate(prompts, SamplingParams(max_tokens=10, **GREEDY))
+    assert [c.token_ids for c in again] == [c.token_ids for c in ours]
+    assert [c.prompt_cache_hit_tokens for c in again] == [0, 8, 16, 4]  # whole 4-token blocks, never the last token
+
+
+def test_requests_joining_mid_flight_get_the_same_tokens_as_alone():
+    model = random_model(random_config(3, max_position_embeddings=256), 3)
+    prompts = _prompts(model.config.vocab_size, [4, 11, 2, 30, 7])
+    alone = [Engine(model).generate([p], SamplingParams(max_tokens=8, **GREEDY))[0].token_ids for p in prompts]
+    engine = Engine(model, max_step_tokens=8)
+    requests = []
+    for p in prompts:  # a new request every step while the earlier ones decode
+        requests.append(engine.submit(p, SamplingParams(max_tokens=8, **GREEDY)))
+        engine.step()
+    while engine.has_work():
+        engine.step()
+    assert [r.completions[0].token_ids for r in requests] == alone
+
+
+def test_preemption_when_the_cache_is_full_keeps_results_exact():
+    model = random_model(random_config(1, max_position_embeddings=256), 1)
+    prompts = _prompts(model.config.vocab_size, [20, 25, 30, 18])
+    expected = Engine(model).generate(prompts, SamplingParams(max_tokens=20, **GREEDY))
+    small = Engine(model, block_size=4, cache_tokens=60)  # room for ~1.5 sequences at a time
+    got = small.generate(prompts, SamplingParams(max_tokens=20, **GREEDY))
+    assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+    assert small.stats["preempted"] > 0
+    assert small.cache.free_blocks() == small.cache.num_blocks - 1  # everything returned
+
+
+def test_n_samples_share_the_prompt_and_seeds_reproduce():
+    model = random_model(random_config(2, max_position_embeddings=256), 2)
+    engine = Engine(model, block_size=4)
+    prompt = _prompts(model.config.vocab_size, [13])[0]
+    params = SamplingParams(max_tokens=12, temperature=1.0, n=4, seed=7, ignore_eos=True)
+    first = engine.generate([prompt], params)[0]
+    assert len(first) == 4 and [c.index for c in first] == [0, 1, 2, 3]
+    assert len({tuple(c.token_ids) for c in first}) > 1  # different samples
+    second = engine.generate([prompt], params)[0]
+    assert [c.token_ids for c in second] == [c.token_ids for c in first]  # same seed, same samples
+    assert all(c.prompt_cache_hit_tokens == 12 for c in second)  # prompt blocks reused
+    assert engine.cache.free_blocks() == engine.cache.num_blocks - 1
+
+
+def test_sampling_filters():
+    model = random_model(random_config(2, max_position_embeddings=256), 2)
+    engine = Engine(model)
+    prompt = _prompts(model.config.vocab_size, [6])[0]
+    greedy = engine.generate([prompt], SamplingParams(max_tokens=8, **GREEDY))[0].token_ids
+    for narrow in (dict(top_k=1), dict(top_p=1e-6), dict(min_p=1.0)):
+        sampled = engine.generate(
+            [prompt], SamplingParams(max_tokens=8, temperature=1.5, seed=3, ignore_eos=True, **narrow)
+        )[0]
+        assert sampled.token_ids == greedy, narrow
+    with_logprobs = engine.generate([prompt], SamplingParams(max_tokens=8, logprobs=True, **GREEDY))[0]
+    assert len(with_logprobs.logprobs) == 8 and all(lp <= 0 for lp in with_logprobs.logprobs)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(max_tokens=0),
+        dict(max_tokens=-3),
+        dict(top_p=0),
+        dict(top_p=1.5),
+        dict(temperature=-1),
+        dict(n=0),
+        dict(top_k=-2),
+        dict(min_p=2),
+        dict(stop=[""]),
+    ],
+)
+def test_bad_parameters_are_refused(bad):
+    with pytest.raises(ValueError):
+        SamplingParams(**bad)
+
+
+def test_prompts_that_cannot_fit_are_refused_before_any_work():
+    model = random_model(random_config(2, max_position_embeddings=64), 2)
+    engine = Engine(model)
+    with pytest.raises(ValueError, match="context"):
+        engine.submit(list(range(2, 70)))
+    with pytest.raises(ValueError, match="max_tokens"):
+        engine.submit(list(range(2, 30)), SamplingParams(max_tokens=40))
+    with pytest.raises(ValueError, match="token-id prompt"):
+        engine.submit([1, 2, 10**6])
+    with pytest.raises(ValueError, match="no tokenizer"):
+        engine.submit("text needs a tokenizer")
+    assert engine.stats["steps"] == 0 and not engine.has_work()
+
+
+def test_cache_stores_only_the_latent_and_rope_key():
+    model = random_model(random_config(4, max_position_embeddings=64), 4)
+    c = model.config
+    engine = Engine(model)
+    layers = c.num_hidden_layers + c.num_nextn_predict_layers
+    assert engine.cache.bytes_per_token == layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 4
+    assert engine.cache.pool.shape[-1] == c.kv_lora_rank + c.qk_rope_head_dim
+
+
+def test_block_hashes_chain_the_whole_prefix():
+    a = LatentCache.block_hashes([1, 2, 3, 4, 5, 6, 7, 8], 4)
+    b = LatentCache.block_hashes([9, 2, 3, 4, 5, 6, 7, 8], 4)
+    assert len(a) == 2 and a[0] != b[0] and a[1] != b[1]  # same second block, different history
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    path = tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+    return Engine.from_pretrained(str(path))
+
+
+def test_text_prompts_stop_strings_and_streaming(served):
+    engine = served
+    deltas = []
+    request = engine.submit(
+        "the answer is", SamplingParams(max_tokens=30, temperature=0, ignore_eos=True), on_delta=deltas.append
+    )
+    while engine.has_work():
+        engine.step()
+    done = request.completions[0]
+    assert "".join(d.text for d in deltas) == done.text
+    assert done.text == engine.tokenizer.decode(done.token_ids)
+    assert deltas[-1].completion is done and deltas[-1].finish_reason == "length"
+    # a stop string cut out of that same text ends generation there
+    cut = done.text[len(done.text) // 2 : len(done.text) // 2 + 3]
+    if cut.strip():
+        stopped = engine.generate(
+            ["the answer is"], SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, stop=[cut])
+        )[0]
+        assert stopped.finish_reason == "stop" and cut not in stopped.text
+        assert done.text.startswith(stopped.text)
+    # a stop token id ends generation too
+    first = done.token_ids[3]
+    by_id = engine.generate(
+        ["the answer is"], SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, stop_token_ids=[first])
+    )[0]
+    assert by_id.finish_reason == "stop" and by_id.token_ids == done.token_ids[: done.token_ids.index(first)]
+
+
+def test_background_loop_serves_concurrent_callers_and_cancels(served):
+    engine = served
+    engine.start()
+    try:
+        results = {}
+
+        def call(i):
+            results[i] = engine.generate([f"what is {i}"], SamplingParams(max_tokens=6, temperature=0))[0]
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sorted(results) == [0, 1, 2, 3]
+        expected = {
+            i: engine.generate([f"what is {i}"], SamplingParams(max_tokens=6, temperature=0))[0].token_ids
+            for i in range(4)
+        }
+        assert {i: c.token_ids for i, c in results.items()} == expected
+        long = engine.submit("the answer", SamplingParams(max_tokens=200, temperature=0, ignore_eos=True))
+        long.cancel()
+        assert long.done.wait(10)
+        assert long.completions[0].finish_reason == "abort"
+    finally:
+        engine.stop()
+    assert engine.cache.free_blocks() == engine.cache.num_blocks - 1
