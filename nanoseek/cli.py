@@ -81,11 +81,13 @@ def _init(args: argparse.Namespace) -> int:
 
 def commands() -> list[Command]:
     from nanoseek import tokenizer
+    from nanoseek.engine import commands as engine_commands
 
     return [
         ("info", "parameter counts, FLOPs and cache size of a preset or checkpoint", _info_args, _info),
         ("init", "write a randomly initialised checkpoint from a preset", _init_args, _init),
         tokenizer.COMMAND,
+        engine_commands.COMMAND,
     ]
 
 

@@ -95,3 +95,29 @@ def tiny_checkpoint(path, seed: int = 0, **overrides):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def trained_mtp_model(steps: int = 150, seed: int = 0):
+    """A nano model (with one MTP module) trained briefly on sequences that step by a per-sequence stride, so
+    both the next token and the one after are predictable: a stand-in for a pretrained checkpoint."""
+    from nanoseek.config import preset
+
+    torch.manual_seed(seed)
+    config = preset("nano", vocab_size=64, num_hidden_layers=2, num_nextn_predict_layers=1, max_position_embeddings=256)
+    model = build_model(config, seed=seed).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        tokens = stride_sequences(16, 33, config.vocab_size)
+        loss = model.loss(tokens[:, :-1], tokens[:, 1:], mtp_weight=1.0).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        model.update_router_bias(1e-3)
+    return model.eval()
+
+
+def stride_sequences(batch: int, length: int, vocab: int, generator=None) -> torch.Tensor:
+    """Rows a, a+s, a+2s, ... (mod vocab - 2, shifted past ids 0-1) with random start a and stride s in 1..3."""
+    start = torch.randint(0, vocab - 2, (batch, 1), generator=generator)
+    stride = torch.randint(1, 4, (batch, 1), generator=generator)
+    return 2 + (start + stride * torch.arange(length)) % (vocab - 2)

@@ -204,3 +204,60 @@ def test_background_loop_serves_concurrent_callers_and_cancels(served):
     finally:
         engine.stop()
     assert engine.cache.free_blocks() == engine.cache.num_blocks - 1
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from helpers import trained_mtp_model
+
+    return trained_mtp_model()
+
+
+def test_mtp_speculation_is_exact_and_accepts_most_drafts_on_a_trained_model(trained):
+    from helpers import stride_sequences
+
+    prompts = stride_sequences(6, 8, trained.config.vocab_size, torch.Generator().manual_seed(1)).tolist()
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    reference = Engine(trained)
+    plain = reference.generate(prompts, params)
+    engine = Engine(trained, speculative=True)
+    fast = engine.generate(prompts, params)
+    assert [c.token_ids for c in fast] == [c.token_ids for c in plain]
+    assert engine.stats["drafted"] > 50
+    assert engine.acceptance_rate >= 0.8, engine.stats
+    assert engine.stats["steps"] < 0.7 * reference.stats["steps"]  # most steps yield two tokens
+
+
+def test_speculative_sampling_runs_and_respects_limits(trained):
+    engine = Engine(trained, speculative=True)
+    out = engine.generate([[2, 4, 6, 8]], SamplingParams(max_tokens=17, temperature=0.8, seed=0, ignore_eos=True))[0]
+    assert len(out.token_ids) == 17 and out.finish_reason == "length"
+    again = Engine(trained, speculative=True).generate(
+        [[2, 4, 6, 8]], SamplingParams(max_tokens=17, temperature=0.8, seed=0, ignore_eos=True)
+    )[0]
+    assert again.token_ids == out.token_ids  # seeded: reproducible with speculation too
+    with pytest.raises(ValueError, match="MTP"):
+        Engine(random_model(random_config(4, num_nextn_predict_layers=0)), speculative=True)
+
+
+def test_int8_keeps_a_trained_model_close(trained):
+    import copy
+
+    from nanoseek.engine.quant import quantize_int8
+
+    quantized = copy.deepcopy(trained)
+    converted = quantize_int8(quantized, min_weights=0)  # everything eligible, even nano's small matrices
+    assert converted["linear"] > 0 and converted["experts"] > 0
+    from helpers import stride_sequences
+
+    tokens = stride_sequences(8, 24, trained.config.vocab_size, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref, got = trained(tokens), quantized(tokens)
+    assert (got - ref).abs().mean() < 0.05 * ref.abs().mean()
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.95
+    params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+    prompts = tokens[:, :6].tolist()
+    a = [c.token_ids for c in Engine(trained).generate(prompts, params)]
+    b = [c.token_ids for c in Engine(quantized).generate(prompts, params)]
+    agree = sum(x == y for u, v in zip(a, b) for x, y in zip(u, v)) / sum(map(len, a))
+    assert agree > 0.9

@@ -20,7 +20,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 
 class CacheFull(RuntimeError):
@@ -37,10 +36,20 @@ class Segment:
 
 
 @dataclass
+class _Group:
+    """Segments with the same number of new tokens, attended together."""
+
+    rows: torch.Tensor | None  # their tokens' rows in the step (None: all rows, in order)
+    tables: torch.Tensor  # block tables [n, blocks], padded with block 0
+    mask: torch.Tensor  # [n, t * heads, keys]: 0 where a (token, head) row may see a cached position, else -inf
+    n: int
+    length: int
+
+
+@dataclass
 class _Plan:
     write_index: torch.Tensor  # flat cache row of every new token
-    groups: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    # per group of segments with equal length: (token rows in the step, block tables [n, nb], key mask [n, t, L], out order)
+    groups: list[_Group] = field(default_factory=list)
 
 
 class LatentCache:
@@ -51,6 +60,7 @@ class LatentCache:
         num_layers: int,
         width: int,
         value_width: int,
+        num_heads: int,
         num_blocks: int,
         block_size: int = 16,
         dtype: torch.dtype = torch.float32,
@@ -58,7 +68,7 @@ class LatentCache:
     ):
         if num_blocks < 2:
             raise ValueError("the cache needs at least 2 blocks")
-        self.num_layers, self.width, self.value_width = num_layers, width, value_width
+        self.num_layers, self.width, self.value_width, self.num_heads = num_layers, width, value_width, num_heads
         self.block_size, self.num_blocks = block_size, num_blocks
         # block 0 stays zero: padding rows of block tables point at it
         self.pool = torch.zeros(num_layers, num_blocks, block_size, width, dtype=dtype, device=device)
@@ -136,10 +146,10 @@ class LatentCache:
             hashes.append(parent)
         return hashes
 
-    def match_prefix(self, tokens: list[int]) -> list[int]:
+    def match_prefix(self, tokens: list[int], salt: bytes = b"") -> list[int]:
         """Blocks holding the longest cached prefix of `tokens` (taken: caller owns a reference to each)."""
         blocks = []
-        for h in self.block_hashes(tokens, self.block_size):
+        for h in self.block_hashes(tokens, self.block_size, salt):
             block = self.cached.get(h)
             if block is None:
                 break
@@ -160,12 +170,14 @@ class LatentCache:
     def plan(self, segments: list[Segment]) -> None:
         """Index tensors for one forward over these segments (tokens laid out segment after segment)."""
         device, bs = self.pool.device, self.block_size
-        write = []
-        for seg in segments:
-            pos = torch.arange(seg.start, seg.start + seg.length)
-            table = torch.tensor(seg.blocks, dtype=torch.long)
-            write.append(table[pos // bs] * bs + pos % bs)
-        plan = _Plan(torch.cat(write).to(device))
+        positions = torch.cat([torch.arange(seg.start, seg.start + seg.length) for seg in segments])
+        owner_blocks = torch.cat(
+            [
+                torch.tensor(seg.blocks, dtype=torch.long)[torch.arange(seg.start, seg.start + seg.length) // bs]
+                for seg in segments
+            ]
+        )
+        plan = _Plan((owner_blocks * bs + positions % bs).to(device))
         by_length: dict[int, list[int]] = {}
         for i, seg in enumerate(segments):
             by_length.setdefault(seg.length, []).append(i)
@@ -173,33 +185,43 @@ class LatentCache:
         for seg in segments:
             offsets.append(offsets[-1] + seg.length)
         for length, members in by_length.items():
-            total = max(segments[i].start + length for i in members)
-            nb = -(-total // bs)
+            nb = -(-max(segments[i].start + length for i in members) // bs)
             tables = torch.zeros(len(members), nb, dtype=torch.long)
             for row, i in enumerate(members):
-                tables[row, : len(segments[i].blocks[:nb])] = torch.tensor(segments[i].blocks[:nb])
+                blocks = segments[i].blocks[:nb]
+                tables[row, : len(blocks)] = torch.tensor(blocks, dtype=torch.long)
             starts = torch.tensor([segments[i].start for i in members])
-            key_pos = torch.arange(nb * bs)
             query_pos = starts[:, None] + torch.arange(length)[None, :]  # [n, t]
-            mask = key_pos[None, None, :] <= query_pos[:, :, None]  # causal, prefix included: [n, t, L]
-            rows = torch.cat([torch.arange(offsets[i], offsets[i] + length) for i in members])
-            plan.groups.append((members, rows.to(device), tables.to(device), mask.to(device)))
+            visible = torch.arange(nb * bs)[None, None, :] <= query_pos[:, :, None]  # causal, prefix included
+            mask = torch.zeros(visible.shape, dtype=self.pool.dtype).masked_fill_(~visible, float("-inf"))
+            mask = mask.repeat_interleave(self.num_heads, dim=1)  # rows are (token, head) pairs
+            rows = None
+            if len(by_length) > 1:
+                rows = torch.cat([torch.arange(offsets[i], offsets[i] + length) for i in members]).to(device)
+            plan.groups.append(_Group(rows, tables.to(device), mask.to(device), len(members), length))
         self._plan = plan
 
     def attend(self, layer_idx: int, query: torch.Tensor, entry: torch.Tensor, scale: float) -> torch.Tensor:
         """Store this step's entries for `layer_idx`, then attend: query [T, H, D] -> [T, H, value_width]."""
         plan = self._plan
         assert plan is not None, "call plan() before the forward pass"
-        layer = self.pool[layer_idx].view(-1, self.width)
-        layer.index_copy_(0, plan.write_index, entry.to(layer.dtype))
+        self.pool[layer_idx].view(-1, self.width).index_copy_(0, plan.write_index, entry.to(self.pool.dtype))
         heads = query.shape[1]
+        if len(plan.groups) == 1:
+            return self._attend_group(layer_idx, query, plan.groups[0], scale)
         out = query.new_empty(query.shape[0], heads, self.value_width)
-        for members, rows, tables, mask in plan.groups:
-            n, length = len(members), mask.shape[1]
-            keys = self.pool[layer_idx][tables].view(n, 1, -1, self.width).to(query.dtype)  # [n, 1, L, D]
-            # heads of all new tokens become rows of one product against the shared latent keys (MQA)
-            q = query.index_select(0, rows).view(n, 1, length * heads, self.width)
-            m = mask.repeat_interleave(heads, dim=1).unsqueeze(1)  # [n, 1, t*H, L]
-            o = F.scaled_dot_product_attention(q, keys, keys[..., : self.value_width], attn_mask=m, scale=scale)
-            out.index_copy_(0, rows, o.view(n * length, heads, self.value_width))
+        for group in plan.groups:
+            out.index_copy_(
+                0, group.rows, self._attend_group(layer_idx, query.index_select(0, group.rows), group, scale)
+            )
         return out
+
+    def _attend_group(self, layer_idx: int, query: torch.Tensor, group: _Group, scale: float) -> torch.Tensor:
+        # one shared latent key per token (MQA in latent space): the heads of all of a sequence's new tokens
+        # become rows of one product against its cached latents
+        keys = self.pool[layer_idx][group.tables].view(group.n, -1, self.width).to(query.dtype)  # [n, L, D]
+        q = query.reshape(group.n, group.length * query.shape[1], self.width)
+        # three kernels (scores + mask, softmax, values): cheaper than SDPA's general path for these small shapes
+        scores = torch.baddbmm(group.mask.to(q.dtype), q, keys.transpose(1, 2), alpha=scale)
+        out = torch.bmm(torch.softmax(scores, dim=-1), keys[..., : self.value_width])
+        return out.view(group.n * group.length, query.shape[1], self.value_width)

@@ -20,6 +20,7 @@ import torch
 
 from nanoseek.engine.cache import CacheFull, LatentCache, Segment
 from nanoseek.engine.sampling import SamplingParams, make_generator, sample
+from nanoseek.engine.speculative import propose, verify
 from nanoseek.model import DeepseekV3ForCausalLM
 
 
@@ -90,10 +91,27 @@ class Sequence:
     hit_tokens: int = 0
     finish_reason: str | None = None
     forked: bool = False  # n > 1: siblings are created once the prompt is processed
+    speculate: bool = False  # draft with the MTP module and verify (n == 1 requests of an MTP model)
+    draft: list[int] = field(default_factory=list)
+    draft_probs: torch.Tensor | None = None  # the draft distribution, when sampling (for the acceptance test)
 
     @property
-    def prompt_len(self) -> int:
-        return len(self.request.prompt)
+    def salt(self) -> bytes:
+        """Prefix-cache namespace: blocks of speculating sequences also hold the MTP layer's entries."""
+        return b"mtp" if self.speculate else b""
+
+
+@dataclass
+class Work:
+    """What one sequence feeds to a step: its uncached tokens, then its draft tokens."""
+
+    seq: Sequence
+    start: int  # position of the first fed token
+    fed: list[int]
+    draft: list[int]
+    completes: bool  # reaches the end of the sequence's known tokens, so its logits decide new tokens
+    row: int = 0  # first row of this work in the step's flat batch
+    valid: int = 0  # fed rows that turned out part of the sequence (drafts past the first rejection are not)
 
 
 class Engine:
@@ -110,7 +128,11 @@ class Engine:
         block_size: int = 16,
         cache_dtype: torch.dtype | None = None,
         max_context: int | None = None,
+        speculative: bool = False,
     ):
+        if speculative and model.config.num_nextn_predict_layers == 0:
+            raise ValueError("speculative decoding drafts with the MTP module, and this model has none")
+        self.speculative = speculative
         self.model = model.eval()
         self.tokenizer = tokenizer
         config = model.config
@@ -122,6 +144,7 @@ class Engine:
             num_layers=config.num_hidden_layers + config.num_nextn_predict_layers,
             width=config.kv_lora_rank + config.qk_rope_head_dim,
             value_width=config.kv_lora_rank,
+            num_heads=config.num_attention_heads,
             num_blocks=-(-cache_tokens // block_size) + 1,
             block_size=block_size,
             dtype=cache_dtype or next(model.parameters()).dtype,
@@ -135,16 +158,36 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._stopping = False
-        self.stats = {"steps": 0, "prompt_tokens": 0, "cache_hit_tokens": 0, "generated_tokens": 0, "preempted": 0}
+        self.stats = {
+            "steps": 0,
+            "prompt_tokens": 0,
+            "cache_hit_tokens": 0,
+            "generated_tokens": 0,
+            "preempted": 0,
+            "drafted": 0,
+            "accepted": 0,
+        }
 
     @classmethod
     def from_pretrained(
-        cls, path: str, dtype: torch.dtype | None = None, device: str | None = None, **kwargs
+        cls,
+        path: str,
+        dtype: torch.dtype | None = None,
+        device: str | None = None,
+        quantize: str | None = None,
+        **kwargs,
     ) -> Engine:
+        """Load a checkpoint directory (or hub id) with its tokenizer. quantize="int8": see engine/quant.py."""
         from nanoseek.checkpoint import from_pretrained, resolve_model_path
 
         path = str(resolve_model_path(path))
         model = from_pretrained(path, dtype=dtype, device=device)
+        if quantize == "int8":
+            from nanoseek.engine.quant import quantize_int8
+
+            quantize_int8(model)
+        elif quantize is not None:
+            raise ValueError(f"unknown quantize={quantize!r}; choose int8 or leave it unset")
         return cls(model, _load_tokenizer(path), **kwargs)
 
     # ---- requests ----
@@ -255,9 +298,15 @@ class Engine:
         batch = self._schedule()
         if not batch:
             return
-        logits = self._forward(batch)
-        self._sample(batch, logits)
+        hidden, logits = self._forward(batch)
+        self._advance(batch, logits)
+        if any(w.seq.speculate for w in batch):
+            self._draft([w for w in batch if w.seq.speculate and w.seq.finish_reason is None], hidden)
         self.stats["steps"] += 1
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.stats["accepted"] / max(1, self.stats["drafted"])
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self.running if s.request.cancelled]:
@@ -282,28 +331,34 @@ class Engine:
                 make_generator(request.params.seed, "cpu"),
                 self._decoder(),
                 forked=request.params.n > 1,
+                speculate=self.speculative and request.params.n == 1,
             )
             # reuse cached latents of the prompt's prefix (never all of it: the last token must run for its logits)
-            seq.blocks = self.cache.match_prefix(request.prompt[: len(request.prompt) - 1])
+            seq.blocks = self.cache.match_prefix(request.prompt[: len(request.prompt) - 1], seq.salt)
             seq.num_cached = seq.hit_tokens = len(seq.blocks) * self.cache.block_size
-            seq.hashes = LatentCache.block_hashes(request.prompt[: seq.num_cached], self.cache.block_size)
+            seq.hashes = LatentCache.block_hashes(request.prompt[: seq.num_cached], self.cache.block_size, seq.salt)
             self.stats["prompt_tokens"] += len(request.prompt)
             self.stats["cache_hit_tokens"] += seq.hit_tokens
             self.running.append(seq)
 
-    def _schedule(self) -> list[tuple[Sequence, int]]:
-        """(sequence, number of new tokens) for this step: every decoding sequence, then prompt chunks."""
+    def _schedule(self) -> list[Work]:
+        """What each sequence feeds this step: every decoding sequence (with its draft), then prompt chunks."""
         budget = self.max_step_tokens
         decoding = [s for s in self.running if len(s.tokens) - s.num_cached == 1]
         prefilling = [s for s in self.running if len(s.tokens) - s.num_cached > 1]
-        batch: list[tuple[Sequence, int]] = []
+        batch: list[Work] = []
         for seq in decoding + prefilling:
             if budget <= 0:
                 break
             take = min(len(seq.tokens) - seq.num_cached, budget)
-            if self._reserve(seq, seq.num_cached + take, batch):
-                batch.append((seq, take))
-                budget -= take
+            completes = take == len(seq.tokens) - seq.num_cached
+            draft = seq.draft if completes else []
+            work = Work(
+                seq, seq.num_cached, seq.tokens[seq.num_cached : seq.num_cached + take] + draft, draft, completes
+            )
+            if self._reserve(seq, work.start + len(work.fed), batch):
+                batch.append(work)
+                budget -= len(work.fed)
         if not batch and self.running:  # every sequence waits for cache space: free the newest one
             if len(self.running) == 1:
                 self._finish(self.running[0], "length")  # it alone does not fit in the cache
@@ -311,14 +366,14 @@ class Engine:
                 self._preempt(self.running[-1])
         return batch
 
-    def _reserve(self, seq: Sequence, num_tokens: int, scheduled: list[tuple[Sequence, int]]) -> bool:
+    def _reserve(self, seq: Sequence, num_tokens: int, scheduled: list[Work]) -> bool:
         """Blocks for num_tokens; when the cache is full, preempt the newest unscheduled sequence."""
         while True:
             try:
                 self.cache.ensure_capacity(seq.blocks, num_tokens)
                 return True
             except CacheFull:
-                busy = {id(s) for s, _ in scheduled} | {id(seq)}
+                busy = {id(w.seq) for w in scheduled} | {id(seq)}
                 victims = [s for s in self.running if id(s) not in busy and s.blocks]
                 if not victims:
                     return False
@@ -327,74 +382,130 @@ class Engine:
     def _preempt(self, seq: Sequence) -> None:
         """Free a sequence's cache; it restarts from its prompt + generated tokens when blocks are free again."""
         self.cache.release(seq.blocks)
-        seq.blocks, seq.hashes, seq.num_cached = [], [], 0
+        seq.blocks, seq.hashes, seq.num_cached, seq.draft, seq.draft_probs = [], [], 0, [], None
         self.running.remove(seq)
         self.running.append(seq)  # keeps its place in line at the end; recomputed as a long prompt chunk
         self.stats["preempted"] += 1
 
-    def _forward(self, batch: list[tuple[Sequence, int]]) -> torch.Tensor:
-        ids, positions, segments, last_rows = [], [], [], []
-        for seq, take in batch:
-            start = seq.num_cached
-            ids.extend(seq.tokens[start : start + take])
-            positions.extend(range(start, start + take))
-            segments.append(Segment(seq.blocks, start, take))
-            last_rows.append(len(ids) - 1)
+    def _forward(self, batch: list[Work]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Main model over every fed token -> (hidden states [T, hidden], logits of the rows that decide tokens)."""
+        ids, positions, segments, logit_rows = [], [], [], []
+        for work in batch:
+            work.row = len(ids)
+            ids.extend(work.fed)
+            positions.extend(range(work.start, work.start + len(work.fed)))
+            segments.append(Segment(work.seq.blocks, work.start, len(work.fed)))
+            if work.completes:  # the last uncached token and every draft token
+                logit_rows.extend(range(len(ids) - len(work.draft) - 1, len(ids)))
         self.cache.plan(segments)
-        ids_t = torch.tensor([ids], device=self.device)
-        pos_t = torch.tensor([positions], device=self.device)
-        hidden = self.model.hidden_states(ids_t, pos_t, self.cache)[0]
-        needs_logits = [i for i, (seq, take) in enumerate(batch) if seq.num_cached + take == len(seq.tokens)]
-        rows = torch.tensor([last_rows[i] for i in needs_logits], device=self.device)
-        logits = self.model.lm_head(hidden.index_select(0, rows)).float() if needs_logits else hidden.new_empty(0)
-        for seq, take in batch:
-            seq.num_cached += take
-            self._register(seq)
-        return logits
+        hidden = self.model.hidden_states(
+            torch.tensor([ids], device=self.device), torch.tensor([positions], device=self.device), self.cache
+        )[0]
+        rows = torch.tensor(logit_rows, device=self.device, dtype=torch.long)
+        logits = self.model.lm_head(hidden.index_select(0, rows)).float() if logit_rows else hidden.new_empty(0)
+        return hidden, logits
 
     def _register(self, seq: Sequence) -> None:
         """Offer newly completed full blocks to the prefix cache."""
         full = seq.num_cached // self.cache.block_size
         if full > len(seq.hashes):
             bs = self.cache.block_size
-            parent = seq.hashes[-1] if seq.hashes else b""
+            parent = seq.hashes[-1] if seq.hashes else seq.salt
             new = LatentCache.block_hashes(seq.tokens[len(seq.hashes) * bs : full * bs], bs, parent)
             self.cache.register(new, seq.blocks[len(seq.hashes) : full])
             seq.hashes.extend(new)
 
-    def _sample(self, batch: list[tuple[Sequence, int]], logits: torch.Tensor) -> None:
-        ready = [seq for seq, _ in batch if seq.num_cached == len(seq.tokens)]
-        rows = list(range(len(ready)))
-        expanded: list[tuple[Sequence, int]] = []
-        for seq, row in zip(ready, rows):
-            expanded.append((seq, row))
-            if seq.forked:  # n > 1: the prompt is done; the other samples share its cache from here
-                seq.forked = False
-                for i in range(1, seq.request.params.n):
-                    seed = seq.request.params.seed
-                    sibling = Sequence(
-                        seq.request,
-                        i,
-                        list(seq.tokens),
-                        make_generator(None if seed is None else seed + i, "cpu"),
-                        self._decoder(),
-                        num_cached=seq.num_cached,
-                        hit_tokens=seq.hit_tokens,
-                    )
-                    sibling.blocks = self.cache.fork(seq.blocks, seq.num_cached)
-                    sibling.hashes = list(seq.hashes)
-                    self.running.append(sibling)
-                    expanded.append((sibling, row))
-        if not expanded:
+    def _advance(self, batch: list[Work], logits: torch.Tensor) -> None:
+        """Decide new tokens (sampling, or verifying drafts), then move every sequence forward."""
+        row = 0
+        plain: list[tuple[Sequence, int]] = []  # (sequence, logits row) sampled the ordinary way
+        verified: list[tuple[Work, list[int], list[float]]] = []
+        for work in batch:
+            seq = work.seq
+            work.valid = len(work.fed) - len(work.draft)
+            if not work.completes:
+                continue
+            if work.draft:
+                tokens, logprobs = verify(
+                    logits[row : row + len(work.draft) + 1],
+                    work.draft,
+                    seq.draft_probs,
+                    seq.request.params,
+                    seq.generator,
+                )
+                self.stats["drafted"] += len(work.draft)
+                self.stats["accepted"] += len(tokens) - 1
+                work.valid += len(tokens) - 1
+                verified.append((work, tokens, logprobs))
+            else:
+                plain.append((seq, row))
+                if seq.forked:  # n > 1: the prompt is done; the other samples share its cache from here
+                    plain.extend((sibling, row) for sibling in self._fork(seq, work.start + work.valid))
+            row += len(work.draft) + 1
+        for work in batch:
+            work.seq.num_cached = work.start + work.valid
+            work.seq.draft, work.seq.draft_probs = [], None
+            self._register(work.seq)
+        if plain:
+            index = torch.tensor([r for _, r in plain], device=logits.device)
+            tokens, logprobs = sample(
+                logits.index_select(0, index), [s.request.params for s, _ in plain], [s.generator for s, _ in plain]
+            )
+            for (seq, _), token, logprob in zip(plain, tokens.tolist(), logprobs.tolist()):
+                self._append(seq, token, logprob)
+        for work, tokens, logprobs in verified:
+            for token, logprob in zip(tokens, logprobs):
+                if work.seq.finish_reason is not None:
+                    break
+                self._append(work.seq, token, logprob)
+
+    def _fork(self, seq: Sequence, num_cached: int) -> list[Sequence]:
+        seq.forked = False
+        siblings = []
+        for i in range(1, seq.request.params.n):
+            seed = seq.request.params.seed
+            sibling = Sequence(
+                seq.request,
+                i,
+                list(seq.tokens),
+                make_generator(None if seed is None else seed + i, "cpu"),
+                self._decoder(),
+                num_cached=num_cached,
+                hit_tokens=seq.hit_tokens,
+            )
+            sibling.blocks = self.cache.fork(seq.blocks, num_cached)
+            sibling.hashes = list(seq.hashes)
+            self.running.append(sibling)
+            siblings.append(sibling)
+        return siblings
+
+    def _draft(self, batch: list[Work], hidden: torch.Tensor) -> None:
+        """MTP pass: the MTP module reads each valid row's hidden state and the token after it (now known),
+        extending its own cache; its last row proposes the next draft token."""
+        batch = [w for w in batch if w.valid > 0]
+        if not batch:
             return
-        row_index = torch.tensor([row for _, row in expanded], device=logits.device)
-        tokens, logprobs = sample(
-            logits.index_select(0, row_index),
-            [s.request.params for s, _ in expanded],
-            [s.generator for s, _ in expanded],
-        )
-        for (seq, _), token, logprob in zip(expanded, tokens.tolist(), logprobs.tolist()):
-            self._append(seq, token, logprob)
+        rows, next_ids, positions, segments, last = [], [], [], [], []
+        for work in batch:
+            seq = work.seq
+            rows.extend(range(work.row, work.row + work.valid))
+            next_ids.extend(seq.tokens[work.start + 1 : work.start + work.valid + 1])
+            positions.extend(range(work.start, work.start + work.valid))
+            segments.append(Segment(seq.blocks, work.start, work.valid))
+            last.append(len(rows) - 1)
+        self.cache.plan(segments)
+        device = self.device
+        h = hidden.index_select(0, torch.tensor(rows, device=device)).unsqueeze(0)
+        mtp = self.model.mtp_hidden_states(
+            0, h, torch.tensor([next_ids], device=device), torch.tensor([positions], device=device), self.cache
+        )[0]
+        drafting = [i for i, w in enumerate(batch) if w.completes and w.seq.finish_reason is None]
+        if not drafting:
+            return
+        logits = self.model.lm_head(mtp.index_select(0, torch.tensor([last[i] for i in drafting], device=device)))
+        for i, row_logits in zip(drafting, logits.float()):
+            seq = batch[i].seq
+            seq.draft, seq.draft_probs = propose(row_logits, seq.request.params, seq.generator)
 
     def _append(self, seq: Sequence, token: int, logprob: float) -> None:
         params = seq.request.params
@@ -416,9 +527,8 @@ class Engine:
                 seq.decoder = None  # the text ends at the stop string: nothing pending is wanted
                 self._finish(seq, "stop")
                 return
-        if params.max_tokens is not None and len(seq.generated) >= params.max_tokens:
-            self._finish(seq, "length")
-        elif len(seq.tokens) >= min(self.max_context, self.cache.capacity_tokens):
+        out_of_room = len(seq.tokens) >= min(self.max_context, self.cache.capacity_tokens)
+        if out_of_room or (params.max_tokens is not None and len(seq.generated) >= params.max_tokens):
             self._finish(seq, "length")
         else:
             self._emit(seq)

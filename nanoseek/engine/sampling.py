@@ -67,16 +67,21 @@ def sample(
     sampled = [i for i, p in enumerate(params) if not p.greedy]
     if sampled:
         rows = torch.tensor(sampled, device=logits.device)
-        probs = _filtered_probs(logits.index_select(0, rows), [params[i] for i in sampled])
+        probs = filtered_probs(logits.index_select(0, rows), [params[i] for i in sampled])
         for j, i in enumerate(sampled):  # one draw per row, each from its request's own generator
             tokens[i] = torch.multinomial(probs[j], 1, generator=generators[i])[0]
     return tokens, logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
 
 
-def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-    """Temperature, then top-k, top-p and min-p masks, per row; returns renormalised probabilities."""
+def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Temperature, then top-k, top-p and min-p masks, per row; returns renormalised probabilities.
+
+    Greedy rows (temperature 0) get all their mass on the argmax."""
+    greedy = torch.tensor([p.greedy for p in params], device=logits.device)
+    if greedy.all():
+        return torch.zeros_like(logits).scatter_(1, logits.argmax(-1, keepdim=True), 1.0)
     device = logits.device
-    temperature = torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
+    temperature = torch.tensor([p.temperature or 1.0 for p in params], device=device).unsqueeze(1)
     logits = logits / temperature
     top_k = [p.top_k for p in params]
     if any(k > 0 for k in top_k):
@@ -96,4 +101,7 @@ def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch
     min_p = torch.tensor([p.min_p for p in params], device=device).unsqueeze(1)
     if (min_p > 0).any():
         probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
-    return probs / probs.sum(-1, keepdim=True)
+    probs = probs / probs.sum(-1, keepdim=True)
+    if greedy.any():
+        probs[greedy] = torch.zeros_like(probs[greedy]).scatter_(1, logits[greedy].argmax(-1, keepdim=True), 1.0)
+    return probs

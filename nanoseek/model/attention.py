@@ -134,13 +134,15 @@ class MultiHeadLatentAttention(nn.Module):
     def absorbed_query(self, q_nope: torch.Tensor, q_rope: torch.Tensor) -> torch.Tensor:
         """[..., H, nope] and [..., H, rope] -> the latent-space query [..., H, r + rope]."""
         w_uk, _ = self.absorbed_weights()
-        q_latent = torch.einsum("...hd,hdr->...hr", q_nope, w_uk)
+        heads_first = q_nope.reshape(-1, self.num_heads, self.nope_dim).transpose(0, 1)  # [H, N, nope]
+        q_latent = torch.bmm(heads_first, w_uk).transpose(0, 1).reshape(*q_nope.shape[:-1], self.kv_lora_rank)
         return torch.cat([q_latent, q_rope], dim=-1)
 
     def absorbed_output(self, out_latent: torch.Tensor) -> torch.Tensor:
         """[..., H, r] attention output in latent space -> per-head values [..., H, v]."""
         _, w_uv = self.absorbed_weights()
-        return torch.einsum("...hr,hvr->...hv", out_latent, w_uv)
+        heads_first = out_latent.reshape(-1, self.num_heads, self.kv_lora_rank).transpose(0, 1)  # [H, N, r]
+        return torch.bmm(heads_first, w_uv.transpose(1, 2)).transpose(0, 1).reshape(*out_latent.shape[:-1], self.v_dim)
 
     def attend_absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, entries: torch.Tensor) -> torch.Tensor:
         """Causal attention over latents [B, T, r + rope] for the last S positions; -> [B, S, H, v]."""

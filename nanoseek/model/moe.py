@@ -169,15 +169,16 @@ class Experts(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         e, h, i = config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
-        self.intermediate = i
+        self.num_experts, self.intermediate = e, i
         self.w_gate_up = nn.Parameter(torch.empty(e, h, 2 * i))
         self.w_down = nn.Parameter(torch.empty(e, i, h))
+        self.int8: list | None = None  # packed int8 weights per expert, after quantize()
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """x [T, hidden]; weights/ids [T, k]; counts [E] tokens per expert -> [T, hidden]."""
         tokens, k = ids.shape
-        if 2 * ids.numel() <= self.w_gate_up.shape[0]:
-            return self._few_tokens(x, weights, ids)
+        if self.int8 is not None or 2 * ids.numel() <= self.num_experts:
+            return self._per_expert(x, weights, ids, counts)
         order = ids.flatten().argsort(stable=True)  # (token, slot) pairs grouped by expert
         inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
         offsets = counts.cumsum(0).to(torch.int32)
@@ -188,16 +189,41 @@ class Experts(nn.Module):
         out = permute_rows(grouped_matmul(F.silu(gate) * up, self.w_down, offsets), inverse, order)
         return (out.view(tokens, k, -1) * weights.unsqueeze(-1).to(out.dtype)).sum(1).to(x.dtype)
 
-    def _few_tokens(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Decoding: a few (token, expert) pairs. Multiplying by just the chosen experts' weight slices (no copy)
-        beats both a grouped kernel that walks every expert and gathering the chosen weights."""
-        out = torch.zeros_like(x, dtype=torch.promote_types(x.dtype, weights.dtype))
-        for token, (experts, gains) in enumerate(zip(ids.tolist(), weights.unbind(0))):
-            row = x[token]
-            for slot, e in enumerate(experts):
-                gate, up = (row @ self.w_gate_up[e]).split(self.intermediate)
-                out[token].add_((F.silu(gate) * up) @ self.w_down[e], alpha=gains[slot].item())
+    def _per_expert(
+        self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor
+    ) -> torch.Tensor:
+        """One expert at a time, on just its tokens. For decoding (a few (token, expert) pairs) multiplying by the
+        chosen experts' weight slices beats a grouped kernel that walks every expert; int8 experts always go here."""
+        k = ids.shape[1]
+        order = ids.flatten().argsort(stable=True)
+        token_rows, gains = order // k, weights.flatten()[order].unsqueeze(1)
+        out = torch.zeros(x.shape, dtype=torch.promote_types(x.dtype, weights.dtype), device=x.device)
+        start = 0
+        for e, count in enumerate(counts.tolist()):
+            if count:
+                rows = token_rows[start : start + count]
+                out.index_add_(0, rows, self._expert(e, x.index_select(0, rows)) * gains[start : start + count])
+                start += count
         return out.to(x.dtype)
+
+    def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        if self.int8 is not None:
+            from nanoseek.engine.quant import int8_linear
+
+            gate_up, down = self.int8[e]
+            gate, up = int8_linear(x, gate_up).split(self.intermediate, dim=-1)
+            return int8_linear(F.silu(gate) * up, down)
+        gate, up = (x @ self.w_gate_up[e]).split(self.intermediate, dim=-1)
+        return (F.silu(gate) * up) @ self.w_down[e]
+
+    @torch.no_grad()
+    def quantize(self) -> None:
+        """Pack every expert's weights as int8 (see nanoseek.engine.quant) and drop the float copies."""
+        from nanoseek.engine.quant import pack_int8
+
+        self.int8 = [(pack_int8(self.w_gate_up[e].t()), pack_int8(self.w_down[e].t())) for e in range(self.num_experts)]
+        self.w_gate_up = nn.Parameter(self.w_gate_up.new_empty(0), requires_grad=False)
+        self.w_down = nn.Parameter(self.w_down.new_empty(0), requires_grad=False)
 
 
 class MoE(nn.Module):

@@ -7,8 +7,9 @@ where DeepSeek's checkpoints put them (`model.layers.{num_hidden_layers + k}`); 
 MTP wiring (DeepSeek-V3 paper section 2.2; the same choices as transformers' MtpModel and vLLM):
 depth k sees [enorm(Emb(t_{i+k})) ; hnorm(h_i^{k-1})] through eh_proj and one transformer block, where h^0 is the
 main model's *final normalised* hidden state and h^k is the block output after the module's own
-`shared_head.norm`; logits come from the shared lm_head. Rotary positions are those of the embedded tokens
-(i + k); RoPE being relative, any constant offset gives the same result.
+`shared_head.norm`; logits come from the shared lm_head. The pair (state at i, token i + k) sits at position i,
+in rotary positions and in the inference cache alike (RoPE is relative, so the offset is free; this way the MTP
+module's cache rows line up with the main model's).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class DeepseekV3ForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Depth `depth` (0-based) from the previous depth's states and the ids of the tokens one step ahead.
 
-        positions are those of `next_ids`. Logits: `self.lm_head(result)`.
+        positions are those of `previous` (see the module docstring). Logits: `self.lm_head(result)`.
         """
         layer = self.mtp_layers[depth]
         return layer.predict(previous, self.model.embed_tokens(next_ids), self.model.rotary(positions), cache)
@@ -154,7 +155,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         for depth in range(len(self.mtp_layers)):
             shift = depth + 1
             next_ids = F.pad(input_ids[:, shift:], (0, shift), value=0)
-            h = self.mtp_hidden_states(depth, h, next_ids, positions + shift)
+            h = self.mtp_hidden_states(depth, h, next_ids, positions)
             mtp_labels = F.pad(labels[:, shift:], (0, shift), value=IGNORE_INDEX)
             mtp_losses.append(linear_cross_entropy(h, self.lm_head.weight, mtp_labels))
         balance = sum(
