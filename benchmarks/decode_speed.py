@@ -1,0 +1,240 @@
+"""Decode speed: nanoseek's engine vs transformers' `generate` on the same checkpoints, in one run.
+
+(a) batch-1 greedy decode tokens/s on bench-18m and bench-300m, with the fraction of the memory-bandwidth
+    roofline (read bandwidth measured in this run / bytes of weights one token reads);
+(b) decode with 2k tokens of context already in the cache;
+(c) 32 concurrent prompts through continuous batching: total tokens/s against batch-1;
+(d) MTP speculative decoding on a model whose MTP module was trained: acceptance rate and speed-up.
+
+    python benchmarks/decode_speed.py              # all sections (~5 minutes on 2 cores)
+    python benchmarks/decode_speed.py --sections a c --presets bench-18m
+    python benchmarks/decode_speed.py --mtp-checkpoint runs/speedrun/base   # (d) on a pretrained model
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from common import table
+
+from nanoseek.config import preset
+from nanoseek.engine import Engine, SamplingParams
+from nanoseek.engine.quant import Int8Linear, quantize_int8
+from nanoseek.model import build_model
+from nanoseek.model.moe import Experts
+from nanoseek.runtime import keep_freed_memory
+
+warnings.filterwarnings("ignore")
+
+
+def read_bandwidth(megabytes: int = 1024) -> float:
+    """Bytes/s this machine reads from memory (a sum over a buffer far larger than the caches)."""
+    buffer = torch.ones(megabytes * 2**20 // 4)
+    buffer.sum()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - start)
+    return buffer.numel() * 4 / best
+
+
+def weight_bytes_per_token(model) -> float:
+    """Bytes of weights one decoded token reads: every dense matrix once, k of E routed experts per MoE layer."""
+    config = model.config
+    total = 0.0
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            total += module.weight_bytes
+        elif isinstance(module, torch.nn.Linear):
+            total += module.weight.numel() * module.weight.element_size()
+        elif isinstance(module, Experts):
+            per_expert = 3 * config.hidden_size * config.moe_intermediate_size
+            size = 1 if module.int8 is not None else module.w_down.element_size()
+            total += config.num_experts_per_tok * per_expert * size
+    for layer in model.mtp_layers:  # not run without speculation
+        total -= sum(p.numel() * p.element_size() for p in layer.parameters())
+    return total + config.hidden_size * 4  # one embedding row
+
+
+def ours_decode(model, prompts: list[list[int]], new_tokens: int, speculative: bool = False) -> tuple[float, Engine]:
+    engine = Engine(model, speculative=speculative, max_step_tokens=4096)
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    engine.generate([p[:8] for p in prompts], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+    # prefill first, then time only decoding: every prompt is in the cache before the clock starts
+    requests = [engine.submit(p, params) for p in prompts]
+    while any(len(s.tokens) - s.num_cached > 1 for s in engine.running) or engine.num_waiting:
+        engine.step()
+    generated_before = engine.stats["generated_tokens"]
+    start = time.perf_counter()
+    while engine.has_work():
+        engine.step()
+    seconds = time.perf_counter() - start
+    assert all(r.finished() for r in requests)
+    return (engine.stats["generated_tokens"] - generated_before) / seconds, engine
+
+
+def theirs_decode(path: str, prompt: list[int], new_tokens: int, dtype=torch.float32) -> float:
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        model.generate(ids[:, :8], max_new_tokens=4, do_sample=False)
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        total = time.perf_counter() - start
+    return (new_tokens - 1) / max(total - prefill, 1e-9)
+
+
+def section_a_b(presets: list[str], bandwidth: float, sections: set[str]) -> list[dict]:
+    rows = []
+    for name in presets:
+        config = preset(name, num_nextn_predict_layers=0, max_position_embeddings=4096)
+        model = build_model(config)
+        quantized = copy.deepcopy(model)
+        quantize_int8(quantized)
+        with tempfile.TemporaryDirectory() as path:
+            model.save_pretrained(path)
+            for label, context, new_tokens in [
+                ("a: batch 1, short prompt", 32, 48),
+                ("b: batch 1, 2k context", 2048, 32),
+            ]:
+                if label[0] not in sections:
+                    continue
+                prompt = torch.randint(
+                    2, config.vocab_size, (context,), generator=torch.Generator().manual_seed(0)
+                ).tolist()
+                theirs = theirs_decode(path, prompt, new_tokens)
+                for setting, m in [("fp32", model), ("int8", quantized)]:
+                    ours, _ = ours_decode(m, [prompt], new_tokens)
+                    roofline = bandwidth / weight_bytes_per_token(m)
+                    rows.append(
+                        {
+                            "section": label,
+                            "model": name,
+                            "nanoseek": setting,
+                            "nanoseek tok/s": f"{ours:.1f}",
+                            "transformers fp32 tok/s": f"{theirs:.1f}",
+                            "ratio": f"{ours / theirs:.2f}x",
+                            "roofline tok/s": f"{roofline:.0f}",
+                            "of roofline": f"{ours / roofline:.0%}",
+                        }
+                    )
+                    print(f"  {label} {name} {setting}: {ours:.1f} tok/s vs transformers {theirs:.1f}", flush=True)
+    return rows
+
+
+def section_c(presets: list[str], concurrent: int) -> list[dict]:
+    rows = []
+    for name in presets:
+        config = preset(name, num_nextn_predict_layers=0)
+        model = build_model(config)
+        g = torch.Generator().manual_seed(1)
+        prompts = [
+            torch.randint(2, config.vocab_size, (int(n),), generator=g).tolist()
+            for n in torch.randint(16, 128, (concurrent,), generator=g)
+        ]
+        single, _ = ours_decode(model, prompts[:1], 48)
+        many, _ = ours_decode(model, prompts, 48)
+        rows.append(
+            {
+                "model": name,
+                "batch-1 tok/s": f"{single:.1f}",
+                f"{concurrent} concurrent tok/s": f"{many:.1f}",
+                "ratio": f"{many / single:.1f}x",
+            }
+        )
+        print(f"  c {name}: {many:.1f} vs {single:.1f} tok/s", flush=True)
+    return rows
+
+
+def trained_mtp_model():
+    """A tiny model whose MTP module learned something (the test suite's fixture), when no checkpoint is given."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from helpers import stride_sequences, trained_mtp_model
+
+    model = trained_mtp_model(steps=300)
+    prompts = stride_sequences(1, 8, model.config.vocab_size, torch.Generator().manual_seed(5)).tolist()
+    return model, prompts
+
+
+def section_d(checkpoint: str | None) -> list[dict]:
+    if checkpoint:
+        import nanoseek
+        from nanoseek.checkpoint import resolve_model_path
+        from nanoseek.tokenizer import Tokenizer
+
+        model = nanoseek.from_pretrained(checkpoint)
+        tokenizer = Tokenizer.from_pretrained(resolve_model_path(checkpoint))
+        prompts = [tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": "What is 123 + 456?"}]))]
+        label = checkpoint
+    else:
+        model, prompts = trained_mtp_model()
+        label = "nano, MTP trained 300 steps (test fixture)"
+    plain, _ = ours_decode(model, prompts, 64)
+    fast, engine = ours_decode(model, prompts, 64, speculative=True)
+    return [
+        {
+            "model": label,
+            "plain tok/s": f"{plain:.1f}",
+            "speculative tok/s": f"{fast:.1f}",
+            "speed-up": f"{fast / plain:.2f}x",
+            "acceptance": f"{engine.acceptance_rate:.0%}",
+        }
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["bench-18m", "bench-300m"])
+    parser.add_argument("--sections", nargs="+", default=["a", "b", "c", "d"])
+    parser.add_argument("--concurrent", type=int, default=32)
+    parser.add_argument("--mtp-checkpoint", help="a checkpoint with a trained MTP module for section d")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    sections = set(args.sections)
+    bandwidth = read_bandwidth()
+    print(f"memory read bandwidth: {bandwidth / 1e9:.1f} GB/s; {args.threads} threads", flush=True)
+    if sections & {"a", "b"}:
+        rows = section_a_b(args.presets, bandwidth, sections)
+        print("\n(a, b) batch-1 greedy decode, nanoseek engine vs transformers generate (fp32):\n")
+        print(
+            table(
+                rows,
+                [
+                    "section",
+                    "model",
+                    "nanoseek",
+                    "nanoseek tok/s",
+                    "transformers fp32 tok/s",
+                    "ratio",
+                    "roofline tok/s",
+                    "of roofline",
+                ],
+            )
+        )
+    if "c" in sections:
+        rows = section_c(args.presets, args.concurrent)
+        print(f"\n(c) continuous batching, {args.concurrent} prompts of 16-128 tokens, 48 new tokens each:\n")
+        print(table(rows, list(rows[0])))
+    if "d" in sections:
+        rows = section_d(args.mtp_checkpoint)
+        print("\n(d) MTP speculative decoding (greedy, batch 1; output identical to plain decoding):\n")
+        print(table(rows, list(rows[0])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Cache bytes per token: MLA's latent cache (measured in nanoseek's engine) next to plain multi-head attention.
+
+For each config: bytes per token per layer that nanoseek's engine allocates (kv_lora_rank + qk_rope_head_dim
+numbers), the multi-head-attention equivalent (a key and a value per head), and for the small configs the
+bytes transformers' DynamicCache actually holds after `generate` on the same checkpoint. The real DeepSeek-V3
+shape is computed from its config alone.
+
+    python benchmarks/kv_cache.py
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+
+import torch
+from common import table
+
+from nanoseek.config import preset
+from nanoseek.engine import Engine
+from nanoseek.model import build_model
+from nanoseek.model.sizes import latent_cache_bytes_per_token
+
+warnings.filterwarnings("ignore")
+
+
+def transformers_cache_bytes(model, config) -> float:
+    """Bytes per token per layer in transformers' cache after generating on this checkpoint."""
+    import transformers
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory() as path:
+        model.save_pretrained(path)
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    prompt = torch.randint(2, config.vocab_size, (1, 64))
+    out = theirs.generate(prompt, max_new_tokens=8, do_sample=False, return_dict_in_generate=True)
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    tensors = [t for layer in cache.layers for t in (layer.keys, layer.values) if t is not None]
+    tokens = tensors[0].shape[-2]
+    return sum(t.numel() * t.element_size() for t in tensors) / tokens / config.num_hidden_layers
+
+
+def main() -> None:
+    rows = []
+    for name in ["nano", "bench-18m", "bench-300m", "deepseek-v3"]:
+        config = preset(name, num_nextn_predict_layers=0)
+        computed = latent_cache_bytes_per_token(config, dtype_bytes=2)
+        row = {
+            "config": name,
+            "layers": config.num_hidden_layers,
+            "formula (r + rope) x 2B": computed["mla_per_layer"],
+            "MHA equivalent": computed["mha_per_layer"],
+            "MHA / MLA": f"{computed['mha_per_layer'] / computed['mla_per_layer']:.1f}x",
+            "per token, all layers": f"{computed['mla_all_layers'] / 1024:.1f} KiB",
+        }
+        if name != "deepseek-v3":
+            model = build_model(config, dtype=torch.bfloat16)
+            engine = Engine(model, cache_tokens=256)
+            row["nanoseek engine (measured)"] = engine.cache.bytes_per_token // config.num_hidden_layers
+            row["transformers cache (measured)"] = round(transformers_cache_bytes(model, config))
+            assert row["nanoseek engine (measured)"] == computed["mla_per_layer"]
+        rows.append(row)
+    print("Cache bytes per token per layer, bf16:\n")
+    print(
+        table(
+            rows,
+            [
+                "config",
+                "layers",
+                "formula (r + rope) x 2B",
+                "nanoseek engine (measured)",
+                "transformers cache (measured)",
+                "MHA equivalent",
+                "MHA / MLA",
+                "per token, all layers",
+            ],
+        )
+    )
+    v3 = next(r for r in rows if r["config"] == "deepseek-v3")
+    print(
+        f"\nDeepSeek-V3: {v3['per token, all layers']} per token over 61 layers; a 128k-token context needs "
+        f"{latent_cache_bytes_per_token(preset('deepseek-v3'), 2)['mla_all_layers'] * 128 * 1024 / 2**30:.1f} GiB "
+        f"(multi-head attention: {latent_cache_bytes_per_token(preset('deepseek-v3'), 2)['mha_all_layers'] * 128 * 1024 / 2**30:.0f} GiB)"
+    )
+
+
+if __name__ == "__main__":
+    main()
