@@ -77,13 +77,10 @@ def main() -> None:
             ],
         )
     )
-    v3 = next(r for r in rows if r["config"] == "deepseek-v3")
-    print(
-        f"\nDeepSeek-V3: {v3['per token, all layers']} per token over 61 layers; a 128k-token context needs "
-        f"{latent_cache_bytes_per_token(preset('deepseek-v3'), 2)['mla_all_layers'] * 128 * 1024 / 2**30:.1f} GiB "
-        f"(multi-head attention: {latent_cache_bytes_per_token(preset('deepseek-v3'), 2)['mha_all_layers'] * 128 * 1024 / 2**30:.0f} GiB)"
-    )
-
+    v3 = latent_cache_bytes_per_token(preset("deepseek-v3"), 2)
+    gib = 128 * 1024 / 2**30
+    print(f"\nDeepSeek-V3, 128k tokens of context: {v3['mla_all_layers'] * gib:.1f} GiB of latent cache "
+          f"(multi-head attention: {v3['mha_all_layers'] * gib:.0f} GiB)")
 
 if __name__ == "__main__":
     main()
