@@ -8,17 +8,11 @@ from collections.abc import Callable
 import torch
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 8) -> float:
+def matmul_peak(dtype: torch.dtype) -> float:
     """Measured FLOP/s of a square matmul on this machine in `dtype` (the denominator of MFU)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    from nanoseek.runtime import matmul_peak as measured
+
+    return measured(str(dtype).removeprefix("torch."))
 
 
 def timed(step: Callable[[], object], warmup: int, steps: int) -> tuple[float, list]:

@@ -79,8 +79,11 @@ def main() -> None:
     )
     v3 = latent_cache_bytes_per_token(preset("deepseek-v3"), 2)
     gib = 128 * 1024 / 2**30
-    print(f"\nDeepSeek-V3, 128k tokens of context: {v3['mla_all_layers'] * gib:.1f} GiB of latent cache "
-          f"(multi-head attention: {v3['mha_all_layers'] * gib:.0f} GiB)")
+    print(
+        f"\nDeepSeek-V3, 128k tokens of context: {v3['mla_all_layers'] * gib:.1f} GiB of latent cache "
+        f"(multi-head attention: {v3['mha_all_layers'] * gib:.0f} GiB)"
+    )
+
 
 if __name__ == "__main__":
     main()

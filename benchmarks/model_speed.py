@@ -40,13 +40,11 @@ def make_batches(vocab: int, batch: int, seq: int, count: int = 4) -> list[tuple
 def ours_step(path: str, dtype: str, compile_: bool):
     model = nanoseek.from_pretrained(path, dtype=torch.float32).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
-    loss_fn = model.loss
-    if compile_:
-        loss_fn = torch.compile(model.loss)
+    forward = torch.compile(model) if compile_ else model
 
     def step(tokens, labels):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            loss = loss_fn(tokens, labels, mtp_weight=0.0).loss
+            loss = forward(tokens, labels=labels, mtp_weight=0.0).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

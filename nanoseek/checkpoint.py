@@ -43,10 +43,10 @@ class CheckpointError(ValueError):
 # internal <-> Hugging Face keys
 
 
-def _hf_tensors(model: DeepseekV3ForCausalLM) -> Iterator[tuple[str, Callable[[], torch.Tensor], int]]:
+def _hf_tensors(
+    state: dict[str, torch.Tensor], config: ModelConfig
+) -> Iterator[tuple[str, Callable[[], torch.Tensor], int]]:
     """(hub key, producer, byte size) for every tensor of the checkpoint, producing tensors only on demand."""
-    config = model.config
-    state = model.state_dict()
     for key, tensor in state.items():
         if config.tie_word_embeddings and key == "lm_head.weight":
             continue
@@ -78,15 +78,27 @@ def save_pretrained(
     max_shard_bytes: int | None = None,
 ) -> None:
     """Write config.json, generation_config.json and safetensors weights (sharded above max_shard_bytes)."""
+    save_state_dict(model.state_dict(), model.config, path, dtype, max_shard_bytes)
+
+
+def save_state_dict(
+    state: dict[str, torch.Tensor],
+    config: ModelConfig,
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int | None = None,
+) -> None:
+    """save_pretrained from a state dict (e.g. one gathered from FSDP shards) and its config."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     max_shard_bytes = max_shard_bytes or DEFAULT_SHARD_BYTES
+    stored = next(t.dtype for t in state.values() if t.is_floating_point())
     scale = 1.0
     if dtype is not None:
-        scale = torch.empty(0, dtype=dtype).element_size() / next(model.parameters()).element_size()
+        scale = torch.empty(0, dtype=dtype).element_size() / torch.empty(0, dtype=stored).element_size()
     shards: list[list[tuple[str, Callable[[], torch.Tensor]]]] = [[]]
     shard_bytes = total = 0
-    for key, produce, size in _hf_tensors(model):
+    for key, produce, size in _hf_tensors(state, config):
         size = int(size * scale)
         if shards[-1] and shard_bytes + size > max_shard_bytes:
             shards.append([])
@@ -117,10 +129,10 @@ def save_pretrained(
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         _atomic_write(path / INDEX_NAME, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2) + "\n"))
-    config = model.config.to_dict()
-    config["torch_dtype"] = str(dtype or next(model.parameters()).dtype).removeprefix("torch.")
-    _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
-    generation = {k: getattr(model.config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    config_json = config.to_dict()
+    config_json["torch_dtype"] = str(dtype or stored).removeprefix("torch.")
+    _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config_json, indent=2) + "\n"))
+    generation = {k: getattr(config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
     _atomic_write(
         path / "generation_config.json", lambda tmp: Path(tmp).write_text(json.dumps(generation, indent=2) + "\n")
     )
@@ -144,6 +156,8 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     """A local checkpoint directory, or a Hugging Face hub id fetched (config, tokenizer, safetensors) to the cache."""
     path = Path(name_or_path)
     if path.is_dir():
+        if not (path / "config.json").exists() and (path / "model" / "config.json").exists():
+            return path / "model"  # a training run directory: its final model
         return path
     name = str(name_or_path)
     if path.exists() or name.count("/") != 1 or name.startswith((".", "/")):

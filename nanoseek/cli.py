@@ -82,11 +82,13 @@ def _init(args: argparse.Namespace) -> int:
 def commands() -> list[Command]:
     from nanoseek import tokenizer
     from nanoseek.engine import commands as engine_commands
+    from nanoseek.train import commands as train_commands
 
     return [
         ("info", "parameter counts, FLOPs and cache size of a preset or checkpoint", _info_args, _info),
         ("init", "write a randomly initialised checkpoint from a preset", _init_args, _init),
         tokenizer.COMMAND,
+        *train_commands.COMMANDS,
         engine_commands.COMMAND,
     ]
 
@@ -99,18 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text, add_args, run in commands():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
-        p.set_defaults(run=run)
+        p.set_defaults(_run=run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "run", None):
+    if not getattr(args, "_run", None):
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

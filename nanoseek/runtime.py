@@ -27,3 +27,30 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
+
+
+@functools.cache
+def matmul_peak(dtype_name: str = "float32", device: str = "cpu", n: int = 2048) -> float:
+    """Measured FLOP/s of a large square matmul here, in this dtype: the denominator of MFU.
+
+    Measured rather than looked up because CPUs differ wildly (bf16 is 6x slower than fp32 on a CPU without bf16
+    instructions, and 2x faster on one with them)."""
+    import time
+
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(6):
+        if device != "cpu":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best

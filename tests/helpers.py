@@ -108,7 +108,7 @@ def trained_mtp_model(steps: int = 150, seed: int = 0):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(steps):
         tokens = stride_sequences(16, 33, config.vocab_size)
-        loss = model.loss(tokens[:, :-1], tokens[:, 1:], mtp_weight=1.0).loss
+        loss = model(tokens[:, :-1], labels=tokens[:, 1:], mtp_weight=1.0).loss
         loss.backward()
         opt.step()
         opt.zero_grad()

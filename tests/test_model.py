@@ -155,7 +155,7 @@ def test_sequence_balance_loss_is_minimal_for_uniform_routing_and_trains_the_rou
     config = preset("nano", aux_loss_alpha=0.01)
     model = build_model(config).train()
     tokens = torch.randint(0, config.vocab_size, (2, 16))
-    out = model.loss(tokens, tokens.roll(-1, dims=1))
+    out = model(tokens, labels=tokens.roll(-1, dims=1))
     assert out.balance.item() > 0
     # the theoretical minimum of sum_i f_i P_i is 1 (uniform f and P): alpha * 1 per MoE layer
     assert out.balance.item() >= 0.01 * len(model.moe_modules()) * 0.99
@@ -170,7 +170,7 @@ def test_mtp_loss_targets_are_shifted_per_depth():
     tokens = torch.randint(0, config.vocab_size, (2, 12))
     labels = tokens.roll(-1, dims=1)
     labels[:, -1] = IGNORE_INDEX
-    out = model.loss(tokens, labels, mtp_weight=0.5)
+    out = model(tokens, labels=labels, mtp_weight=0.5)
     assert len(out.mtp) == 2
     expected = out.main + out.balance + 0.5 * torch.stack(out.mtp).mean()
     assert torch.allclose(out.loss, expected)
@@ -178,7 +178,7 @@ def test_mtp_loss_targets_are_shifted_per_depth():
     for layer in model.mtp_layers:
         assert layer.eh_proj.weight.grad is not None and layer.eh_proj.weight.grad.abs().sum() > 0
     # all-ignored labels give zero loss, not NaN
-    empty = model.loss(tokens, torch.full_like(tokens, IGNORE_INDEX))
+    empty = model(tokens, labels=torch.full_like(tokens, IGNORE_INDEX))
     assert empty.main.item() == 0 and all(m.item() == 0 for m in empty.mtp)
 
 
@@ -202,7 +202,7 @@ def test_bf16_autocast_forward_backward_runs_and_routing_stays_float32():
     model = build_model(preset("nano")).train()
     tokens = torch.randint(0, 512, (2, 8))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = model.loss(tokens, tokens).loss
+        loss = model(tokens, labels=tokens).loss
     loss.backward()
     assert torch.isfinite(loss)
     assert model.moe_modules()[0].gate.weight.dtype == torch.float32

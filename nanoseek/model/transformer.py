@@ -58,7 +58,7 @@ class MTPLayer(DecoderLayer):
         self.eh_proj = nn.Linear(2 * config.hidden_size, config.hidden_size, bias=False)
         self.shared_head = SharedHead(config)
 
-    def predict(
+    def forward(  # type: ignore[override]
         self,
         previous: torch.Tensor,
         next_embeds: torch.Tensor,
@@ -91,7 +91,10 @@ class LossOutput:
 
 
 class DeepseekV3ForCausalLM(nn.Module):
-    """`model(input_ids)` -> logits [batch, seq, vocab]."""
+    """`model(input_ids)` -> logits [batch, seq, vocab]; `model(input_ids, labels=labels)` -> LossOutput.
+
+    Training goes through forward too, so wrappers that hook it (FSDP2's all-gathers, torch.compile) see the
+    whole computation."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -111,8 +114,15 @@ class DeepseekV3ForCausalLM(nn.Module):
         return list(self.model.layers[self.config.num_hidden_layers :])  # type: ignore[arg-type]
 
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache: LatentCache | None = None
-    ) -> torch.Tensor:
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: LatentCache | None = None,
+        labels: torch.Tensor | None = None,
+        mtp_weight: float = 0.3,
+    ) -> torch.Tensor | LossOutput:
+        if labels is not None:
+            return self._loss(input_ids, labels, mtp_weight)
         return self.lm_head(self.hidden_states(input_ids, positions, cache))
 
     def hidden_states(
@@ -140,9 +150,9 @@ class DeepseekV3ForCausalLM(nn.Module):
         positions are those of `previous` (see the module docstring). Logits: `self.lm_head(result)`.
         """
         layer = self.mtp_layers[depth]
-        return layer.predict(previous, self.model.embed_tokens(next_ids), self.model.rotary(positions), cache)
+        return layer(previous, self.model.embed_tokens(next_ids), self.model.rotary(positions), cache)
 
-    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, mtp_weight: float = 0.3) -> LossOutput:
+    def _loss(self, input_ids: torch.Tensor, labels: torch.Tensor, mtp_weight: float) -> LossOutput:
         """Training loss. labels[b, i] is the target after input_ids[b, i] (IGNORE_INDEX to skip).
 
         MTP depth k predicts labels[b, i + k] from input_ids[b, i + k] and depth k-1's state at i; the MTP term is

@@ -1,0 +1,167 @@
+"""A run directory: metrics, and checkpoints that a crash can never leave half-written.
+
+    RUN_DIR/
+      run.json                       the run's settings (what `--resume` must agree with)
+      metrics.jsonl                  one JSON object per logged step ("kind": train | val | rl | eval)
+      checkpoints/step_000200/model/           a Hugging Face checkpoint directory (weights, config, tokenizer)
+      checkpoints/step_000200/trainer_state/   optimizer, step, data position, RNG states
+      checkpoints/LATEST             name of the newest complete checkpoint
+      model/                         the final model (a plain checkpoint directory: serve it, export it)
+
+A checkpoint is written under a temporary name and renamed when complete; LATEST is replaced atomically after
+that, so `--resume` only ever sees whole checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LATEST = "LATEST"
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+
+    # ---- settings ----
+    def write_settings(self, settings: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / "run.json", json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
+
+    def read_settings(self) -> dict[str, Any] | None:
+        file = self.path / "run.json"
+        return json.loads(file.read_text()) if file.exists() else None
+
+    # ---- metrics ----
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one metrics line (flushed at once, so a killed run keeps everything logged before it died)."""
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """On resume, drop lines logged after the checkpoint we restart from (they will be logged again)."""
+        file = self.path / "metrics.jsonl"
+        if not file.exists():
+            return
+        kept = []
+        for line in file.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= after_step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+        atomic_write_text(file, "".join(line + "\n" for line in kept))
+
+    # ---- checkpoints ----
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint, or None."""
+        marker = self.checkpoints / LATEST
+        if not marker.exists():
+            return None
+        path = self.checkpoints / marker.read_text().strip()
+        if not (path / "trainer_state" / "state.json").exists() or not (path / "model" / "config.json").exists():
+            raise FileNotFoundError(
+                f"{marker} names {path.name}, which is incomplete or missing: remove {marker} "
+                f"to start over, or point it at an earlier checkpoint in {self.checkpoints}"
+            )
+        return path
+
+    def staging(self, step: int) -> Path:
+        """Where checkpoint `step` is written before it is committed (the same path on every rank)."""
+        return self.checkpoints / f".tmp_step_{step:06d}"
+
+    def begin(self, step: int) -> Path:
+        tmp = self.staging(step)
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "trainer_state").mkdir(parents=True)
+        return tmp
+
+    def commit(self, step: int, trainer_state: dict[str, Any], keep: int = 2) -> Path:
+        """Finish checkpoint `step`: state.json last, fsync, rename into place, point LATEST at it, prune."""
+        tmp, final = self.staging(step), self.checkpoints / f"step_{step:06d}"
+        (tmp / "trainer_state" / "state.json").write_text(json.dumps(trainer_state, indent=2, default=str))
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        atomic_write_text(self.checkpoints / LATEST, final.name + "\n")
+        self._prune(keep)
+        return final
+
+    def _prune(self, keep: int) -> None:
+        steps = sorted(p for p in self.checkpoints.glob("step_*") if p.is_dir())
+        for old in steps[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.checkpoints.glob(".tmp_step_*"):  # left by a run killed mid-save
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def publish(self, checkpoint: Path) -> Path:
+        """Copy a checkpoint's model directory to RUN_DIR/model (atomically)."""
+        target = self.path / "model"
+        tmp = self.path / f".tmp_model_{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(checkpoint / "model", tmp)
+        old = self.path / f".old_model_{os.getpid()}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return target
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_tree(path: Path) -> None:
+    for file in path.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state().tolist(),
+        "python": _jsonable(random.getstate()),
+        "numpy": _jsonable(np.random.get_state()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    random.setstate(_tuples(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

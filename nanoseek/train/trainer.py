@@ -1,0 +1,470 @@
+"""The training loop behind `nanoseek train` (pretraining) and `nanoseek sft`: one loop, two data sources.
+
+Per optimizer step: `grad_accum` micro-batches of next-token + MTP (+ optional balance) loss, gradient clipping,
+the optimizer step with the scheduled learning rate, then DeepSeek-V3's auxiliary-loss-free balancing (router
+biases nudged by each expert's load over the step, summed over ranks). Logged as JSON lines, validated every
+`eval_every` steps, checkpointed every `save_every` steps; `--resume` continues from the newest checkpoint and,
+on CPU in float32, reproduces the uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nanoseek.config import ModelConfig, preset
+from nanoseek.model import DeepseekV3ForCausalLM, build_model
+from nanoseek.model.sizes import flops_per_token, parameter_counts
+from nanoseek.runtime import keep_freed_memory, matmul_peak
+from nanoseek.train import distributed
+from nanoseek.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
+from nanoseek.train.state import RunDir, rng_state, set_rng_state
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    data: list[str]
+    mode: str = "pretrain"  # "pretrain" (token shards) or "sft" (chat JSONL, loss on assistant tokens)
+    preset: str = "tiny"
+    init_from: str | None = None  # start from this checkpoint instead of a fresh preset model
+    tokenizer: str | None = None  # tokenizer directory (default: init_from's)
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    steps: int = 500
+    batch_size: int = 16  # sequences per micro-batch per rank
+    grad_accum: int = 1
+    seq_len: int = 256
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    grad_clip: float = 1.0
+    mtp_weight: float = 0.3  # DeepSeek-V3's lambda (0.3, later 0.1)
+    bias_update_speed: float = 1e-3  # DeepSeek-V3's gamma; 0 turns aux-loss-free balancing off
+    aux_loss_alpha: float | None = None  # sequence-wise balance loss weight (None: the model config's)
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast)
+    compile: bool = False
+    fp8: bool = False  # float8 linear layers via torchao (GPUs with FP8, sm89+)
+    threads: int | None = None
+    eval_every: int = 100
+    eval_batches: int = 4
+    save_every: int = 250
+    keep: int = 2
+    log_every: int = 10
+    val_fraction: float = 0.02
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        checks = [
+            (self.mode in ("pretrain", "sft"), f"mode must be pretrain or sft, got {self.mode!r}"),
+            (
+                self.steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1 and self.seq_len >= 2,
+                "steps, batch_size and grad_accum must be >= 1 and seq_len >= 2",
+            ),
+            (self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}"),
+            (self.data, "no training data: pass --data FILE [FILE ...] (or a tokenised shard directory)"),
+            (self.mtp_weight >= 0 and self.bias_update_speed >= 0, "mtp_weight and bias_update_speed must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# settings that may change between a run and its resumption (everything else must match)
+_RESUMABLE = {"resume", "progress", "steps", "eval_every", "save_every", "log_every", "keep", "threads", "eval_batches"}
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        config.validate()
+        self.config = config
+        self.dist = distributed.setup()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        keep_freed_memory()
+        torch.manual_seed(config.seed + self.dist.rank)
+        self.run = RunDir(config.out)
+        self.checkpoint = self._check_run_dir()
+        self.tokenizer = self._load_tokenizer()
+        self.model = self._build_model()
+        self.train_loader, self.val_loader = self._loaders()
+        self.model_config: ModelConfig = self.model.config
+        if config.fp8:
+            _enable_fp8(self.model)
+        if self.dist.enabled:
+            distributed.shard(self.model)
+        self.optimizer = build_optimizer(self.model, config.optim)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.step = 0
+        if self.checkpoint is not None:
+            self._restore(self.checkpoint)
+        elif self.dist.main:
+            self.run.write_settings(
+                {**config.to_json(), "model": self.model_config.to_dict(), "command": " ".join(sys.argv)}
+            )
+        self.flops = flops_per_token(self.model_config, config.seq_len, training=True, mtp=config.mtp_weight > 0)
+        self.peak = matmul_peak("bfloat16" if config.precision == "bf16" else "float32", self.dist.device.type)
+        self.byte_lengths = self._byte_lengths()
+
+    # ---- setup ----
+    def _check_run_dir(self) -> Path | None:
+        settings = self.run.read_settings()
+        if not self.config.resume:
+            if settings is not None:
+                raise ValueError(
+                    f"{self.run.path} already holds a run: pass --resume to continue it, or choose another --out"
+                )
+            return None
+        if settings is None:
+            raise FileNotFoundError(f"--resume: no run in {self.run.path} (no run.json)")
+        current = json.loads(json.dumps(self.config.to_json(), default=str))  # as it reads back from run.json
+        changed = {k: (settings.get(k), v) for k, v in current.items() if k not in _RESUMABLE and settings.get(k) != v}
+        if changed:
+            details = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"--resume with different settings than the run was started with ({details})")
+        return self.run.latest()
+
+    def _load_tokenizer(self):
+        from nanoseek.checkpoint import resolve_model_path
+        from nanoseek.tokenizer import Tokenizer
+
+        source = self.config.tokenizer or self.config.init_from
+        if self.checkpoint is not None:
+            source = str(self.checkpoint / "model")
+        if source is None:
+            raise ValueError(
+                "no tokenizer: pass --tokenizer DIR (train one with `nanoseek tokenizer train`) "
+                "or --init-from a checkpoint that has one"
+            )
+        path = Path(source) if Path(source).is_dir() else resolve_model_path(source)
+        if not (path / "tokenizer.json").exists() and (path / "model" / "tokenizer.json").exists():
+            path = path / "model"
+        return Tokenizer.from_pretrained(path)
+
+    def _build_model(self) -> DeepseekV3ForCausalLM:
+        from nanoseek.checkpoint import from_pretrained
+
+        overrides = dict(self.config.model_overrides)
+        if self.config.aux_loss_alpha is not None:
+            overrides["aux_loss_alpha"] = self.config.aux_loss_alpha
+        source = str(self.checkpoint / "model") if self.checkpoint is not None else self.config.init_from
+        if source is not None:
+            model = from_pretrained(source, dtype=torch.float32, device=self.dist.device)
+            if overrides:
+                model.config = model.config.replace(**overrides)
+                for m in model.moe_modules():
+                    m.aux_loss_alpha = model.config.aux_loss_alpha
+        else:
+            tok = self.tokenizer
+            config = preset(
+                self.config.preset,
+                vocab_size=tok.vocab_size,
+                bos_token_id=tok.bos_id,
+                eos_token_id=tok.eos_id,
+                pad_token_id=tok.pad_id,
+                **overrides,
+            )
+            model = build_model(config, device=self.dist.device, seed=self.config.seed)
+        if model.config.vocab_size < self.tokenizer.vocab_size:
+            raise ValueError(
+                f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "
+                f"({self.tokenizer.vocab_size})"
+            )
+        return model.train()
+
+    def _loaders(self):
+        if self.config.mode == "sft":
+            return self._sft_loaders()
+        from nanoseek.data import TokenLoader
+
+        shards = self._shards()
+        c, d = self.config, self.dist
+        common = dict(
+            batch_size=c.batch_size, seq_len=c.seq_len, rank=d.rank, world_size=d.world_size, tokenizer=self.tokenizer
+        )
+        train = TokenLoader(shards, "train", seed=c.seed, **common)
+        try:
+            val = TokenLoader(shards, "val", shuffle=False, **common)
+        except ValueError as e:  # too little validation text for one batch
+            warnings.warn(f"no validation: {e}", stacklevel=2)
+            val = None
+        return train, val
+
+    def _shards(self) -> Path:
+        """A tokenised shard directory: given directly, or made from the data files in RUN_DIR/data (once)."""
+        from nanoseek.data import load_manifest, read_documents, tokenize_to_shards
+
+        data = [Path(p) for p in self.config.data]
+        if len(data) == 1 and (data[0] / "manifest.json").exists():
+            return data[0]
+        out = self.run.path / "data"
+        if self.dist.main:
+            try:
+                load_manifest(out, self.tokenizer)
+            except (FileNotFoundError, ValueError):
+                documents = (doc for source in self.config.data for doc in read_documents(source))
+                tokenize_to_shards(
+                    documents, self.tokenizer, out, val_fraction=self.config.val_fraction, progress=self.config.progress
+                )
+        self.dist.barrier()
+        return out
+
+    def _sft_loaders(self):
+        from nanoseek.data import SFTLoader, sft_examples, split_of
+
+        examples = []
+        for source in self.config.data:
+            examples += sft_examples(source, self.tokenizer)
+        if not examples:
+            raise ValueError(f"no SFT examples in {', '.join(self.config.data)}")
+        splits = {"train": [], "val": []}
+        for ids, mask in examples:
+            splits[split_of(repr(ids), self.config.val_fraction)].append((ids, mask))
+        c, d = self.config, self.dist
+        common = dict(
+            batch_size=c.batch_size,
+            seq_len=c.seq_len,
+            rank=d.rank,
+            world_size=d.world_size,
+            pad_id=self.tokenizer.pad_id,
+        )
+        train = SFTLoader(splits["train"], seed=c.seed, **common)
+        try:
+            val = SFTLoader(splits["val"], seed=c.seed, **common) if splits["val"] else None
+        except ValueError as e:
+            warnings.warn(f"no validation: {e}", stacklevel=2)
+            val = None
+        return train, val
+
+    def _byte_lengths(self) -> torch.Tensor:
+        tok = self.tokenizer
+        lengths = [0 if tok.is_special(i) else len(tok.token_bytes(i)) for i in range(tok.vocab_size)]
+        lengths += [0] * (self.model_config.vocab_size - len(lengths))
+        return torch.tensor(lengths, dtype=torch.float64)
+
+    # ---- checkpoints ----
+    def _state_dicts(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        return {"model": model_state, "optimizer": optim_state}
+
+    def save(self) -> Path:
+        """Checkpoint: the model as a Hugging Face directory (rank 0) and the sharded training state (all ranks,
+        torch.distributed.checkpoint), committed atomically."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from nanoseek.checkpoint import save_state_dict
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.dist.main:
+            tmp = self.run.begin(self.step)
+        self.dist.barrier()
+        tmp = self.run.staging(self.step)
+        with warnings.catch_warnings():  # single-process runs save without a process group, as intended
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to")
+            dcp.save(self._state_dicts(), checkpoint_id=tmp / "trainer_state" / "dcp")
+        if self.dist.main:
+            save_state_dict(full, self.model_config, tmp / "model")
+            self.tokenizer.save_pretrained(tmp / "model")
+            state = {
+                "step": self.step,
+                "train_loader": self.train_loader.state_dict(),
+                "rng": rng_state(),
+                "world_size": self.dist.world_size,
+            }
+            self.run.commit(self.step, state, keep=self.config.keep)
+        self.dist.barrier()
+        return self.run.checkpoints / f"step_{self.step:06d}"
+
+    def _restore(self, checkpoint: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = json.loads((checkpoint / "trainer_state" / "state.json").read_text())
+        dicts = self._state_dicts()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to")
+            dcp.load(dicts, checkpoint_id=checkpoint / "trainer_state" / "dcp")
+        set_state_dict(self.model, self.optimizer, model_state_dict=dicts["model"], optim_state_dict=dicts["optimizer"])
+        self.train_loader.load_state_dict(state["train_loader"])
+        if state.get("world_size", 1) == self.dist.world_size:
+            set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        if self.dist.main:
+            self.run.truncate_metrics(self.step)
+
+    # ---- the loop ----
+    def autocast(self):
+        if self.config.precision == "bf16":
+            return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train(self) -> Path:
+        c = self.config
+        counts = parameter_counts(self.model_config)
+        if self.dist.main:
+            print(
+                f"nanoseek {c.mode}: {counts.total / 1e6:.2f}M parameters ({counts.active / 1e6:.2f}M active), "
+                f"{c.steps} steps of {c.batch_size * c.grad_accum * self.dist.world_size} x {c.seq_len} tokens, "
+                f"{self.dist.world_size} process(es), {torch.get_num_threads()} threads -> {self.run.path}",
+                flush=True,
+            )
+        bar = _progress(c.steps, self.step, self.dist.main and c.progress)
+        window = {"tokens": 0, "seconds": 0.0}
+        while self.step < c.steps:
+            record = self.train_step()
+            window["tokens"] += record.pop("tokens")
+            window["seconds"] += record.pop("seconds")
+            self.step += 1
+            bar.update(1)
+            if self.step % c.log_every == 0 or self.step == c.steps:
+                tps = window["tokens"] / max(window["seconds"], 1e-9)
+                record.update(
+                    tokens_per_s=round(tps, 1), mfu=round(tps * self.flops / (self.peak * self.dist.world_size), 4)
+                )
+                self._log({"kind": "train", "step": self.step, **record})
+                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tps:,.0f}")
+                window = {"tokens": 0, "seconds": 0.0}
+            if self.val_loader is not None and (self.step % c.eval_every == 0 or self.step == c.steps):
+                self._log({"kind": "val", "step": self.step, **self.evaluate()})
+            if self.step % c.save_every == 0 and self.step < c.steps:
+                self.save()
+        bar.close()
+        final = self.save()
+        model_dir = self.run.publish(final) if self.dist.main else self.run.path / "model"
+        self.dist.barrier()
+        return model_dir
+
+    def train_step(self) -> dict[str, Any]:
+        c = self.config
+        start = time.perf_counter()
+        set_lr(self.optimizer, lr := lr_at(self.step, c.steps, c.optim))
+        sums = torch.zeros(4)  # loss, main, mtp, balance
+        tokens = 0
+        for _ in range(c.grad_accum):
+            inputs, targets = next(self.train_loader)
+            with self.autocast():
+                out = self.forward(inputs, labels=targets, mtp_weight=c.mtp_weight)
+            (out.loss / c.grad_accum).backward()
+            mtp = torch.stack(out.mtp).mean() if out.mtp else torch.zeros(())
+            sums += (
+                torch.stack([out.loss.detach(), out.main.detach(), mtp.detach(), out.balance.detach()]).float().cpu()
+            )
+            tokens += inputs.numel()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        balance = self._balance_experts()
+        sums = distributed.all_reduce_(sums) / (c.grad_accum * self.dist.world_size)
+        record = {
+            "loss": sums[0].item(),
+            "main_loss": sums[1].item(),
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens": tokens * self.dist.world_size,
+            "seconds": time.perf_counter() - start,
+            **balance,
+        }
+        if self.model_config.num_nextn_predict_layers:
+            record["mtp_loss"] = sums[2].item()
+        if self.model_config.aux_loss_alpha:
+            record["balance_loss"] = sums[3].item()
+        return record
+
+    def _balance_experts(self) -> dict[str, float]:
+        """Sum each router's load over ranks, log max/mean per layer, then apply the bias update (gamma)."""
+        routers = [m.gate for m in self.model.moe_modules()]
+        if not routers:
+            return {}
+        ratios = []
+        for gate in routers:
+            distributed.all_reduce_(gate.load)
+            if gate.load.sum() > 0:
+                ratios.append((gate.load.max() / gate.load.mean()).item())
+            gate.update_bias(self.config.bias_update_speed)
+        return (
+            {"balance_max_over_mean": sum(ratios) / len(ratios), "balance_worst_layer": max(ratios)} if ratios else {}
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean validation loss (nats/token) and bits per byte of the scored text, over eval_batches batches."""
+        self.model.eval()
+        loader = self.val_loader
+        loader.epoch, loader.step = 0, 0
+        totals = torch.zeros(3, dtype=torch.float64)  # summed nats, scored tokens, scored bytes
+        for _ in range(min(self.config.eval_batches, loader.steps_per_epoch())):
+            inputs, targets = next(loader)
+            with self.autocast():
+                out = self.forward(inputs, labels=targets, mtp_weight=0.0)
+            scored = targets != -100
+            totals += torch.tensor(
+                [
+                    out.main.item() * scored.sum().item(),
+                    scored.sum().item(),
+                    self.byte_lengths[targets[scored].cpu()].sum().item(),
+                ],
+                dtype=torch.float64,
+            )
+        distributed.all_reduce_(totals)
+        self.model.train()
+        for m in self.model.moe_modules():  # evaluation must not steer the routers
+            m.gate.load.zero_()
+        nats, count, nbytes = totals.tolist()
+        result = {"val_loss": nats / max(count, 1)}
+        if nbytes > 0:
+            result["val_bpb"] = nats / math.log(2) / nbytes
+        return result
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.dist.main:
+            self.run.log({k: round(v, 6) if isinstance(v, float) else v for k, v in record.items()})
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="training", unit="step", disable=not enabled, dynamic_ncols=True)
+
+
+def _enable_fp8(model: DeepseekV3ForCausalLM) -> None:
+    """Float8 matmuls for the large linear layers (torchao's float8 training), on GPUs that have FP8."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        raise ValueError("--fp8 needs an NVIDIA GPU with FP8 tensor cores (compute capability 8.9+: Ada, Hopper)")
+    try:
+        from torchao.float8 import convert_to_float8_training
+    except ImportError:
+        raise ValueError("--fp8 needs torchao: pip install torchao") from None
+
+    def eligible(module: torch.nn.Module, name: str) -> bool:  # FP8 GEMMs want dims divisible by 16
+        return (
+            isinstance(module, torch.nn.Linear)
+            and module.in_features % 16 == 0
+            and module.out_features % 16 == 0
+            and "gate" not in name.split(".")[-1]
+            and name != "lm_head"
+        )
+
+    convert_to_float8_training(model, module_filter_fn=eligible)
+
+
+def train(config: TrainConfig) -> Path:
+    """Run training to completion; returns the final model directory (RUN_DIR/model)."""
+    try:
+        return Trainer(config).train()
+    finally:
+        distributed.teardown()

@@ -1,0 +1,259 @@
+"""Training end to end: tokenizer -> train -> export -> transformers; exact resume after kill -9; SFT; torchrun."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import nanoseek
+from nanoseek.checkpoint import CheckpointError
+from nanoseek.cli import main as cli
+from nanoseek.tasks import get_task
+
+NANOSEEK = [sys.executable, "-m", "nanoseek.cli"]
+
+
+def _corpus(path: Path, n: int = 400) -> Path:
+    rng = random.Random(0)
+    task = get_task("addition")
+    docs = [f"{ex.prompt}\n{task.solution(ex, rng.choice(['worked', 'direct']))}" for ex in task.generate(n, seed=3)]
+    path.write_text("\n\n".join(docs))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    corpus = _corpus(root / "corpus.txt")
+    assert cli(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", str(root / "tok")]) == 0
+    return root
+
+
+def _train_args(workspace: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--data",
+        str(workspace / "corpus.txt"),
+        "--tokenizer",
+        str(workspace / "tok"),
+        "--out",
+        str(out),
+        "--preset",
+        "nano",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "64",
+        "--log-every",
+        "1",
+        "--no-progress",
+        "--threads",
+        "1",
+        *extra,
+    ]
+
+
+def _metrics(run: Path, kind: str = "train") -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def test_train_then_export_opens_in_transformers(workspace, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    run = workspace / "run"
+    assert cli(_train_args(workspace, run, "--steps", "60", "--eval-every", "20", "--save-every", "30")) == 0
+    val = [r["val_loss"] for r in _metrics(run, "val")]
+    assert len(val) == 3 and val[-1] < val[0] - 0.5, val  # validation loss falls
+    assert all("val_bpb" in r for r in _metrics(run, "val"))
+    train = _metrics(run)
+    assert {"loss", "main_loss", "mtp_loss", "lr", "tokens_per_s", "mfu", "balance_max_over_mean"} <= set(train[-1])
+    assert (run / "model" / "tokenizer.json").exists() and (run / "checkpoints" / "LATEST").exists()
+
+    assert cli(["export", str(run), "--to", str(tmp_path / "hf")]) == 0
+    ours = nanoseek.from_pretrained(tmp_path / "hf")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    tokens = torch.randint(0, ours.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        assert (ours(tokens) - theirs(tokens).logits).abs().max() < 1e-4
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok.decode(tok.encode("What is 12 + 5?", add_special_tokens=False)) == "What is 12 + 5?"
+    assert cli(["export", str(run), "--to", str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
+    assert nanoseek.from_pretrained(tmp_path / "bf16").model.embed_tokens.weight.dtype == torch.bfloat16
+
+
+def test_resume_after_kill_is_bit_exact(workspace, tmp_path):
+    args = lambda out: [
+        *NANOSEEK,
+        *_train_args(
+            workspace,
+            out,
+            "--steps",
+            "40",
+            "--save-every",
+            "5",
+            "--eval-every",
+            "10",
+            "--data",
+            str(workspace / "run" / "data"),
+        ),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(args(whole), check=True, capture_output=True, env=env)
+    proc = subprocess.Popen(args(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    latest = killed / "checkpoints" / "LATEST"
+    deadline = time.time() + 120
+    while not (latest.exists() and latest.read_text().strip() != "step_000005") and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = len(_metrics(killed))
+    assert 10 <= stopped_at < 40, stopped_at  # killed mid-run, after a checkpoint
+    subprocess.run([*args(killed), "--resume"], check=True, capture_output=True, env=env)
+    timing = {"time", "tokens_per_s", "mfu"}  # wall-clock figures differ; every loss and norm must not
+    exact = lambda run: [{k: v for k, v in r.items() if k not in timing} for r in _metrics(run)]
+    assert exact(killed) == exact(whole) and len(exact(whole)) == 40
+    a = nanoseek.from_pretrained(whole / "model").state_dict()
+    b = nanoseek.from_pretrained(killed / "model").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_incomplete_or_corrupt_checkpoints_are_refused(workspace, tmp_path):
+    run = tmp_path / "run"
+    base = _train_args(workspace, run, "--steps", "6", "--save-every", "3", "--data", str(workspace / "run" / "data"))
+    assert cli(base) == 0
+    # a half-written checkpoint (staging directory left by a crash) is never used, and gets cleaned up
+    staging = run / "checkpoints" / ".tmp_step_000009"
+    (staging / "model").mkdir(parents=True)
+    assert cli([*base[: base.index("--steps")], "--steps", "9", *base[base.index("--steps") + 2 :], "--resume"]) == 0
+    assert (run / "checkpoints" / "LATEST").read_text().strip() == "step_000009" and not staging.exists()
+    # a truncated weights file in the newest checkpoint: a clear error naming the file
+    weights = run / "checkpoints" / "step_000009" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        nanoseek.from_pretrained(run / "checkpoints" / "step_000009" / "model")
+    # LATEST naming a checkpoint whose training state is missing: refused with what to do
+    (run / "checkpoints" / "step_000009" / "trainer_state" / "state.json").unlink()
+    assert cli([*base, "--resume"]) == 2
+
+
+def test_a_second_run_into_the_same_directory_is_refused(workspace, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = _train_args(workspace, run, "--steps", "2", "--data", str(workspace / "run" / "data"))
+    assert cli(args) == 0
+    assert cli(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert cli([*args, "--resume", "--lr", "0.5"]) == 2  # settings must match the run being resumed
+
+
+def test_sft_learns_assistant_tokens_from_a_checkpoint(workspace, tmp_path):
+    task = get_task("addition")
+    with open(tmp_path / "chat.jsonl", "w") as f:
+        for ex in task.generate(120, seed=5):
+            reasoning, answer = task.solution(ex, "worked").split("</think>")
+            f.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": ex.prompt},
+                            {
+                                "role": "assistant",
+                                "content": answer.strip(),
+                                "reasoning_content": reasoning.replace("<think>", "").strip(),
+                            },
+                        ]
+                    }
+                )
+                + "\n"
+            )
+    out = tmp_path / "sft"
+    assert (
+        cli(
+            [
+                "sft",
+                "--data",
+                str(tmp_path / "chat.jsonl"),
+                "--init-from",
+                str(workspace / "run"),
+                "--out",
+                str(out),
+                "--steps",
+                "30",
+                "--batch-size",
+                "4",
+                "--seq-len",
+                "256",
+                "--log-every",
+                "1",
+                "--eval-every",
+                "15",
+                "--no-progress",
+                "--threads",
+                "1",
+                "--lr",
+                "3e-3",
+            ]
+        )
+        == 0
+    )
+    losses = [r["main_loss"] for r in _metrics(out)]
+    assert losses[-1] < losses[0] * 0.8
+    assert (out / "model" / "config.json").exists()
+
+
+@pytest.mark.timeout(300)
+def test_torchrun_two_processes_match_one(workspace, tmp_path):
+    """FSDP2 over gloo, 2 ranks x 4 sequences == 1 rank x 8 sequences, step by step."""
+    data = str(workspace / "run" / "data")
+    common = [
+        "--data",
+        data,
+        "--tokenizer",
+        str(workspace / "tok"),
+        "--preset",
+        "nano",
+        "--seq-len",
+        "64",
+        "--steps",
+        "5",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "5",
+        "--save-every",
+        "100",
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [*NANOSEEK, "train", *common, "--batch-size", "8", "--out", str(tmp_path / "one")],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*torchrun, "-m", "nanoseek.cli", "train", *common, "--batch-size", "4", "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert len(one) == len(two) == 5
+    for a, b in zip(one, two):
+        assert abs(a["loss"] - b["loss"]) < 1e-4, (a, b)
+    assert (
+        abs(_metrics(tmp_path / "one", "val")[0]["val_loss"] - _metrics(tmp_path / "two", "val")[0]["val_loss"]) < 1e-4
+    )
+    a = nanoseek.from_pretrained(tmp_path / "one" / "model")
+    b = nanoseek.from_pretrained(tmp_path / "two" / "model")
+    assert max((x - y).abs().max().item() for x, y in zip(a.state_dict().values(), b.state_dict().values())) < 1e-4
