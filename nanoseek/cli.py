@@ -83,12 +83,14 @@ def commands() -> list[Command]:
     from nanoseek import tokenizer
     from nanoseek.engine import commands as engine_commands
     from nanoseek.train import commands as train_commands
+    from nanoseek.train import plot
 
     return [
         ("info", "parameter counts, FLOPs and cache size of a preset or checkpoint", _info_args, _info),
         ("init", "write a randomly initialised checkpoint from a preset", _init_args, _init),
         tokenizer.COMMAND,
         *train_commands.COMMANDS,
+        plot.COMMAND,
         engine_commands.COMMAND,
     ]
 

@@ -169,7 +169,7 @@ def test_ema_smooths_and_skips_non_finite():
 
 
 def test_errors_name_what_is_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run directory .*nope does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"run directory .*nope does not exist"):
         plot_run(tmp_path / "nope")
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(FileNotFoundError, match=r"metrics\.jsonl not found"):

@@ -19,6 +19,7 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
 
 Series = tuple[list[int], list[float]]
 
@@ -102,10 +103,10 @@ def series(records: list[dict[str, Any]], kind: str, key: str, **match: Any) -> 
 def ema(values: list[float], beta: float | None = None) -> list[float]:
     """Bias-corrected exponential moving average (as TensorBoard's smoothing); NaN/inf points are skipped.
 
-    beta defaults to a light smoothing that grows with the number of points (none for under 10, at most 0.95).
+    beta defaults to a light smoothing that grows with the number of points (none for under 10 points, at most 0.9).
     """
     if beta is None:
-        beta = min(0.95, max(0.0, 1 - 10 / max(len(values), 1)))
+        beta = min(0.9, max(0.0, 1 - 10 / max(len(values), 1)))  # lag ~10 points at most
     out, avg, weight = [], 0.0, 0.0
     for v in values:
         if math.isfinite(v):
@@ -128,7 +129,8 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     for name, draw in FIGURES:
         fig = Figure(figsize=SIZE, dpi=DPI)
         if draw(fig, records):
-            fig.suptitle(title, fontsize=9, color="0.4", x=0.99, ha="right")  # which run, out of the way
+            top = fig.axes[0]
+            top.set_title(f"{top.get_title()} — {title}")  # which run, on every figure
             written.append(_save(fig, out / f"{name}.png"))
     return written
 
@@ -165,12 +167,18 @@ def _finish(ax: Axes, title: str, ylabel: str, twin: Axes | None = None) -> None
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    if twin is not None:  # one legend for both axes
-        more_handles, more_labels = twin.get_legend_handles_labels()
-        handles, labels = handles + more_handles, labels + more_labels
-    if handles:
-        ax.legend(handles, labels, loc="best", fontsize=9, framealpha=0.85)
+    _legend([ax] if twin is None else [ax, twin])
+
+
+def _legend(axes: list[Axes]) -> None:
+    """One legend for all the axes sharing a plot, drawn on the topmost so no line crosses it."""
+    handles = [h for a in axes for h in a.get_legend_handles_labels()[0]]
+    if not handles:
+        return
+    style = dict(fontsize=9, framealpha=0.9)
+    if len(handles) > 5:  # too many to sit on the data: a row of columns under the plot
+        style.update(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=min(4, len(handles)))
+    axes[-1].legend(handles, [h.get_label() for h in handles], **style)
 
 
 def _focus_on_tail(ax: Axes, values: list[float]) -> None:
@@ -234,6 +242,7 @@ def _balance(fig: Figure, records: list[dict[str, Any]]) -> bool:
         twin = ax.twinx()
         _noisy(twin, aux, "balance loss", "tab:orange")
         twin.set_ylabel("balance loss")
+        twin.set_ylim(bottom=0)
     _finish(ax, "MoE expert load balance", "max / mean tokens per expert", twin)
     return True
 
@@ -243,12 +252,13 @@ def _throughput(fig: Figure, records: list[dict[str, Any]]) -> bool:
     if not tps[0]:
         return False
     ax = fig.add_subplot()
-    _line(ax, tps, "tokens / s", "tab:blue", marker=None)
+    _noisy(ax, tps, "tokens / s", "tab:blue")
     ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_formatter(EngFormatter(sep=""))  # 52k, not 52000
     twin = None
     if mfu[0]:
         twin = ax.twinx()
-        _line(twin, mfu, "MFU", "tab:orange", marker=None, alpha=0.8)
+        _noisy(twin, mfu, "MFU", "tab:orange")
         twin.set_ylabel("model FLOPs utilisation (MFU)")
         twin.set_ylim(bottom=0)
     _finish(ax, "Throughput", "tokens / s", twin)
@@ -301,14 +311,13 @@ def _rl_health(ax: Axes, health: list[tuple[str, Series]]) -> None:
         target = ax if i == 0 else ax.twinx()
         if i == 2:  # a third scale: move its axis outward so the tick labels do not collide
             target.spines["right"].set_position(("axes", 1.1))
-        _line(target, data, labels[key], colors[key], marker=None)
+        _noisy(target, data, labels[key], colors[key])
         target.set_ylabel(labels[key], color=colors[key])
         axes.append(target)
-    handles = [h for a in axes for h in a.get_legend_handles_labels()[0]]
     ax.set_title("RL: policy health")
     ax.set_xlabel("step")
     ax.grid(True, alpha=0.3)
-    ax.legend(handles, [h.get_label() for h in handles], loc="best", fontsize=9, framealpha=0.85)
+    _legend(axes)
 
 
 FIGURES: list[tuple[str, Callable[[Figure, list[dict[str, Any]]], bool]]] = [
