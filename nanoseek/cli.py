@@ -80,8 +80,9 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def commands() -> list[Command]:
-    from nanoseek import tokenizer
+    from nanoseek import server, tokenizer
     from nanoseek.engine import commands as engine_commands
+    from nanoseek.eval import commands as eval_commands
     from nanoseek.train import commands as train_commands
     from nanoseek.train import plot
 
@@ -92,6 +93,8 @@ def commands() -> list[Command]:
         *train_commands.COMMANDS,
         plot.COMMAND,
         engine_commands.COMMAND,
+        eval_commands.COMMAND,
+        *server.COMMANDS,
     ]
 
 

@@ -158,6 +158,14 @@ class LatentCache:
             blocks.append(block)
         return blocks
 
+    def clear_prefixes(self) -> None:
+        """Drop the prefix index; unused cached blocks become free."""
+        for block in self.block_hash:
+            if self.refcount[block] == 0:
+                self.free.append(block)
+        self.cached.clear()
+        self.block_hash.clear()
+
     def register(self, hashes: list[bytes], blocks: list[int]) -> None:
         """Offer full blocks (named by their prefix hashes) for reuse by later requests."""
         for h, block in zip(hashes, blocks):

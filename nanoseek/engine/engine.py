@@ -251,8 +251,7 @@ class Engine:
             while not all(r.finished() for r in requests):
                 self.step()
                 if bar is not None:
-                    bar.n = sum(r.finished() for r in requests)
-                    bar.refresh()
+                    bar.update(sum(r.finished() for r in requests) - bar.n)
             if bar is not None:
                 bar.close()
         for r in requests:
@@ -303,6 +302,12 @@ class Engine:
         if any(w.seq.speculate for w in batch):
             self._draft([w for w in batch if w.seq.speculate and w.seq.finish_reason is None], hidden)
         self.stats["steps"] += 1
+
+    def reset_prefix_cache(self) -> None:
+        """Forget cached prefixes: after the weights change (RL updates) their latents are stale."""
+        self.cache.clear_prefixes()
+        for seq in self.running:
+            seq.hashes = []
 
     @property
     def acceptance_rate(self) -> float:

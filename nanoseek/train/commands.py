@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 
-def _train_args(p: argparse.ArgumentParser, sft: bool) -> None:
+def _train_args(p: argparse.ArgumentParser, sft: bool, distill: bool = False) -> None:
     p.add_argument(
         "--data",
         nargs="+",
@@ -19,7 +19,13 @@ def _train_args(p: argparse.ArgumentParser, sft: bool) -> None:
         else ".txt/.jsonl/.parquet files, hf://NAME datasets, or a tokenised shard directory",
     )
     p.add_argument("--out", required=True, help="run directory (metrics, checkpoints, final model)")
-    if sft:
+    if distill:
+        p.add_argument("--preset", default="tiny", help="student size, for a fresh student (see `nanoseek info`)")
+        p.add_argument("--init-from", help="start the student from this checkpoint instead of a fresh preset")
+        p.add_argument("--teacher", help="also distil the teacher's logits (a checkpoint sharing the tokenizer)")
+        p.add_argument("--distill-weight", type=float, default=0.5, help="share of the KL-to-teacher loss")
+        p.add_argument("--distill-temperature", type=float, default=1.0)
+    elif sft:
         p.add_argument("--init-from", required=True, help="checkpoint to fine-tune (a model or run directory)")
     else:
         p.add_argument("--preset", default="tiny", help="model size for a fresh model (see `nanoseek info`)")
@@ -166,3 +172,164 @@ COMMANDS = [
     ),
     ("export", "write a clean Hugging Face checkpoint from a run", export_args, export_main),
 ]
+
+
+def rl_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--init-from", required=True, help="the model RL starts from (checkpoint or run directory)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument(
+        "--recipe",
+        choices=["r1-zero", "r1"],
+        default="r1-zero",
+        help="r1-zero: RL straight from the model; r1: cold-start SFT on worked traces first",
+    )
+    p.add_argument("--tasks", nargs="+", default=["addition"], help="task specs (addition, countdown:count=3, ...)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--prompts-per-step", type=int, default=16)
+    p.add_argument("--group-size", type=int, default=8, help="completions per prompt (G)")
+    p.add_argument("--max-tokens", type=int, default=160)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--advantage", choices=["grpo", "dr-grpo", "reinforce"], default="grpo")
+    p.add_argument("--loss-agg", choices=["token", "sequence", "constant"], default="token")
+    p.add_argument("--clip-low", type=float, default=0.2)
+    p.add_argument("--clip-high", type=float, default=0.28, help="DAPO clip-higher (= --clip-low for symmetric)")
+    p.add_argument("--kl-beta", type=float, default=0.0, help="k3 KL penalty to the starting model (0: none)")
+    p.add_argument("--epochs", type=int, default=1, help="optimisation passes per batch")
+    p.add_argument("--minibatch-size", type=int, default=64)
+    p.add_argument("--dynamic-sampling", action="store_true", help="drop groups whose rewards are all equal")
+    p.add_argument("--format-weight", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw")
+    p.add_argument("--cold-start-examples", type=int, default=300)
+    p.add_argument("--cold-start-steps", type=int, default=60)
+    p.add_argument("--eval-every", type=int, default=20)
+    p.add_argument("--eval-problems", type=int, default=200)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def rl_config_from_args(args: argparse.Namespace):
+    from nanoseek.train.grpo import RLConfig
+    from nanoseek.train.optim import OptimConfig
+
+    return RLConfig(
+        out=args.out,
+        init_from=args.init_from,
+        tasks=args.tasks,
+        recipe=args.recipe,
+        cold_start_examples=args.cold_start_examples,
+        cold_start_steps=args.cold_start_steps,
+        steps=args.steps,
+        prompts_per_step=args.prompts_per_step,
+        group_size=args.group_size,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        advantage=args.advantage,
+        loss_agg=args.loss_agg,
+        clip_low=args.clip_low,
+        clip_high=args.clip_high,
+        kl_beta=args.kl_beta,
+        epochs=args.epochs,
+        minibatch_size=args.minibatch_size,
+        dynamic_sampling=args.dynamic_sampling,
+        format_weight=args.format_weight,
+        optim=OptimConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=0.0, schedule="constant"),
+        eval_every=args.eval_every,
+        eval_problems=args.eval_problems,
+        save_every=args.save_every,
+        seed=args.seed,
+        threads=args.threads,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+
+
+def rl_main(args: argparse.Namespace) -> int:
+    from nanoseek.train.grpo import rl
+
+    print(f"model: {rl(rl_config_from_args(args))}")
+    return 0
+
+
+COMMANDS.append(("rl", "GRPO with verifiable rewards (R1-Zero and R1 recipes)", rl_args, rl_main))
+
+
+def distill_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="chat JSONL to append verified traces to (resumable)")
+    p.add_argument("--tasks", nargs="+", default=["addition"], help="task specs or GSM8K/MATH-style .jsonl files")
+    p.add_argument("--problems", type=int, default=500, help="prompts per task")
+    p.add_argument("--samples", type=int, default=4, help="traces sampled per prompt (k)")
+    p.add_argument("--keep-per-prompt", type=int, default=1, help="verified distinct traces kept per prompt")
+    teacher = p.add_mutually_exclusive_group(required=True)
+    teacher.add_argument("--teacher", help="a local checkpoint (generation through nanoseek's engine)")
+    teacher.add_argument("--teacher-url", help="an OpenAI-compatible endpoint, e.g. https://api.deepseek.com/v1")
+    p.add_argument("--teacher-model", help="model name at the endpoint (default: its first model)")
+    p.add_argument("--api-key", help="API key (default: $OPENAI_API_KEY)")
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight to an endpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def distill_generate_main(args: argparse.Namespace) -> int:
+    from nanoseek.train.distill import GenerateConfig, generate
+
+    summary = generate(
+        GenerateConfig(
+            out=args.out,
+            tasks=args.tasks,
+            problems=args.problems,
+            samples=args.samples,
+            keep_per_prompt=args.keep_per_prompt,
+            teacher=args.teacher,
+            teacher_url=args.teacher_url,
+            teacher_model=args.teacher_model,
+            api_key=args.api_key,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_tokens=args.max_tokens,
+            concurrency=args.concurrency,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    )
+    for task, row in summary["per_task"].items():
+        print(f"{task}: {row['with_verified_trace']}/{row['prompts']} prompts with a verified trace")
+    print(f"{summary['traces']} traces in {args.out}")
+    return 0
+
+
+def distill_train_main(args: argparse.Namespace) -> int:
+    from nanoseek.train.trainer import train
+
+    print(f"model: {train(config_from_args(args, 'sft'))}")
+    return 0
+
+
+def distill_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="distill_command", metavar="SUBCOMMAND", required=True)
+    gen = sub.add_parser("generate", help="sample teacher traces, keep the verified ones (resumable)")
+    distill_generate_args(gen)
+    gen.set_defaults(_distill=distill_generate_main)
+    tr = sub.add_parser("train", help="student SFT on traces (+ optional logit distillation)")
+    _train_args(tr, sft=True, distill=True)
+    tr.set_defaults(_distill=distill_train_main)
+
+
+def distill_main(args: argparse.Namespace) -> int:
+    return args._distill(args)
+
+
+COMMANDS.append(
+    (
+        "distill",
+        "teacher traces with rejection sampling, student SFT and logit distillation",
+        distill_args,
+        distill_main,
+    )
+)

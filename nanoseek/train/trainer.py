@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from nanoseek.config import ModelConfig, preset
-from nanoseek.model import DeepseekV3ForCausalLM, build_model
+from nanoseek.model import IGNORE_INDEX, DeepseekV3ForCausalLM, LossOutput, build_model, cross_entropy
 from nanoseek.model.sizes import flops_per_token, parameter_counts
 from nanoseek.runtime import keep_freed_memory, matmul_peak
 from nanoseek.train import distributed
@@ -49,6 +50,9 @@ class TrainConfig:
     mtp_weight: float = 0.3  # DeepSeek-V3's lambda (0.3, later 0.1)
     bias_update_speed: float = 1e-3  # DeepSeek-V3's gamma; 0 turns aux-loss-free balancing off
     aux_loss_alpha: float | None = None  # sequence-wise balance loss weight (None: the model config's)
+    teacher: str | None = None  # logit distillation from this checkpoint (same tokenizer as the student)
+    distill_weight: float = 0.5  # share of the KL-to-teacher term in the loss
+    distill_temperature: float = 1.0
     precision: str = "fp32"  # "fp32" or "bf16" (autocast)
     compile: bool = False
     fp8: bool = False  # float8 linear layers via torchao (GPUs with FP8, sm89+)
@@ -106,6 +110,7 @@ class Trainer:
         if self.dist.enabled:
             distributed.shard(self.model)
         self.optimizer = build_optimizer(self.model, config.optim)
+        self.teacher = self._load_teacher() if config.teacher else None
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.step = 0
         if self.checkpoint is not None:
@@ -183,6 +188,18 @@ class Trainer:
                 f"({self.tokenizer.vocab_size})"
             )
         return model.train()
+
+    def _load_teacher(self) -> DeepseekV3ForCausalLM:
+        from nanoseek.checkpoint import from_pretrained, resolve_model_path
+        from nanoseek.tokenizer import Tokenizer
+
+        path = resolve_model_path(self.config.teacher)
+        if Tokenizer.from_pretrained(path).fingerprint != self.tokenizer.fingerprint:
+            raise ValueError(
+                f"logit distillation needs the teacher ({path}) and the student to share a tokenizer; "
+                f"train the student on traces only (drop --teacher)"
+            )
+        return from_pretrained(path, dtype=torch.float32, device=self.dist.device).eval().requires_grad_(False)
 
     def _loaders(self):
         if self.config.mode == "sft":
@@ -358,7 +375,10 @@ class Trainer:
         for _ in range(c.grad_accum):
             inputs, targets = next(self.train_loader)
             with self.autocast():
-                out = self.forward(inputs, labels=targets, mtp_weight=c.mtp_weight)
+                if self.teacher is None:
+                    out = self.forward(inputs, labels=targets, mtp_weight=c.mtp_weight)
+                else:
+                    out = self._distill_loss(inputs, targets)
             (out.loss / c.grad_accum).backward()
             mtp = torch.stack(out.mtp).mean() if out.mtp else torch.zeros(())
             sums += (
@@ -384,6 +404,23 @@ class Trainer:
         if self.model_config.aux_loss_alpha:
             record["balance_loss"] = sums[3].item()
         return record
+
+    def _distill_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> LossOutput:
+        """(1 - w) * cross-entropy + w * T^2 * KL(teacher_T || student_T) over the scored tokens (Hinton et al.)."""
+        c = self.config
+        with torch.no_grad():
+            teacher = self.teacher(inputs).float() / c.distill_temperature
+        logits = self.forward(inputs).float()
+        ce = cross_entropy(logits, targets)
+        scored = targets != IGNORE_INDEX
+        kl = F.kl_div(
+            F.log_softmax(logits[scored] / c.distill_temperature, -1),
+            F.log_softmax(teacher[scored], -1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        loss = (1 - c.distill_weight) * ce + c.distill_weight * c.distill_temperature**2 * kl
+        return LossOutput(loss, ce, [], torch.zeros(()))
 
     def _balance_experts(self) -> dict[str, float]:
         """Sum each router's load over ranks, log max/mean per layer, then apply the bias update (gamma)."""

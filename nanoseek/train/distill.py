@@ -1,0 +1,231 @@
+"""Distillation (R1-Distill): teacher reasoning traces, kept only when the verifier accepts the answer, then
+student SFT on them, optionally with logit distillation from a local teacher sharing the student's tokenizer.
+
+`nanoseek distill generate` samples k traces per prompt from a local checkpoint (through the engine) or from any
+OpenAI-compatible endpoint (the DeepSeek API, vLLM, `nanoseek serve`; `reasoning_content` is read where the
+endpoint returns it). Output is chat JSONL with provenance, appended one prompt at a time: a killed run restarts
+where it stopped, with nothing duplicated or lost (finished prompts are listed in a `.done` file beside it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nanoseek.eval.evaluate import load_examples, response
+from nanoseek.tasks import Example, reward
+
+
+@dataclass
+class GenerateConfig:
+    out: str
+    tasks: list[str] = field(default_factory=lambda: ["addition"])  # task specs or GSM8K-style .jsonl files
+    problems: int = 500  # per task
+    samples: int = 4  # traces sampled per prompt (k)
+    keep_per_prompt: int = 1  # verified, distinct traces kept per prompt
+    teacher: str | None = None  # local checkpoint directory
+    teacher_url: str | None = None  # OpenAI-compatible base URL (…/v1)
+    teacher_model: str | None = None
+    api_key: str | None = None
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 256
+    concurrency: int = 8  # in-flight API requests
+    retries: int = 6
+    seed: int = 0
+    progress: bool = True
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """Generated text (the prompt opened <think>) -> (reasoning, answer)."""
+    reasoning, marker, answer = text.partition("</think>")
+    if not marker:
+        return text.strip(), ""
+    return reasoning.replace("<think>", "").strip(), answer.strip()
+
+
+class LocalTeacher:
+    def __init__(self, path: str, config: GenerateConfig):
+        from nanoseek.engine import Engine
+
+        self.engine, self.config, self.name = Engine.from_pretrained(path), config, str(path)
+
+    def sample(self, batch: list[Example]) -> list[list[tuple[str, str]]]:
+        from nanoseek.engine import SamplingParams
+        from nanoseek.eval.evaluate import chat_prompt
+
+        c = self.config
+        prompts = [chat_prompt(self.engine.tokenizer, ex) for ex in batch]
+        params = [
+            SamplingParams(
+                max_tokens=c.max_tokens,
+                temperature=c.temperature,
+                top_p=c.top_p,
+                n=c.samples,
+                seed=_seed(c.seed, ex.id),
+            )
+            for ex in batch
+        ]
+        results = self.engine.generate(prompts, params)
+        return [[split_reasoning(x.text) for x in (r if isinstance(r, list) else [r])] for r in results]
+
+
+class APITeacher:
+    """Any OpenAI-compatible chat endpoint, through the official client, with retries and backoff."""
+
+    def __init__(self, config: GenerateConfig):
+        import openai
+
+        self.config = config
+        self.client = openai.OpenAI(
+            base_url=config.teacher_url,
+            api_key=config.api_key or os.environ.get("OPENAI_API_KEY", "none"),
+            max_retries=0,
+            timeout=600,
+        )
+        self.name = config.teacher_model or self._default_model()
+
+    def _default_model(self) -> str:
+        return self._retry(lambda: self.client.models.list().data[0].id)
+
+    def _retry(self, call):
+        import openai
+
+        delay = 1.0
+        for attempt in range(self.config.retries + 1):
+            try:
+                return call()
+            except (
+                openai.RateLimitError,
+                openai.InternalServerError,
+                openai.APIConnectionError,
+                openai.APITimeoutError,
+            ) as e:
+                if attempt == self.config.retries:
+                    raise RuntimeError(f"teacher at {self.config.teacher_url} kept failing: {e}") from e
+                retry_after = getattr(getattr(e, "response", None), "headers", {}).get("retry-after")
+                time.sleep(float(retry_after) if retry_after else delay * (1 + random.random()))
+                delay = min(delay * 2, 30)
+
+    def _one(self, example: Example) -> list[tuple[str, str]]:
+        c = self.config
+        reply = self._retry(
+            lambda: self.client.chat.completions.create(
+                model=self.name,
+                messages=[{"role": "user", "content": example.prompt}],
+                n=c.samples,
+                temperature=c.temperature,
+                top_p=c.top_p,
+                max_tokens=c.max_tokens,
+                seed=_seed(c.seed, example.id),
+            )
+        )
+        traces = []
+        for choice in reply.choices:
+            reasoning = getattr(choice.message, "reasoning_content", None)
+            content = choice.message.content or ""
+            traces.append((reasoning.strip(), content.strip()) if reasoning is not None else split_reasoning(content))
+        return traces
+
+    def sample(self, batch: list[Example]) -> list[list[tuple[str, str]]]:
+        with ThreadPoolExecutor(self.config.concurrency) as pool:
+            return list(pool.map(self._one, batch))
+
+
+def _seed(seed: int, prompt_id: str) -> int:
+    return (seed * 1_000_003 + int.from_bytes(prompt_id.encode()[-8:].ljust(8, b"\0"), "little")) % 2**31
+
+
+def generate(config: GenerateConfig) -> dict[str, Any]:
+    """Sample, verify, deduplicate and append traces; returns the summary (kept / prompts per task)."""
+    if bool(config.teacher) == bool(config.teacher_url):
+        raise ValueError("give exactly one teacher: --teacher CHECKPOINT or --teacher-url URL")
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done_file = out.with_name(out.name + ".done")
+    done = _read_done(out, done_file)
+    examples = [ex for spec in config.tasks for ex in load_examples(spec, config.problems, "train", config.seed)]
+    todo = [ex for ex in examples if ex.id not in done]
+    teacher = LocalTeacher(config.teacher, config) if config.teacher else APITeacher(config)
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=len(examples),
+        initial=len(examples) - len(todo),
+        desc="teacher traces",
+        unit="prompt",
+        disable=not config.progress,
+    )
+    chunk = max(config.concurrency, 16)
+    with open(out, "a") as records, open(done_file, "a") as finished:
+        for start in range(0, len(todo), chunk):
+            batch = todo[start : start + chunk]
+            for example, traces in zip(batch, teacher.sample(batch)):
+                for record in _verified(example, traces, config, teacher.name):
+                    records.write(json.dumps(record) + "\n")
+                records.flush()
+                os.fsync(records.fileno())
+                finished.write(example.id + "\n")  # only after its traces are safely on disk
+                finished.flush()
+                os.fsync(finished.fileno())
+                bar.update(1)
+    bar.close()
+    return summarize(out, examples)
+
+
+def _verified(example: Example, traces: list[tuple[str, str]], config: GenerateConfig, teacher: str) -> list[dict]:
+    kept, seen = [], set()
+    for reasoning, answer in traces:
+        full = response(f"{reasoning}\n</think>\n\n{answer}")
+        score = reward(example, full)
+        if score.accuracy < 1 or (reasoning, answer) in seen or len(kept) >= config.keep_per_prompt:
+            continue
+        seen.add((reasoning, answer))
+        kept.append(
+            {
+                "messages": [
+                    {"role": "user", "content": example.prompt},
+                    {"role": "assistant", "content": answer, "reasoning_content": reasoning},
+                ],
+                "task": example.task,
+                "prompt_id": example.id,
+                "teacher": teacher,
+                "reward": score.total,
+            }
+        )
+    return kept
+
+
+def _read_done(out: Path, done_file: Path) -> set[str]:
+    """Prompts finished by an earlier run. Records of a prompt the run was killed in the middle of (written but not
+    yet marked done), and a line cut short by the kill, are removed: that prompt is redone from scratch."""
+    done = set(done_file.read_text().split()) if done_file.exists() else set()
+    if out.exists():
+        lines = out.read_text().splitlines(keepends=True)
+        good = []
+        for line in lines:
+            try:
+                if json.loads(line)["prompt_id"] in done:
+                    good.append(line if line.endswith("\n") else line + "\n")
+            except (json.JSONDecodeError, KeyError):
+                continue
+        if good != lines:
+            out.write_text("".join(good))
+    return done
+
+
+def summarize(out: Path, examples: list[Example]) -> dict[str, Any]:
+    records = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    prompts = Counter(ex.task for ex in examples)
+    kept_prompts = Counter(task for task, _ in {(r["task"], r["prompt_id"]) for r in records})
+    return {
+        "traces": len(records),
+        "per_task": {t: {"prompts": n, "with_verified_trace": kept_prompts.get(t, 0)} for t, n in prompts.items()},
+    }

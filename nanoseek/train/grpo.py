@@ -1,0 +1,466 @@
+"""GRPO with verifiable rewards (DeepSeekMath / R1): `nanoseek rl`.
+
+Each step: draw prompts from the task suite, sample a group of G completions per prompt through the engine (the
+prompt's latents are computed once and shared by the group), score them with the task's verifier, and turn
+rewards into advantages relative to the group. Then a few passes of a PPO-style clipped objective over the
+completion tokens, optionally with a KL penalty to the frozen starting model (k3 estimator).
+
+Options from the literature, each a flag:
+- advantage "grpo": (r - group mean) / group std;  "dr-grpo": r - group mean (no std normalisation);
+  "reinforce": r - batch mean (no per-group baseline), the plain REINFORCE-with-baseline comparison;
+- loss aggregation "token" (DAPO: mean over all completion tokens of the batch), "sequence" (GRPO: mean over each
+  completion's tokens, then over completions), "constant" (Dr. GRPO: sum over tokens / (completions x max_tokens),
+  no length normalisation);
+- clip-higher (DAPO): a larger upper clip range than lower;
+- dynamic sampling (DAPO): drop groups whose rewards are all equal (they carry no gradient).
+
+Recipes: "r1-zero" runs RL straight from the given model; "r1" first fine-tunes it on a few hundred worked
+reasoning traces (the cold start), then runs RL.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nanoseek.engine import Engine, SamplingParams
+from nanoseek.eval.evaluate import chat_prompt, evaluate, load_examples, response
+from nanoseek.runtime import keep_freed_memory
+from nanoseek.tasks import Example, reward
+from nanoseek.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
+from nanoseek.train.state import RunDir, rng_state, set_rng_state
+
+POOL_PER_TASK = 4096
+# settings that may change when a run is resumed (e.g. more steps); everything else must match
+_RESUMABLE = {"resume", "progress", "steps", "eval_every", "save_every", "keep", "threads"}
+
+
+@dataclass
+class RLConfig:
+    out: str
+    init_from: str
+    tasks: list[str] = field(default_factory=lambda: ["addition"])
+    recipe: str = "r1-zero"  # or "r1": cold-start SFT on worked traces first
+    cold_start_examples: int = 300
+    cold_start_steps: int = 60
+    steps: int = 100
+    prompts_per_step: int = 16
+    group_size: int = 8
+    max_tokens: int = 160
+    temperature: float = 1.0
+    advantage: str = "grpo"  # "grpo", "dr-grpo", "reinforce"
+    loss_agg: str = "token"  # "token", "sequence", "constant"
+    clip_low: float = 0.2
+    clip_high: float = 0.28  # DAPO's clip-higher (set equal to clip_low for the symmetric original)
+    kl_beta: float = 0.0
+    epochs: int = 1  # optimisation passes over each batch
+    minibatch_size: int = 64  # completions per gradient step
+    dynamic_sampling: bool = False
+    format_weight: float = 0.1
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.0, schedule="constant"))
+    grad_clip: float = 1.0
+    eval_every: int = 20
+    eval_problems: int = 200
+    save_every: int = 50
+    keep: int = 2
+    seed: int = 0
+    threads: int | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        checks = [
+            (self.recipe in ("r1-zero", "r1"), f"recipe must be r1-zero or r1, got {self.recipe!r}"),
+            (self.advantage in ("grpo", "dr-grpo", "reinforce"), f"unknown advantage {self.advantage!r}"),
+            (self.loss_agg in ("token", "sequence", "constant"), f"unknown loss aggregation {self.loss_agg!r}"),
+            (self.group_size >= 2, "group_size must be >= 2 (advantages are relative to the group)"),
+            (self.steps >= 1 and self.prompts_per_step >= 1 and self.epochs >= 1, "steps, prompts, epochs >= 1"),
+            (0 <= self.clip_low < 1 and self.clip_high >= self.clip_low, "need 0 <= clip_low <= clip_high"),
+            (self.kl_beta >= 0 and self.temperature > 0, "kl_beta must be >= 0 and temperature > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def advantages(rewards: torch.Tensor, kind: str, eps: float = 1e-6) -> torch.Tensor:
+    """rewards [prompts, G] -> advantages [prompts, G]."""
+    if kind == "reinforce":
+        return rewards - rewards.mean()
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if kind == "dr-grpo":
+        return centred
+    return centred / (rewards.std(dim=1, keepdim=True) + eps)
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    config: RLConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped surrogate (+ beta * k3 KL) over completion tokens. All [B, T] except adv [B]."""
+    ratio = torch.exp(logp - old_logp)
+    a = adv.unsqueeze(1)
+    clipped = ratio.clamp(1 - config.clip_low, 1 + config.clip_high)
+    per_token = -torch.min(ratio * a, clipped * a)
+    kl = torch.zeros_like(logp)
+    if ref_logp is not None:
+        diff = ref_logp - logp
+        kl = torch.exp(diff) - diff - 1  # k3: unbiased, always >= 0
+        per_token = per_token + config.kl_beta * kl
+    maskf = mask.float()
+    if config.loss_agg == "token":
+        loss = (per_token * maskf).sum() / maskf.sum().clamp(min=1)
+    elif config.loss_agg == "sequence":
+        loss = ((per_token * maskf).sum(1) / maskf.sum(1).clamp(min=1)).mean()
+    else:
+        loss = (per_token * maskf).sum() / (mask.shape[0] * config.max_tokens)
+    with torch.no_grad():
+        was_clipped = ((ratio < 1 - config.clip_low) & (a < 0)) | ((ratio > 1 + config.clip_high) & (a > 0))
+        stats = {
+            "clip_fraction": ((was_clipped & mask).float().sum() / maskf.sum().clamp(min=1)).item(),
+            "kl": ((kl * maskf).sum() / maskf.sum().clamp(min=1)).item(),
+        }
+    return loss, stats
+
+
+@dataclass
+class Rollout:
+    example: Example
+    prompt_ids: list[int]
+    completion_ids: list[int]  # includes the EOS when the model stopped by itself
+    reward: float
+    accuracy: float
+    format: float
+    advantage: float = 0.0
+
+
+class GRPOTrainer:
+    def __init__(self, config: RLConfig):
+        config.validate()
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        keep_freed_memory()
+        self.run = RunDir(config.out)
+        self.checkpoint = self._check_run_dir()
+        source = self.checkpoint / "model" if self.checkpoint is not None else self._start_model()
+        from nanoseek.checkpoint import from_pretrained
+        from nanoseek.tokenizer import Tokenizer
+
+        self.policy = from_pretrained(source, dtype=torch.float32).train()
+        self.tokenizer = Tokenizer.from_pretrained(source)
+        self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False) if config.kl_beta > 0 else None
+        self.engine = Engine(
+            self.policy, self.tokenizer, max_running=config.prompts_per_step * config.group_size, max_step_tokens=4096
+        )
+        self.optimizer = build_optimizer(self.policy, config.optim)
+        self.step = 0
+        self.pool = self._prompt_pool()
+        self.eval_examples = [
+            ex
+            for spec in config.tasks
+            for ex in load_examples(spec, config.eval_problems // len(config.tasks), split="test", seed=config.seed)
+        ]
+        if self.checkpoint is not None:
+            self._restore()
+        else:
+            self.run.write_settings({**dataclasses.asdict(config), "command": " ".join(sys.argv), "start": str(source)})
+
+    # ---- setup ----
+    def _check_run_dir(self) -> Path | None:
+        settings = self.run.read_settings()
+        if not self.config.resume:
+            if settings is not None:
+                raise ValueError(f"{self.run.path} already holds a run: pass --resume, or choose another --out")
+            return None
+        if settings is None:
+            raise FileNotFoundError(f"--resume: no run in {self.run.path} (no run.json)")
+        current = json.loads(json.dumps(dataclasses.asdict(self.config), default=str))
+        changed = {k: (settings.get(k), v) for k, v in current.items() if k not in _RESUMABLE and settings.get(k) != v}
+        if changed:
+            details = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"--resume with different settings than the run was started with ({details})")
+        return self.run.latest()
+
+    def _start_model(self) -> Path:
+        """The model RL starts from: the given one (r1-zero), or it after a cold-start SFT on worked traces (r1)."""
+        from nanoseek.checkpoint import resolve_model_path
+
+        start = resolve_model_path(self.config.init_from)
+        if self.config.recipe == "r1-zero":
+            return start
+        return cold_start(start, self.run.path / "cold_start", self.config)
+
+    def _prompt_pool(self) -> list[Example]:
+        """A fixed, shuffled pool of training problems, cycled through (independent of --steps, so extending a
+        run with --resume continues the same sequence)."""
+        pool = [
+            ex for spec in self.config.tasks for ex in load_examples(spec, POOL_PER_TASK, "train", self.config.seed)
+        ]
+        random.Random(self.config.seed).shuffle(pool)
+        return pool
+
+    # ---- one step ----
+    def rollouts(self) -> list[Rollout]:
+        c = self.config
+        start = self.step * c.prompts_per_step
+        examples = [self.pool[(start + i) % len(self.pool)] for i in range(c.prompts_per_step)]
+        prompts = [chat_prompt(self.tokenizer, ex) for ex in examples]
+        params = [
+            SamplingParams(
+                max_tokens=c.max_tokens,
+                temperature=c.temperature,
+                n=c.group_size,
+                seed=c.seed * 1_000_003 + self.step * 1000 + i,
+            )
+            for i in range(len(examples))
+        ]
+        self.policy.eval()
+        groups = self.engine.generate(prompts, params)
+        self.policy.train()
+        out = []
+        for example, prompt, group in zip(examples, prompts, groups):
+            prompt_ids = self.engine.encode(prompt)
+            for completion in group:
+                ids = list(completion.token_ids)
+                if completion.finish_reason == "stop":
+                    ids.append(self.tokenizer.eos_id)  # learn to stop
+                r = reward(example, response(completion.text), c.format_weight)
+                out.append(Rollout(example, prompt_ids, ids, r.total, r.accuracy, r.format))
+        return out
+
+    def train_step(self) -> dict[str, Any]:
+        c = self.config
+        t0 = time.perf_counter()
+        batch = self.rollouts()
+        t1 = time.perf_counter()
+        rewards = torch.tensor([r.reward for r in batch]).view(c.prompts_per_step, c.group_size)
+        adv = advantages(rewards, c.advantage).flatten()
+        for r, a in zip(batch, adv.tolist()):
+            r.advantage = a
+        stats = {
+            "reward": rewards.mean().item(),
+            "accuracy": sum(r.accuracy for r in batch) / len(batch),
+            "format_rate": sum(r.format for r in batch) / len(batch),
+            "response_length": sum(len(r.completion_ids) for r in batch) / len(batch),
+        }
+        kept = batch
+        if c.dynamic_sampling:
+            groups = [batch[i * c.group_size : (i + 1) * c.group_size] for i in range(c.prompts_per_step)]
+            kept = [r for g in groups if len({r.reward for r in g}) > 1 for r in g]
+        stats["groups_kept"] = len(kept) / c.group_size
+        set_lr(self.optimizer, lr := lr_at(self.step, c.steps, c.optim))
+        stats.update(self.optimize(kept) if kept else {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "entropy": 0.0})
+        self.engine.reset_prefix_cache()  # cached latents came from the weights before this update
+        t2 = time.perf_counter()
+        stats.update(
+            lr=lr,
+            generate_s=round(t1 - t0, 3),
+            train_s=round(t2 - t1, 3),
+            samples_per_s=round(len(batch) / (t2 - t0), 2),
+        )
+        return stats
+
+    def optimize(self, batch: list[Rollout]) -> dict[str, float]:
+        c = self.config
+        ids, mask, targets = _pad(batch, self.tokenizer.pad_id)
+        adv = torch.tensor([r.advantage for r in batch])
+        with torch.no_grad():
+            old = torch.cat(
+                [
+                    _token_logprobs(self.policy, ids[s : s + c.minibatch_size], targets[s : s + c.minibatch_size])[0]
+                    for s in range(0, len(batch), c.minibatch_size)
+                ]
+            )
+            ref = None
+            if self.reference is not None:
+                ref = torch.cat(
+                    [
+                        _token_logprobs(
+                            self.reference, ids[s : s + c.minibatch_size], targets[s : s + c.minibatch_size]
+                        )[0]
+                        for s in range(0, len(batch), c.minibatch_size)
+                    ]
+                )
+        totals: dict[str, float] = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "entropy": 0.0}
+        updates = 0
+        generator = torch.Generator().manual_seed(c.seed + self.step)
+        for _ in range(c.epochs):
+            order = torch.randperm(len(batch), generator=generator)
+            for s in range(0, len(batch), c.minibatch_size):
+                rows = order[s : s + c.minibatch_size]
+                logp, entropy = _token_logprobs(self.policy, ids[rows], targets[rows], with_entropy=True)
+                loss, part = policy_loss(logp, old[rows], None if ref is None else ref[rows], adv[rows], mask[rows], c)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                for m in self.policy.moe_modules():  # routing stays as trained: no bias updates during RL
+                    m.gate.load.zero_()
+                m_float = mask[rows].float()
+                part["entropy"] = ((entropy * m_float).sum() / m_float.sum().clamp(min=1)).item()
+                part["loss"] = loss.item()
+                for k in totals:
+                    totals[k] += part[k]
+                updates += 1
+        return {k: v / updates for k, v in totals.items()}
+
+    # ---- loop ----
+    def train(self) -> Path:
+        c = self.config
+        from tqdm import tqdm
+
+        bar = tqdm(total=c.steps, initial=self.step, desc="GRPO", unit="step", disable=not c.progress)
+        if self.step == 0:
+            self._log_eval()
+        while self.step < c.steps:
+            stats = self.train_step()
+            self.step += 1
+            self.run.log(
+                {
+                    "kind": "rl",
+                    "step": self.step,
+                    **{k: round(v, 5) if isinstance(v, float) else v for k, v in stats.items()},
+                }
+            )
+            bar.update(1)
+            bar.set_postfix(
+                reward=f"{stats['reward']:.2f}",
+                acc=f"{stats['accuracy']:.2f}",
+                length=f"{stats['response_length']:.0f}",
+            )
+            if self.step % c.eval_every == 0 or self.step == c.steps:
+                self._log_eval()
+            if self.step % c.save_every == 0 and self.step < c.steps:
+                self.save()
+        bar.close()
+        return self.run.publish(self.save())
+
+    def _log_eval(self) -> None:
+        self.policy.eval()
+        results = evaluate(self.engine, self.eval_examples, max_tokens=self.config.max_tokens)
+        self.policy.train()
+        self.engine.reset_prefix_cache()
+        for r in results:
+            self.run.log(
+                {
+                    "kind": "eval",
+                    "step": self.step,
+                    "task": r.task,
+                    "pass1": r.pass1_greedy,
+                    "mean_length": r.mean_length,
+                    "format_rate": r.format_rate,
+                }
+            )
+
+    def save(self) -> Path:
+        tmp = self.run.begin(self.step)
+        self.policy.save_pretrained(tmp / "model")
+        self.tokenizer.save_pretrained(tmp / "model")
+        torch.save(self.optimizer.state_dict(), tmp / "trainer_state" / "optimizer.pt")
+        if self.reference is not None:
+            self.reference.save_pretrained(tmp / "trainer_state" / "reference")
+        state = {"step": self.step, "rng": rng_state()}
+        return self.run.commit(self.step, state, keep=self.config.keep)
+
+    def _restore(self) -> None:
+        from nanoseek.checkpoint import from_pretrained
+
+        assert self.checkpoint is not None
+        state = json.loads((self.checkpoint / "trainer_state" / "state.json").read_text())
+        self.optimizer.load_state_dict(
+            torch.load(self.checkpoint / "trainer_state" / "optimizer.pt", weights_only=True)
+        )
+        if self.reference is not None:
+            self.reference = from_pretrained(self.checkpoint / "trainer_state" / "reference").requires_grad_(False)
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.run.truncate_metrics(self.step)
+
+
+def _pad(batch: list[Rollout], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded prompt+completion ids [B, T], the completion-token mask and next-token targets [B, T]."""
+    length = max(len(r.prompt_ids) + len(r.completion_ids) for r in batch)
+    ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(batch), length, dtype=torch.bool)
+    for i, r in enumerate(batch):
+        seq = r.prompt_ids + r.completion_ids
+        ids[i, : len(seq)] = torch.tensor(seq)
+        # position t predicts token t+1: completion tokens are predicted from positions prompt_len-1 onwards
+        mask[i, len(r.prompt_ids) - 1 : len(seq) - 1] = True
+    targets = torch.roll(ids, -1, dims=1)
+    return ids, mask, targets
+
+
+def _token_logprobs(model, ids: torch.Tensor, targets: torch.Tensor, with_entropy: bool = False):
+    """Log-probability of each next token (and the policy's entropy) at every position: [B, T] each."""
+    logits = model(ids).float()
+    logp_all = F.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
+    return logp, entropy
+
+
+def cold_start(start: Path, out: Path, config: RLConfig) -> Path:
+    """R1's cold start: SFT on a few hundred worked reasoning traces from the task suite, then RL from there."""
+    from nanoseek.train.trainer import TrainConfig, train
+
+    if (out / "model" / "config.json").exists():
+        return out / "model"
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "cold_start.jsonl"
+    per_task = config.cold_start_examples // len(config.tasks) + 1
+    with open(data, "w") as f:
+        for spec in config.tasks:
+            for ex in load_examples(spec, per_task, "train", config.seed + 7):
+                from nanoseek.tasks import get_task
+
+                f.write(json.dumps({"messages": trace_messages(ex, get_task(ex.task).solution(ex, "worked"))}) + "\n")
+    sft = TrainConfig(
+        out=str(out / "run"),
+        data=[str(data)],
+        mode="sft",
+        init_from=str(start),
+        steps=config.cold_start_steps,
+        batch_size=8,
+        seq_len=config.max_tokens + 96,
+        optim=OptimConfig(lr=1e-3, weight_decay=0.0, schedule="cosine"),
+        mtp_weight=0.0,
+        eval_every=10**9,
+        save_every=10**9,
+        seed=config.seed,
+        progress=config.progress,
+    )
+    model_dir = train(sft)
+    import shutil
+
+    shutil.copytree(model_dir, out / "model")
+    return out / "model"
+
+
+def trace_messages(example: Example, solution: str) -> list[dict[str, str]]:
+    """A task solution "<think>\\nR\\n</think>\\n\\nA" as chat messages with reasoning_content, as the DeepSeek API
+    returns them (the SFT renderer puts the reasoning back inside <think>)."""
+    reasoning, _, answer = solution.partition("</think>")
+    return [
+        {"role": "user", "content": example.prompt},
+        {"role": "assistant", "content": answer.strip(), "reasoning_content": reasoning.replace("<think>", "").strip()},
+    ]
+
+
+def rl(config: RLConfig) -> Path:
+    return GRPOTrainer(config).train()

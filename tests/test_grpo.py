@@ -1,0 +1,134 @@
+"""GRPO pieces: advantages, the clipped objective with KL, token masks; a short run end to end with resume."""
+
+import json
+
+import pytest
+import torch
+from helpers import tiny_checkpoint
+
+from nanoseek.train.grpo import RLConfig, Rollout, _pad, advantages, policy_loss, trace_messages
+from nanoseek.tasks import get_task
+
+CONFIG = RLConfig(out="unused", init_from="unused")
+
+
+def test_advantages_per_method():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    grpo = advantages(rewards, "grpo")
+    assert torch.allclose(grpo[0], torch.tensor([0.5, -0.5, -0.5, 0.5]) / rewards[0].std(), atol=1e-5)
+    assert torch.equal(grpo[1], torch.zeros(4))  # a group that all agrees teaches nothing
+    assert torch.equal(advantages(rewards, "dr-grpo")[0], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    reinforce = advantages(rewards, "reinforce")
+    assert torch.allclose(reinforce, rewards - 0.75) and reinforce[1].abs().sum() > 0  # no per-group baseline
+
+
+def test_policy_loss_gradient_clipping_and_kl():
+    logp = torch.log(torch.tensor([[0.5, 0.5, 0.5]])).requires_grad_()
+    mask = torch.tensor([[True, True, False]])
+    adv = torch.tensor([2.0])
+    loss, stats = policy_loss(logp, logp.detach(), None, adv, mask, CONFIG)
+    loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[-1.0, -1.0, 0.0]]))  # -A / tokens, masked token untouched
+    assert stats["clip_fraction"] == 0 and stats["kl"] == 0
+    # a ratio far above 1 + clip_high with a positive advantage is clipped: no gradient through it
+    new = (logp.detach() + 1.0).requires_grad_()
+    loss, stats = policy_loss(new, logp.detach(), None, adv, mask, CONFIG)
+    loss.backward()
+    assert new.grad.abs().sum() == 0 and stats["clip_fraction"] == 1.0
+    # k3 KL is >= 0, zero when equal, and pulls toward the reference
+    config = RLConfig(out="u", init_from="u", kl_beta=0.5)
+    far = (logp.detach() - 0.7).requires_grad_()
+    loss, stats = policy_loss(far, far.detach(), logp.detach(), torch.tensor([0.0]), mask, config)
+    loss.backward()
+    assert stats["kl"] > 0 and (far.grad[0, :2] < 0).all()  # raising logp toward the reference lowers the loss
+
+
+@pytest.mark.parametrize("agg", ["token", "sequence", "constant"])
+def test_loss_aggregations_weight_lengths_differently(agg):
+    config = RLConfig(out="u", init_from="u", loss_agg=agg, max_tokens=4)
+    logp = torch.zeros(2, 4, requires_grad=True)
+    mask = torch.tensor([[True, False, False, False], [True, True, True, True]])
+    loss, _ = policy_loss(logp, logp.detach(), None, torch.tensor([1.0, 1.0]), mask, config)
+    loss.backward()
+    short, long = logp.grad[0, 0].item(), logp.grad[1, 0].item()
+    expected = {"token": (-1 / 5, -1 / 5), "sequence": (-1 / 2, -1 / 8), "constant": (-1 / 8, -1 / 8)}[agg]
+    assert (short, long) == pytest.approx(expected)
+
+
+def test_padding_masks_exactly_the_completion_predictions():
+    example = get_task("addition").generate(1, seed=0)[0]
+    batch = [Rollout(example, [5, 6, 7], [8, 9, 1], 1.0, 1.0, 1.0), Rollout(example, [5, 6], [8], 0.0, 0.0, 0.0)]
+    ids, mask, targets = _pad(batch, pad_id=2)
+    assert ids.tolist() == [[5, 6, 7, 8, 9, 1], [5, 6, 8, 2, 2, 2]]
+    assert targets[mask].tolist() == [8, 9, 1, 8]  # every completion token, EOS included, and nothing else
+
+
+def test_trace_messages_round_trip_through_the_template(tmp_path):
+    from helpers import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    example = get_task("addition").generate(1, seed=2)[0]
+    solution = get_task("addition").solution(example, "worked")
+    ids, mask = tok.render_training_example(trace_messages(example, solution))
+    learned = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert learned.replace(tok.id_to_token(tok.eos_id), "") == solution
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("start"), max_position_embeddings=512)
+
+
+def _run(out, start, **extra):
+    from nanoseek.cli import main
+
+    args = [
+        "rl",
+        "--init-from",
+        str(start),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--prompts-per-step",
+        "2",
+        "--group-size",
+        "4",
+        "--max-tokens",
+        "24",
+        "--eval-every",
+        "3",
+        "--eval-problems",
+        "8",
+        "--save-every",
+        "2",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--kl-beta",
+        "0.05",
+    ]
+    for key, value in extra.items():
+        args += [f"--{key.replace('_', '-')}", str(value)] if value is not True else [f"--{key.replace('_', '-')}"]
+    return main(args)
+
+
+def test_a_short_run_logs_saves_and_resumes_exactly(start, tmp_path):
+    assert _run(tmp_path / "a", start) == 0
+    lines = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rl_lines = [r for r in lines if r["kind"] == "rl"]
+    assert len(rl_lines) == 3
+    assert {"reward", "accuracy", "format_rate", "response_length", "clip_fraction", "kl", "entropy", "loss"} <= set(
+        rl_lines[0]
+    )
+    assert [r["step"] for r in lines if r["kind"] == "eval"] == [0, 3]
+    assert (tmp_path / "a" / "model" / "tokenizer.json").exists()
+    # a 2-step run extended to 3 with --resume lands on the same weights as the run that went straight through
+    assert _run(tmp_path / "b", start, steps=2) == 0
+    assert _run(tmp_path / "b", start, resume=True, lr=0.5) == 2  # other settings must match the run
+    assert _run(tmp_path / "b", start, resume=True) == 0
+    import nanoseek
+
+    a = nanoseek.from_pretrained(tmp_path / "a" / "model").state_dict()
+    b = nanoseek.from_pretrained(tmp_path / "b" / "model").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
