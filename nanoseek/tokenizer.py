@@ -194,11 +194,13 @@ class Tokenizer:
         # Each digit and each newline is its own pre-token: tiny models learn arithmetic digit by digit, and a
         # chat prompt ending in "<think>\n" tokenises like the same text inside a training document (a merged
         # "\n\n" token would make "<think>" + "\n" a state the model never saw).
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.Split("\n", behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.Split("\n", behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False),
+            ]
+        )
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from helpers import tiny_checkpoint
 
-from nanoseek.train.grpo import RLConfig, Rollout, _pad, advantages, policy_loss, trace_messages
 from nanoseek.tasks import get_task
+from nanoseek.train.grpo import RLConfig, Rollout, _pad, advantages, policy_loss, trace_messages
 
 CONFIG = RLConfig(out="unused", init_from="unused")
 
