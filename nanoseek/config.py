@@ -299,6 +299,30 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_nextn_predict_layers=1,
         max_position_embeddings=1024,
     ),
+    # A dense student for distillation from `tiny` (under a quarter of its active parameters), as R1-Distill's
+    # students were dense models.
+    "tiny-student": dict(
+        vocab_size=2048,
+        hidden_size=64,
+        intermediate_size=96,
+        moe_intermediate_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        q_lora_rank=32,
+        kv_lora_rank=16,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+        n_routed_experts=0,
+        n_shared_experts=0,
+        num_experts_per_tok=0,
+        n_group=1,
+        topk_group=1,
+        first_k_dense_replace=4,
+        num_nextn_predict_layers=1,
+        max_position_embeddings=1024,
+    ),
     # The foundation benchmark shape (~18M parameters).
     "bench-18m": dict(
         vocab_size=8192,

@@ -198,7 +198,7 @@ def rl_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minibatch-size", type=int, default=64)
     p.add_argument("--dynamic-sampling", action="store_true", help="drop groups whose rewards are all equal")
     p.add_argument("--format-weight", type=float, default=0.1)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw")
     p.add_argument("--cold-start-examples", type=int, default=300)
     p.add_argument("--cold-start-steps", type=int, default=60)
@@ -333,3 +333,74 @@ COMMANDS.append(
         distill_main,
     )
 )
+
+
+def command_line(config) -> list[str]:
+    """The `nanoseek train`/`sft` arguments that reproduce a TrainConfig (to launch it under torchrun)."""
+    c, o = config, config.optim
+    args = [
+        "sft" if c.mode == "sft" else "train",
+        "--data",
+        *c.data,
+        "--out",
+        c.out,
+        "--steps",
+        str(c.steps),
+        "--batch-size",
+        str(c.batch_size),
+        "--grad-accum",
+        str(c.grad_accum),
+        "--seq-len",
+        str(c.seq_len),
+        "--optimizer",
+        o.optimizer,
+        "--lr",
+        str(o.lr),
+        "--weight-decay",
+        str(o.weight_decay),
+        "--schedule",
+        o.schedule,
+        "--warmup-fraction",
+        str(o.warmup_fraction),
+        "--decay-fraction",
+        str(o.decay_fraction),
+        "--grad-clip",
+        str(c.grad_clip),
+        "--mtp-weight",
+        str(c.mtp_weight),
+        "--bias-update-speed",
+        str(c.bias_update_speed),
+        "--precision",
+        c.precision,
+        "--eval-every",
+        str(c.eval_every),
+        "--save-every",
+        str(c.save_every),
+        "--log-every",
+        str(c.log_every),
+        "--seed",
+        str(c.seed),
+    ]
+    if c.mode != "sft":
+        args += ["--preset", c.preset]
+    for flag, value in (
+        ("--init-from", c.init_from),
+        ("--tokenizer", c.tokenizer),
+        ("--threads", c.threads),
+        ("--aux-loss-alpha", c.aux_loss_alpha),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    if c.model_overrides:
+        args += ["--set", *(f"{k}={json.dumps(v)}" for k, v in c.model_overrides.items())]
+    args += [
+        flag
+        for flag, on in (
+            ("--compile", c.compile),
+            ("--fp8", c.fp8),
+            ("--resume", c.resume),
+            ("--no-progress", not c.progress),
+        )
+        if on
+    ]
+    return args

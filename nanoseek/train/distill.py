@@ -181,8 +181,12 @@ def generate(config: GenerateConfig) -> dict[str, Any]:
 
 
 def _verified(example: Example, traces: list[tuple[str, str]], config: GenerateConfig, teacher: str) -> list[dict]:
+    from nanoseek.tokenizer import ASSISTANT, BOS, EOS, PAD, USER
+
     kept, seen = [], set()
     for reasoning, answer in traces:
+        if any(marker in reasoning + answer for marker in (BOS, EOS, PAD, USER, ASSISTANT, "<think>", "</think>")):
+            continue  # a trace with role markers or a second think block would teach the student broken chats
         full = response(f"{reasoning}\n</think>\n\n{answer}")
         score = reward(example, full)
         if score.accuracy < 1 or (reasoning, answer) in seen or len(kept) >= config.keep_per_prompt:

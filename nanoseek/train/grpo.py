@@ -67,7 +67,7 @@ class RLConfig:
     minibatch_size: int = 64  # completions per gradient step
     dynamic_sampling: bool = False
     format_weight: float = 0.1
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.0, schedule="constant"))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.0, schedule="constant"))
     grad_clip: float = 1.0
     eval_every: int = 20
     eval_problems: int = 200

@@ -1,0 +1,400 @@
+"""`nanoseek speedrun`: the DeepSeek story in one command, on a laptop.
+
+tokenizer -> MoE + MLA pretraining with MTP (base) -> cold-start SFT on worked reasoning traces (sft) -> GRPO with
+verifiable rewards (rl, the R1 recipe) -> a smaller student distilled from the RL model's verified traces (student)
+-> held-out evaluation of every stage -> report.md + summary.json + plots -> chat.
+
+Every stage is one of nanoseek's own commands (train, sft, rl, distill generate/train, eval) called in-process;
+a stage that finished is recorded in RUN/stages.json and skipped when the speedrun is run again, so an
+interrupted speedrun resumes at the stage it was in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nanoseek.train.state import atomic_write_text
+
+
+@dataclass
+class Plan:
+    """Sizes of every stage. `cpu` finishes in under 20 minutes on 2 cores."""
+
+    task: str = "addition"  # the default task: reasoning (worked carries) beats answering directly for tiny models
+    corpus_problems: int = 20000
+    worked_fraction: float = 0.5  # base corpus: half worked reasoning, half direct answers
+    vocab_size: int = 512
+    teacher_preset: str = "tiny"
+    base_steps: int = 1000
+    batch_size: int = 16
+    seq_len: int = 256
+    base_lr: float = 3e-3
+    sft_traces: int = 300
+    sft_steps: int = 40
+    rl_steps: int = 40
+    rl_prompts: int = 16
+    rl_group: int = 8
+    rl_lr: float = 1e-4
+    max_tokens: int = 120
+    distill_problems: int = 800
+    distill_samples: int = 2
+    student_preset: str = "tiny-student"
+    student_steps: int = 400
+    eval_problems: int = 200
+    threads: int | None = None
+    torchrun: int = 0  # processes per node for the training stages (0: in-process)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+PLANS: dict[str, Plan] = {
+    "cpu": Plan(),
+    # a workstation CPU (16+ cores): a bigger teacher, longer stages
+    "cpu-large": Plan(
+        corpus_problems=60000,
+        teacher_preset="bench-18m",
+        base_steps=2000,
+        batch_size=32,
+        rl_steps=80,
+        rl_prompts=32,
+        distill_problems=2000,
+        student_steps=800,
+        eval_problems=500,
+    ),
+    # one GPU: the same recipe at bench-18m scale, many more steps
+    "gpu": Plan(
+        corpus_problems=200000,
+        teacher_preset="bench-18m",
+        base_steps=4000,
+        batch_size=64,
+        seq_len=512,
+        rl_steps=200,
+        rl_prompts=64,
+        rl_group=16,
+        distill_problems=5000,
+        student_steps=2000,
+        eval_problems=1000,
+    ),
+    # one node of GPUs under torchrun for the training stages
+    "multi-gpu": Plan(
+        corpus_problems=500000,
+        teacher_preset="bench-300m",
+        base_steps=6000,
+        batch_size=32,
+        seq_len=512,
+        rl_steps=300,
+        rl_prompts=64,
+        rl_group=16,
+        distill_problems=10000,
+        student_steps=3000,
+        eval_problems=1000,
+        torchrun=8,
+    ),
+}
+
+STAGES = ["data", "tokenizer", "base", "sft", "rl", "student", "eval", "report"]
+
+
+class Speedrun:
+    def __init__(self, out: str | os.PathLike, plan: Plan, progress: bool = True):
+        self.out, self.plan, self.progress = Path(out), plan, progress
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.record_file = self.out / "stages.json"
+        self.record: dict[str, Any] = json.loads(self.record_file.read_text()) if self.record_file.exists() else {}
+        saved_plan = self.record.get("_plan")
+        if saved_plan is not None and saved_plan != json.loads(json.dumps(asdict(plan))):
+            raise ValueError(f"{self.out} holds a speedrun with another plan: use a new --out, or the same --preset")
+        self.record["_plan"] = asdict(plan)
+
+    def run(self) -> dict[str, Any]:
+        start = time.time()
+        for name in STAGES:
+            if name in self.record:
+                print(f"[{name}] done earlier ({self.record[name].get('seconds', 0):.0f}s): skipped", flush=True)
+                continue
+            print(f"\n[{name}] {_STAGE_HELP[name]}", flush=True)
+            began = time.time()
+            result = getattr(self, f"stage_{name}")() or {}
+            result["seconds"] = round(time.time() - began, 1)
+            self.record[name] = result
+            self.record.setdefault("_wall", 0.0)
+            self.record["_wall"] += result["seconds"]
+            atomic_write_text(self.record_file, json.dumps(self.record, indent=2) + "\n")
+            print(f"[{name}] finished in {result['seconds']:.0f}s", flush=True)
+        del start
+        return self.record
+
+    # ---- stages ----
+    def stage_data(self) -> dict[str, Any]:
+        from nanoseek.tasks import get_task
+        from nanoseek.tasks.corpus import solution_documents
+
+        data = self.out / "data"
+        data.mkdir(exist_ok=True)
+        examples = get_task(self.plan.task).generate(self.plan.corpus_problems, "train", seed=1)
+        docs = solution_documents(examples, self.plan.worked_fraction, seed=1)
+        _write_jsonl(data / "corpus.jsonl", [{"text": d} for d in docs])
+        return {"corpus": str(data / "corpus.jsonl"), "documents": len(docs)}
+
+    def stage_tokenizer(self) -> dict[str, Any]:
+        from nanoseek.tokenizer import Tokenizer
+
+        tok = Tokenizer.train([Path(self.record["data"]["corpus"])], self.plan.vocab_size)
+        tok.save_pretrained(self.out / "tokenizer")
+        return {"tokenizer": str(self.out / "tokenizer"), "vocab_size": tok.vocab_size}
+
+    def stage_base(self) -> dict[str, Any]:
+        from nanoseek.train.optim import OptimConfig
+        from nanoseek.train.trainer import TrainConfig
+
+        p = self.plan
+        config = TrainConfig(
+            out=str(self.out / "base"),
+            data=[self.record["data"]["corpus"]],
+            tokenizer=str(self.out / "tokenizer"),
+            preset=p.teacher_preset,
+            steps=p.base_steps,
+            batch_size=p.batch_size,
+            seq_len=p.seq_len,
+            optim=OptimConfig(lr=p.base_lr),
+            eval_every=max(p.base_steps // 4, 1),
+            save_every=max(p.base_steps // 2, 1),
+            threads=p.threads,
+            progress=self.progress,
+            resume=(self.out / "base" / "run.json").exists(),
+        )
+        return {"checkpoint": str(self._train(config))}
+
+    def stage_sft(self) -> dict[str, Any]:
+        from nanoseek.tasks import get_task
+        from nanoseek.train.grpo import trace_messages
+        from nanoseek.train.optim import OptimConfig
+        from nanoseek.train.trainer import TrainConfig
+
+        p = self.plan
+        task = get_task(p.task)
+        traces = [
+            {"messages": trace_messages(ex, task.solution(ex, "worked"))}
+            for ex in task.generate(p.sft_traces, "train", seed=2)
+        ]
+        _write_jsonl(self.out / "data" / "cold_start.jsonl", traces)
+        config = TrainConfig(
+            out=str(self.out / "sft"),
+            data=[str(self.out / "data" / "cold_start.jsonl")],
+            mode="sft",
+            init_from=self.record["base"]["checkpoint"],
+            steps=p.sft_steps,
+            batch_size=8,
+            seq_len=p.seq_len,
+            optim=OptimConfig(lr=1e-3, weight_decay=0.0, schedule="cosine"),
+            mtp_weight=0.3,
+            eval_every=10**9,
+            save_every=10**9,
+            threads=p.threads,
+            progress=self.progress,
+            resume=(self.out / "sft" / "run.json").exists(),
+        )
+        return {"checkpoint": str(self._train(config)), "traces": len(traces)}
+
+    def stage_rl(self) -> dict[str, Any]:
+        from nanoseek.train.grpo import RLConfig, rl
+        from nanoseek.train.optim import OptimConfig
+
+        p = self.plan
+        config = RLConfig(
+            out=str(self.out / "rl"),
+            init_from=self.record["sft"]["checkpoint"],
+            tasks=[p.task],
+            steps=p.rl_steps,
+            prompts_per_step=p.rl_prompts,
+            group_size=p.rl_group,
+            max_tokens=p.max_tokens,
+            optim=OptimConfig(lr=p.rl_lr, weight_decay=0.0, schedule="constant"),
+            eval_every=max(p.rl_steps // 4, 1),
+            eval_problems=p.eval_problems // 2,
+            save_every=max(p.rl_steps // 2, 1),
+            threads=p.threads,
+            progress=self.progress,
+            resume=(self.out / "rl" / "run.json").exists(),
+        )
+        return {"checkpoint": str(rl(config))}
+
+    def stage_student(self) -> dict[str, Any]:
+        from nanoseek.train.distill import GenerateConfig, generate
+        from nanoseek.train.optim import OptimConfig
+        from nanoseek.train.trainer import TrainConfig
+
+        p = self.plan
+        traces = self.out / "data" / "teacher_traces.jsonl"
+        summary = generate(
+            GenerateConfig(
+                out=str(traces),
+                tasks=[p.task],
+                problems=p.distill_problems,
+                samples=p.distill_samples,
+                teacher=self.record["rl"]["checkpoint"],
+                temperature=0.6,
+                max_tokens=p.max_tokens,
+                seed=3,
+                progress=self.progress,
+            )
+        )
+        if summary["traces"] == 0:
+            raise ValueError(
+                "the RL model produced no verified trace to distil: its pass@1 is ~0; train the base "
+                "longer (a bigger --preset) or check the rl stage's plot"
+            )
+        config = TrainConfig(
+            out=str(self.out / "student"),
+            data=[str(traces)],
+            mode="sft",
+            preset=p.student_preset,
+            tokenizer=str(self.out / "tokenizer"),
+            steps=p.student_steps,
+            batch_size=p.batch_size,
+            seq_len=p.seq_len,
+            optim=OptimConfig(lr=3e-3, weight_decay=0.0, schedule="wsd"),
+            mtp_weight=0.3,
+            eval_every=max(p.student_steps // 4, 1),
+            save_every=10**9,
+            threads=p.threads,
+            progress=self.progress,
+            resume=(self.out / "student" / "run.json").exists(),
+        )
+        return {"checkpoint": str(self._train(config)), "traces": summary["traces"]}
+
+    def stage_eval(self) -> dict[str, Any]:
+        from nanoseek.engine import Engine
+        from nanoseek.eval import evaluate, load_examples
+        from nanoseek.model.sizes import parameter_counts
+
+        examples = load_examples(self.plan.task, self.plan.eval_problems, "test", seed=0)
+        results = {}
+        for stage in ("base", "sft", "rl", "student"):
+            engine = Engine.from_pretrained(self.record[stage]["checkpoint"])
+            (row,) = evaluate(engine, examples, max_tokens=self.plan.max_tokens)
+            counts = parameter_counts(engine.model.config)
+            results[stage] = {
+                "pass1": row.pass1_greedy,
+                "mean_length": row.mean_length,
+                "format_rate": row.format_rate,
+                "active_params": counts.active,
+                "total_params": counts.total,
+            }
+            print(f"  {stage}: pass@1 {row.pass1_greedy:.3f}, mean length {row.mean_length:.0f} tokens", flush=True)
+        return results
+
+    def stage_report(self) -> dict[str, Any]:
+        from nanoseek.speedrun_report import write_report
+
+        return write_report(self.out, self.record, self.plan)
+
+    # ---- helpers ----
+    def _train(self, config) -> Path:
+        """In-process, or under torchrun when the plan asks for several processes."""
+        from nanoseek.train.trainer import train
+
+        if not self.plan.torchrun:
+            return train(config)
+        from nanoseek.train.commands import command_line
+
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                str(self.plan.torchrun),
+                "-m",
+                "nanoseek.cli",
+                *command_line(config),
+            ],
+            check=True,
+        )
+        return Path(config.out) / "model"
+
+
+_STAGE_HELP = {
+    "data": "embedded task data: problems with worked and direct solutions (no download)",
+    "tokenizer": "byte-level BPE with DeepSeek's special tokens and R1 chat template",
+    "base": "pretraining the MoE + MLA model with multi-token prediction",
+    "sft": "cold-start SFT on a few hundred worked reasoning traces (R1 recipe)",
+    "rl": "GRPO with verifiable rewards",
+    "student": "distillation: verified teacher traces -> a student with a quarter of the active parameters",
+    "eval": "held-out pass@1 of every stage",
+    "report": "report.md, summary.json, plots",
+}
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def speedrun_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/speedrun", help="run directory (re-running resumes, skipping done stages)")
+    p.add_argument(
+        "--preset",
+        choices=list(PLANS),
+        default="cpu",
+        help="cpu: 2 cores, <20 min; cpu-large: a workstation; gpu: one GPU; multi-gpu: torchrun on a node",
+    )
+    p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def speedrun_main(args: argparse.Namespace) -> int:
+    plan = PLANS[args.preset]
+    if args.threads:
+        plan.threads = args.threads
+    random.seed(args.seed)
+    record = Speedrun(args.out, plan, progress=not args.no_progress).run()
+    print(f"\nreport: {Path(args.out) / 'report.md'}   ({record.get('_wall', 0) / 60:.1f} minutes of stages)")
+    return 0
+
+
+COMMAND = (
+    "speedrun",
+    "tokenizer -> pretrain -> SFT -> GRPO -> distilled student -> eval -> report, in one go",
+    speedrun_args,
+    speedrun_main,
+)

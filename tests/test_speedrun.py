@@ -1,0 +1,72 @@
+"""The speedrun's plumbing on a miniature plan: every stage runs, the report and summary are complete, and a
+second invocation skips finished stages. (The real plan's figures come from `make speedrun`.)"""
+
+import json
+
+from nanoseek.speedrun import Plan, Speedrun
+
+MINI = Plan(
+    corpus_problems=300,
+    vocab_size=300,
+    teacher_preset="nano",
+    base_steps=12,
+    batch_size=8,
+    seq_len=160,
+    sft_traces=24,
+    sft_steps=4,
+    rl_steps=2,
+    rl_prompts=2,
+    rl_group=4,
+    max_tokens=24,
+    distill_problems=48,
+    distill_samples=2,
+    student_preset="tiny-student",
+    student_steps=4,
+    eval_problems=8,
+    threads=1,
+)
+
+
+def test_speedrun_runs_every_stage_and_resumes(tmp_path, capsys, monkeypatch):
+    from nanoseek.tasks import Reward
+
+    # a 12-step teacher solves nothing: accept its traces so the student stage has data (plumbing, not quality)
+    monkeypatch.setattr("nanoseek.train.distill.reward", lambda example, text, *a: Reward(1.0, 1.0, 1.1))
+    record = Speedrun(tmp_path, MINI, progress=False).run()
+    for stage in ("data", "tokenizer", "base", "sft", "rl", "student", "eval", "report"):
+        assert stage in record and record[stage]["seconds"] >= 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["wall_seconds"] > 0
+    for stage in ("base", "sft", "rl", "student"):
+        row = summary["stages"][stage]
+        assert set(row) >= {"checkpoint", "pass1", "seconds", "active_params"}
+        assert 0 <= row["pass1"] <= 1 and row["active_params"] > 0
+        assert (tmp_path / row["checkpoint"]).exists() or __import__("pathlib").Path(row["checkpoint"]).exists()
+    report = (tmp_path / "report.md").read_text()
+    assert "Held-out pass@1 by stage" in report and "nanoseek chat" in report and "nanoseek serve" in report
+    assert "![" in report and (tmp_path / "plots" / "rl" / "rl.png").exists()
+    capsys.readouterr()
+    Speedrun(tmp_path, MINI, progress=False).run()  # everything done: all stages skipped
+    assert capsys.readouterr().out.count("skipped") == 8
+
+
+def test_a_different_plan_in_the_same_directory_is_refused(tmp_path):
+    import pytest
+
+    (tmp_path / "stages.json").write_text(json.dumps({"_plan": {"task": "countdown"}}))
+    with pytest.raises(ValueError, match="another plan"):
+        Speedrun(tmp_path, MINI)
+
+
+def test_the_real_plans_student_has_under_a_quarter_of_the_teachers_active_parameters():
+    from nanoseek.config import preset
+    from nanoseek.model.sizes import parameter_counts
+    from nanoseek.speedrun import PLANS
+
+    plan = PLANS["cpu"]
+    vocab = dict(vocab_size=plan.vocab_size)
+    teacher, student = (
+        parameter_counts(preset(plan.teacher_preset, **vocab)),
+        parameter_counts(preset(plan.student_preset, **vocab)),
+    )
+    assert student.active <= teacher.active / 4
