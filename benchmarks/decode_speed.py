@@ -4,11 +4,14 @@
     roofline (read bandwidth measured in this run / bytes of weights one token reads);
 (b) decode with 2k tokens of context already in the cache;
 (c) 32 concurrent prompts through continuous batching: total tokens/s against batch-1;
-(d) MTP speculative decoding on a model whose MTP module was trained: acceptance rate and speed-up.
+(d) MTP speculative decoding on a model whose MTP module was trained: acceptance rate and speed-up;
+(e) a dense Qwen2 of Qwen2.5-0.5B's shape (the R1-Distill students' family, random weights) in bf16 and int8:
+    batch-1 greedy decode tokens/s against transformers in bf16, and the fraction of the roofline.
 
     python benchmarks/decode_speed.py              # all sections (~5 minutes on 2 cores)
     python benchmarks/decode_speed.py --sections a c --presets bench-18m
     python benchmarks/decode_speed.py --mtp-checkpoint runs/speedrun/base   # (d) on a pretrained model
+    python benchmarks/decode_speed.py --sections e --qwen2-vocab 32768      # (e) with a smaller vocabulary
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 import torch
 from common import table
 
-from nanoseek.config import preset
+from nanoseek.config import ModelConfig, preset
 from nanoseek.engine import Engine, SamplingParams
 from nanoseek.engine.quant import Int8Linear, quantize_int8
 from nanoseek.model import build_model
@@ -195,12 +198,56 @@ def section_d(checkpoint: str | None) -> list[dict]:
     ]
 
 
+# Qwen2.5-0.5B's shape (the 1.5B R1-Distill student's family at a size that decodes quickly on a laptop)
+QWEN2_0_5B = dict(
+    model_type="qwen2",
+    vocab_size=151936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    tie_word_embeddings=True,
+    rope_theta=1000000.0,
+    max_position_embeddings=4096,
+)
+
+
+def section_e(bandwidth: float, vocab: int) -> list[dict]:
+    config = ModelConfig(**{**QWEN2_0_5B, "vocab_size": vocab})
+    model = build_model(config, dtype=torch.bfloat16)
+    quantized = copy.deepcopy(model)
+    quantize_int8(quantized)
+    prompt = torch.randint(2, vocab, (32,), generator=torch.Generator().manual_seed(0)).tolist()
+    with tempfile.TemporaryDirectory() as path:
+        model.save_pretrained(path)
+        theirs = theirs_decode(path, prompt, 48, dtype=torch.bfloat16)
+    rows = []
+    for setting, m in [("bf16", model), ("int8", quantized)]:
+        ours, _ = ours_decode(m, [prompt], 48)
+        roofline = bandwidth / weight_bytes_per_token(m)
+        rows.append(
+            {
+                "model": f"qwen2 0.5B-shape, vocab {vocab}",
+                "nanoseek": setting,
+                "nanoseek tok/s": f"{ours:.1f}",
+                "transformers bf16 tok/s": f"{theirs:.1f}",
+                "ratio": f"{ours / theirs:.2f}x",
+                "roofline tok/s": f"{roofline:.0f}",
+                "of roofline": f"{ours / roofline:.0%}",
+            }
+        )
+        print(f"  e qwen2 {setting}: {ours:.1f} tok/s vs transformers bf16 {theirs:.1f}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["bench-18m", "bench-300m"])
-    parser.add_argument("--sections", nargs="+", default=["a", "b", "c", "d"])
+    parser.add_argument("--sections", nargs="+", default=["a", "b", "c", "d", "e"])
     parser.add_argument("--concurrent", type=int, default=32)
     parser.add_argument("--mtp-checkpoint", help="a checkpoint with a trained MTP module for section d")
+    parser.add_argument("--qwen2-vocab", type=int, default=QWEN2_0_5B["vocab_size"], help="vocabulary for (e)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -233,6 +280,10 @@ def main() -> None:
     if "d" in sections:
         rows = section_d(args.mtp_checkpoint)
         print("\n(d) MTP speculative decoding (greedy, batch 1; output identical to plain decoding):\n")
+        print(table(rows, list(rows[0])))
+    if "e" in sections:
+        rows = section_e(bandwidth, args.qwen2_vocab)
+        print("\n(e) dense Qwen2 (Qwen2.5-0.5B's shape), batch-1 greedy decode, 32-token prompt:\n")
         print(table(rows, list(rows[0])))
 
 

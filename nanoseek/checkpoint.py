@@ -3,6 +3,10 @@
 Tensors are read one at a time from memory-mapped safetensors and placed straight into the model built on the
 meta device, so loading never holds two copies of the weights. Every key is accounted for: a missing, unexpected
 or mis-shaped tensor, an unknown model_type, or a truncated file is an error that names the key and the file.
+The same loader reads every family (config.py): their checkpoints differ only in which modules exist.
+
+DeepSeek's FP8 releases (V3, R1) store weights as float8_e4m3fn with one float32 scale per 128x128 block in a
+`*.weight_scale_inv` companion; they are dequantised on load (`dequantize_fp8`) to the requested dtype.
 """
 
 from __future__ import annotations
@@ -166,8 +170,8 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         raise FileNotFoundError(f"{name} is not a local directory and huggingface_hub is not installed") from None
-    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
-    try:
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+    try:  # huggingface_hub shows a progress bar per file (unless HF_HUB_DISABLE_PROGRESS_BARS is set)
         return Path(snapshot_download(name, allow_patterns=patterns))
     except Exception as e:  # offline, unknown repo, gated repo...
         raise FileNotFoundError(
@@ -216,6 +220,7 @@ def from_pretrained(
     """Load a checkpoint directory (or hub id). dtype None keeps the stored dtype; routing stays float32."""
     path = resolve_model_path(name_or_path)
     config = ModelConfig.from_json(path / "config.json")
+    fp8_block = _fp8_block_size(path)
     weight_map = _weight_files(path)
     config = _drop_absent_mtp(config, weight_map)
     device = torch.device(device or "cpu")
@@ -229,20 +234,29 @@ def from_pretrained(
             name: stack.enter_context(_open_safetensors(path / name)) for name in sorted(set(weight_map.values()))
         }
 
-        def read(key: str, shape: torch.Size) -> torch.Tensor:
-            if key not in weight_map:
-                raise CheckpointError(f"{path}: missing tensor {key!r} (expected shape {tuple(shape)})")
+        def read_stored(key: str) -> torch.Tensor:
             try:
                 t = handles[weight_map[key]].get_tensor(key)
             except (SafetensorError, OSError, ValueError) as e:
                 raise CheckpointError(
                     f"{path / weight_map[key]}: cannot read {key!r} (truncated or corrupt?): {e}"
                 ) from None
+            used.add(key)
+            return t
+
+        def read(key: str, shape: torch.Size) -> torch.Tensor:
+            if key not in weight_map:
+                raise CheckpointError(f"{path}: missing tensor {key!r} (expected shape {tuple(shape)})")
+            t = read_stored(key)
             if t.shape != shape:
                 raise CheckpointError(
                     f"{path / weight_map[key]}: {key!r} has shape {tuple(t.shape)}, the config implies {tuple(shape)}"
                 )
-            used.add(key)
+            if t.dtype == torch.float8_e4m3fn:
+                scale = f"{key}_scale_inv"
+                if scale not in weight_map:
+                    raise CheckpointError(f"{path}: {key!r} is stored as float8 without its block scales {scale!r}")
+                t = dequantize_fp8(t, read_stored(scale), fp8_block, f"{path / weight_map[scale]}: {scale!r}")
             return t
 
         for key, meta in expected.items():
@@ -290,15 +304,52 @@ _STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bflo
 
 
 def _target_dtype(key: str, probe: str, dtype: torch.dtype | None, handle) -> torch.dtype:
-    """float32 for routing; else the requested dtype; else the dtype `probe` is stored in."""
+    """float32 for routing; else the requested dtype; else the dtype `probe` is stored in (bfloat16 for FP8)."""
     if _FLOAT32_KEYS.search(key):
         return torch.float32
     if dtype is not None:
         return dtype
     stored = handle.get_slice(probe).get_dtype()
+    if stored == "F8_E4M3":
+        return torch.bfloat16  # what DeepSeek's FP8 weights are dequantised to by their own tools
     if stored not in _STORED_DTYPES:
         raise CheckpointError(f"tensor {probe!r} is stored as {stored}; pass dtype= to load it (e.g. torch.bfloat16)")
     return _STORED_DTYPES[stored]
+
+
+def _fp8_block_size(path: Path) -> tuple[int, int]:
+    """The block of DeepSeek's FP8 scales, from config.json's quantization_config (other quantisations refused)."""
+    quant = json.loads((path / "config.json").read_text()).get("quantization_config")
+    if not quant:
+        return (128, 128)
+    method, block = quant.get("quant_method"), quant.get("weight_block_size")
+    if method != "fp8" or not block or len(block) != 2:
+        raise CheckpointError(
+            f"{path / 'config.json'}: quantization_config {quant} is not supported; only DeepSeek's block-wise fp8 "
+            '({"quant_method": "fp8", "weight_block_size": [128, 128]}) is read, dequantised on load'
+        )
+    return int(block[0]), int(block[1])
+
+
+def dequantize_fp8(
+    weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] = (128, 128), name: str = "scale_inv"
+) -> torch.Tensor:
+    """float32 W = fp8 weight [out, in] x scale_inv [ceil(out / bo), ceil(in / bi)], one scale per block (the last
+    row and column of blocks may be partial)."""
+    (out, inp), (bo, bi) = weight.shape, block
+    grid = (-(-out // bo), -(-inp // bi))
+    if tuple(scale_inv.shape) != grid:
+        raise CheckpointError(
+            f"{name} has shape {tuple(scale_inv.shape)}; {block} blocks of a {tuple(weight.shape)} weight need {grid}"
+        )
+    w = weight.float()
+    rows = scale_inv.float().repeat_interleave(bo, dim=0)[:out]  # one scale per output row and column block
+    full = inp // bi * bi
+    if full:
+        w[:, :full].unflatten(1, (-1, bi)).mul_(rows[:, : inp // bi, None])
+    if full < inp:
+        w[:, full:].mul_(rows[:, -1:])
+    return w
 
 
 def _drop_absent_mtp(config: ModelConfig, weight_map: dict[str, str]) -> ModelConfig:

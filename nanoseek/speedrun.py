@@ -12,6 +12,7 @@ interrupted speedrun resumes at the stage it was in.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -49,7 +50,8 @@ class Plan:
     distill_problems: int = 800
     distill_samples: int = 2
     student_preset: str = "tiny-student"
-    student_steps: int = 400
+    student_base_steps: int = 600  # the student is pretrained on the same corpus first, as R1-Distill's were
+    student_steps: int = 200
     eval_problems: int = 200
     threads: int | None = None
     torchrun: int = 0  # processes per node for the training stages (0: in-process)
@@ -67,6 +69,8 @@ PLANS: dict[str, Plan] = {
         rl_steps=80,
         rl_prompts=32,
         distill_problems=2000,
+        student_preset="tiny",
+        student_base_steps=1500,
         student_steps=800,
         eval_problems=500,
     ),
@@ -81,6 +85,8 @@ PLANS: dict[str, Plan] = {
         rl_prompts=64,
         rl_group=16,
         distill_problems=5000,
+        student_preset="tiny",
+        student_base_steps=3000,
         student_steps=2000,
         eval_problems=1000,
     ),
@@ -95,6 +101,8 @@ PLANS: dict[str, Plan] = {
         rl_prompts=64,
         rl_group=16,
         distill_problems=10000,
+        student_preset="bench-18m",
+        student_base_steps=4000,
         student_steps=3000,
         eval_problems=1000,
         torchrun=8,
@@ -229,11 +237,29 @@ class Speedrun:
         return {"checkpoint": str(rl(config))}
 
     def stage_student(self) -> dict[str, Any]:
+        """R1-Distill in miniature: a small pretrained base (the student) fine-tuned on the RL model's verified
+        reasoning traces."""
         from nanoseek.train.distill import GenerateConfig, generate
         from nanoseek.train.optim import OptimConfig
         from nanoseek.train.trainer import TrainConfig
 
         p = self.plan
+        base = TrainConfig(
+            out=str(self.out / "student_base"),
+            data=[str(self.out / "base" / "data")],
+            tokenizer=str(self.out / "tokenizer"),
+            preset=p.student_preset,
+            steps=p.student_base_steps,
+            batch_size=p.batch_size,
+            seq_len=p.seq_len,
+            optim=OptimConfig(lr=p.base_lr),
+            eval_every=max(p.student_base_steps // 2, 1),
+            save_every=10**9,
+            threads=p.threads,
+            progress=self.progress,
+            resume=(self.out / "student_base" / "run.json").exists(),
+        )
+        student_base = self._train(base)
         traces = self.out / "data" / "teacher_traces.jsonl"
         summary = generate(
             GenerateConfig(
@@ -270,7 +296,7 @@ class Speedrun:
             progress=self.progress,
             resume=(self.out / "student" / "run.json").exists(),
         )
-        return {"checkpoint": str(self._train(config)), "traces": summary["traces"]}
+        return {"checkpoint": str(self._train(config)), "traces": summary["traces"], "student_base": str(student_base)}
 
     def stage_eval(self) -> dict[str, Any]:
         from nanoseek.engine import Engine
@@ -328,7 +354,7 @@ _STAGE_HELP = {
     "data": "embedded task data: problems with worked and direct solutions (no download)",
     "tokenizer": "byte-level BPE with DeepSeek's special tokens and R1 chat template",
     "base": "pretraining the MoE + MLA model with multi-token prediction",
-    "sft": "cold-start SFT on a few hundred worked reasoning traces (R1 recipe)",
+    "sft": "chat SFT on a few hundred conversations (half reasoned, half answered directly)",
     "rl": "GRPO with verifiable rewards",
     "student": "distillation: verified teacher traces -> a student with a quarter of the active parameters",
     "eval": "held-out pass@1 of every stage",
@@ -344,10 +370,8 @@ def machine() -> dict[str, Any]:
     import torch
 
     cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
+        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

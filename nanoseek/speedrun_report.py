@@ -61,7 +61,7 @@ def write_report(out: Path, record: dict[str, Any], plan) -> dict[str, Any]:
     ]
     what = {
         "base": "pretrained on half worked / half direct answers",
-        "sft": "cold-start SFT on worked traces",
+        "sft": "chat SFT, half reasoned / half direct answers",
         "rl": "GRPO with verifiable rewards",
         "student": "distilled from the RL model's verified traces",
     }

@@ -17,6 +17,11 @@ context, and the generation prompt opens a `<think>` block. The template variabl
 `render_training_example`, accepted by transformers' `apply_chat_template` as an extra keyword) keeps the final
 assistant message's reasoning, taken from its `reasoning_content` field and written as
 `<think>\\n{reasoning}\\n</think>\\n\\n{content}`, which is exactly what the model generates after the prompt.
+
+`Tokenizer.from_pretrained` also opens released tokenizer directories (R1-Distill-Qwen/Llama, V2, V3...): their
+bos/eos/pad tokens and chat template come from their tokenizer_config.json (or chat_template.jinja), and the
+template renders as transformers renders it (sandboxed Jinja, trim_blocks/lstrip_blocks, raise_exception,
+strftime_now, tojson).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +71,7 @@ CHAT_TEMPLATE = r"""{%- if add_generation_prompt is not defined %}{% set add_gen
 {%- elif message['role'] == 'assistant' %}
 {%- set content = message['content'] %}
 {%- if keep_reasoning and loop.last %}
-{%- if message['reasoning_content'] is defined and message['reasoning_content'] %}
+{%- if message['reasoning_content'] is defined %}
 {%- set content = '<think>\n' + message['reasoning_content'] + '\n</think>\n\n' + content %}
 {%- endif %}
 {%- elif '</think>' in content %}
@@ -101,9 +107,13 @@ def _compile_template(source: str) -> Any:
     def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, **kw: Any) -> str:
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, **kw)
 
+    def strftime_now(format: str) -> str:  # templates that print today's date (Llama 3's)
+        return datetime.now().strftime(format)
+
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
     return env.from_string(source)
 
 
@@ -154,18 +164,24 @@ def _unicode_to_byte() -> dict[str, int]:
 
 
 class Tokenizer:
-    """A `tokenizers.Tokenizer` with DeepSeek's special tokens and chat template."""
+    """A `tokenizers.Tokenizer` with its special tokens and chat template: nanoseek's own (DeepSeek's tokens, R1's
+    format) or a released checkpoint's (R1-Distill-Qwen/Llama, V2, V3...), as its tokenizer_config.json says."""
 
     def __init__(
         self,
         tok: HFTokenizer,
         chat_template: str = CHAT_TEMPLATE,
         model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+        special_tokens: dict[str, str] | None = None,
     ) -> None:
-        missing = [t for t in ADDED_TOKENS if tok.token_to_id(t) is None]
+        special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, **(special_tokens or {})}
+        missing = [special[k] for k in ("bos_token", "eos_token") if tok.token_to_id(special[k]) is None]
         if missing:
-            raise TokenizerError(f"tokenizer lacks DeepSeek's added tokens {missing}")
+            raise TokenizerError(f"tokenizer lacks its bos/eos tokens {missing}")
+        if tok.token_to_id(special["pad_token"]) is None:
+            special["pad_token"] = special["eos_token"]  # as the R1-Distill tokenizers pad: with EOS
         self.hf = tok
+        self.special_tokens = special
         self.chat_template = chat_template
         self.model_max_length = model_max_length
         self._token_bytes: dict[int, bytes] = {}
@@ -234,17 +250,19 @@ class Tokenizer:
                 config = json.loads(config_file.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
                 raise TokenizerError(f"{config_file} is not valid JSON: {e}") from e
+        special = {k: _token_content(config[k]) for k in ("bos_token", "eos_token", "pad_token") if config.get(k)}
         return cls(
             tok,
-            chat_template=config.get("chat_template") or CHAT_TEMPLATE,
+            chat_template=_read_chat_template(file.parent, config),
             model_max_length=int(config.get("model_max_length", DEFAULT_MODEL_MAX_LENGTH)),
+            special_tokens=special,
         )
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (a transformers tokenizer dir)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
+        special = dict(self.special_tokens)
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             **special,
@@ -267,30 +285,31 @@ class Tokenizer:
 
     @property
     def bos_id(self) -> int:
-        return self.hf.token_to_id(BOS)
+        return self.hf.token_to_id(self.special_tokens["bos_token"])
 
     @property
     def eos_id(self) -> int:
-        return self.hf.token_to_id(EOS)
+        return self.hf.token_to_id(self.special_tokens["eos_token"])
 
     @property
     def pad_id(self) -> int:
-        return self.hf.token_to_id(PAD)
+        return self.hf.token_to_id(self.special_tokens["pad_token"])
 
+    # DeepSeek's chat and reasoning markers (None in a tokenizer without them)
     @property
-    def user_id(self) -> int:
+    def user_id(self) -> int | None:
         return self.hf.token_to_id(USER)
 
     @property
-    def assistant_id(self) -> int:
+    def assistant_id(self) -> int | None:
         return self.hf.token_to_id(ASSISTANT)
 
     @property
-    def think_id(self) -> int:
+    def think_id(self) -> int | None:
         return self.hf.token_to_id(THINK)
 
     @property
-    def end_think_id(self) -> int:
+    def end_think_id(self) -> int | None:
         return self.hf.token_to_id(END_THINK)
 
     @functools.cached_property
@@ -349,7 +368,8 @@ class Tokenizer:
         add_generation_prompt: bool = True,
         keep_reasoning: bool = False,
     ) -> str:
-        """Render a conversation as `transformers`' apply_chat_template(..., tokenize=False) does with our template.
+        """Render a conversation as `transformers`' apply_chat_template(..., tokenize=False) does, with this
+        tokenizer's template (the checkpoint's own when loaded from one) and special tokens.
 
         add_generation_prompt: end with "<｜Assistant｜><think>\\n" (the prompt for a new answer).
         keep_reasoning: keep the final assistant message's reasoning (`reasoning_content`) for training; without
@@ -365,9 +385,7 @@ class Tokenizer:
                 documents=None,
                 add_generation_prompt=add_generation_prompt,
                 keep_reasoning=keep_reasoning,
-                bos_token=BOS,
-                eos_token=EOS,
-                pad_token=PAD,
+                **self.special_tokens,
             )
         except jinja2.exceptions.TemplateError as e:
             raise ValueError(f"chat template: {e}") from e
@@ -457,6 +475,24 @@ def _iter_texts(sources: Iterable[str | os.PathLike] | str | os.PathLike) -> Ite
             yield source
         else:
             raise ValueError(f"training sources must be str (text) or Path (file), got {type(source).__name__}")
+
+
+def _token_content(token: str | dict[str, Any]) -> str:
+    """tokenizer_config.json writes a special token as its text or as a serialised AddedToken."""
+    return token["content"] if isinstance(token, dict) else token
+
+
+def _read_chat_template(directory: Path, config: dict[str, Any]) -> str:
+    """The checkpoint's template, where transformers looks for it: chat_template.jinja (written by recent
+    versions), else tokenizer_config.json's chat_template (a string, or named templates: the "default" one)."""
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template or CHAT_TEMPLATE
 
 
 def _write_atomic(path: Path, text: str) -> None:

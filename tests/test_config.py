@@ -111,7 +111,7 @@ def test_unknown_keys_survive_a_round_trip():
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"model_type": "llama"}, "model_type 'llama' is not supported"),
+        ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported"),
         ({"n_routed_experts": 6, "n_group": 4}, "must divide into n_group"),
         ({"num_experts_per_tok": 0}, "num_experts_per_tok"),
         ({"qk_rope_head_dim": 7}, "must be even"),

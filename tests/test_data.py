@@ -404,7 +404,8 @@ def test_sft_loader_packs_and_masks(tmp_path: Path, tok: Tokenizer) -> None:
     answers = []
     for messages in row_messages:
         reasoning, content = messages[1]["reasoning_content"], messages[1]["content"]
-        answers.append((f"<think>\n{reasoning}\n</think>\n\n" if reasoning else "") + content + "<｜end▁of▁sentence｜>")
+        # an empty reasoning_content still renders the (empty) think block: a direct answer in the R1 format
+        answers.append(f"<think>\n{reasoning}\n</think>\n\n" + content + "<｜end▁of▁sentence｜>")
     assert learned == "".join(answers)
 
 

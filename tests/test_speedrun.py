@@ -21,6 +21,7 @@ MINI = Plan(
     distill_problems=48,
     distill_samples=2,
     student_preset="tiny-student",
+    student_base_steps=4,
     student_steps=4,
     eval_problems=8,
     threads=1,

@@ -1,16 +1,20 @@
-"""The latent KV cache: MLA's compressed latent + rotary key per token, in fixed-size blocks.
+"""The paged inference cache: what attention needs of each past token, in fixed-size blocks.
 
-Per token and layer the cache stores one vector of kv_lora_rank + qk_rope_head_dim numbers (the normalised latent
-and the rotated shared key) and nothing else. Sequences own lists of blocks (a block table), so memory is
-allocated as they grow, freed when they finish, and full blocks are shared:
+Per token and layer the cache stores `kv_heads` entries (see `ModelConfig.cache_spec`) and nothing else:
+- MLA (DeepSeek-V2/V3): one entry of kv_lora_rank + qk_rope_head_dim numbers, the normalised latent and the
+  rotated shared key, whose first kv_lora_rank numbers double as the value;
+- GQA (Qwen2, Llama): per kv head, its rotated key and its value (2 x head_dim numbers).
+Sequences own lists of blocks (a block table), so memory is allocated as they grow, freed when they finish, and
+full blocks are shared:
 
 - prefix cache: a full block is named by the hash of all tokens up to its end; a new request whose prompt starts
   with the same tokens reuses those blocks instead of recomputing them (system prompts, multi-turn chats, the G
   samples of a GRPO group);
 - forks: n samples of one prompt share its blocks and copy only the partial last one.
 
-Attention reads the blocks of each sequence in place of its past, in latent space (see attention.py's absorbed
-path): for one new token per sequence, the heads become rows of one matrix product against the latents.
+Attention reads the blocks of each sequence in place of its past: for each kv head, the query heads that share it
+(all heads, for MLA's latent space, see attention.py's absorbed path) and all of a sequence's new tokens become
+rows of one matrix product against that kv head's cached entries.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
+
+from nanoseek.config import ModelConfig
 
 
 class CacheFull(RuntimeError):
@@ -40,20 +46,25 @@ class _Group:
     """Segments with the same number of new tokens, attended together."""
 
     rows: torch.Tensor | None  # their tokens' rows in the step (None: all rows, in order)
-    tables: torch.Tensor  # block tables [n, blocks], padded with block 0
-    mask: torch.Tensor  # [n, t * heads, keys]: 0 where a (token, head) row may see a cached position, else -inf
+    tables: torch.Tensor  # (kv head, block) rows [kv_heads * n, blocks] of the block tables, padded with block 0
+    mask: torch.Tensor  # [kv_heads * n, t * heads / kv_heads, keys]: 0 where a (token, head) row may see a
+    # cached position, else -inf
     n: int
     length: int
 
 
 @dataclass
 class _Plan:
-    write_index: torch.Tensor  # flat cache row of every new token
+    write_index: torch.Tensor  # flat pool row of every new token's entry for each kv head
     groups: list[_Group] = field(default_factory=list)
 
 
 class LatentCache:
-    """Block pool + allocator + prefix index. One instance serves every layer of one model (MTP layers too)."""
+    """Block pool + allocator + prefix index. One instance serves every layer of one model (MTP layers too).
+
+    The pool is [layers, kv_heads, blocks, block_size, entry_width]: gathering a sequence's blocks for one layer
+    gives each kv head's entries contiguously, ready for a batched product.
+    """
 
     def __init__(
         self,
@@ -65,24 +76,53 @@ class LatentCache:
         block_size: int = 16,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        num_kv_heads: int = 1,
+        value_offset: int = 0,
     ):
+        """width: the key's numbers at the start of each entry; values are entry[value_offset : + value_width]."""
         if num_blocks < 2:
             raise ValueError("the cache needs at least 2 blocks")
+        if num_heads % num_kv_heads:
+            raise ValueError(f"{num_heads} query heads cannot share {num_kv_heads} kv heads evenly")
         self.num_layers, self.width, self.value_width, self.num_heads = num_layers, width, value_width, num_heads
+        self.num_kv_heads, self.value_offset = num_kv_heads, value_offset
+        self.entry_width = max(width, value_offset + value_width)
         self.block_size, self.num_blocks = block_size, num_blocks
         # block 0 stays zero: padding rows of block tables point at it
-        self.pool = torch.zeros(num_layers, num_blocks, block_size, width, dtype=dtype, device=device)
+        self.pool = torch.zeros(
+            num_layers, num_kv_heads, num_blocks, block_size, self.entry_width, dtype=dtype, device=device
+        )
         self.refcount = [0] * num_blocks
         self.free: list[int] = list(range(num_blocks - 1, 0, -1))
         self.cached: OrderedDict[bytes, int] = OrderedDict()  # prefix hash -> block, in LRU order
         self.block_hash: dict[int, bytes] = {}
         self._plan: _Plan | None = None
 
+    @classmethod
+    def for_model(
+        cls, config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device | str
+    ) -> LatentCache:
+        """The cache `config.cache_spec` describes."""
+        spec = config.cache_spec
+        return cls(
+            num_layers=spec.layers,
+            width=spec.key_width,
+            value_width=spec.value_width,
+            num_heads=config.num_attention_heads,
+            num_blocks=num_blocks,
+            block_size=block_size,
+            dtype=dtype,
+            device=device,
+            num_kv_heads=spec.kv_heads,
+            value_offset=spec.value_offset,
+        )
+
     # ---- sizes ----
     @property
     def bytes_per_token(self) -> int:
-        """Cache bytes per token over all layers (the acceptance figure: (r + rope) x dtype size x layers)."""
-        return self.num_layers * self.width * self.pool.element_size()
+        """Cache bytes per token over all layers: MLA (r + rope) x dtype size x layers; GQA 2 x head_dim x kv heads
+        x dtype size x layers."""
+        return self.num_layers * self.num_kv_heads * self.entry_width * self.pool.element_size()
 
     @property
     def capacity_tokens(self) -> int:
@@ -130,7 +170,7 @@ class LatentCache:
             self.refcount[b] += 1
         if num_tokens % self.block_size:
             copy = self.allocate()
-            self.pool[:, copy] = self.pool[:, blocks[shared]]
+            self.pool[:, :, copy] = self.pool[:, :, blocks[shared]]
             new.append(copy)
         return new
 
@@ -185,7 +225,10 @@ class LatentCache:
                 for seg in segments
             ]
         )
-        plan = _Plan((owner_blocks * bs + positions % bs).to(device))
+        slots = owner_blocks * bs + positions % bs
+        # flat (kv head, block, slot) rows of the pool, token-major like the entries: [T * kv_heads]
+        heads = torch.arange(self.num_kv_heads) * (self.num_blocks * bs)
+        plan = _Plan((slots[:, None] + heads[None, :]).flatten().to(device))
         by_length: dict[int, list[int]] = {}
         for i, seg in enumerate(segments):
             by_length.setdefault(seg.length, []).append(i)
@@ -202,18 +245,25 @@ class LatentCache:
             query_pos = starts[:, None] + torch.arange(length)[None, :]  # [n, t]
             visible = torch.arange(nb * bs)[None, None, :] <= query_pos[:, :, None]  # causal, prefix included
             mask = torch.zeros(visible.shape, dtype=self.pool.dtype).masked_fill_(~visible, float("-inf"))
-            mask = mask.repeat_interleave(self.num_heads, dim=1)  # rows are (token, head) pairs
+            # rows are (token, query head of one kv head) pairs; the batch is (kv head, sequence)
+            mask = mask.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
+            if self.num_kv_heads > 1:
+                mask = mask.repeat(self.num_kv_heads, 1, 1)
             rows = None
             if len(by_length) > 1:
                 rows = torch.cat([torch.arange(offsets[i], offsets[i] + length) for i in members]).to(device)
+            # (kv head, block) rows of the pool: each kv head's block tables, kv-head-major
+            tables = (tables[None] + torch.arange(self.num_kv_heads)[:, None, None] * self.num_blocks).flatten(0, 1)
             plan.groups.append(_Group(rows, tables.to(device), mask.to(device), len(members), length))
         self._plan = plan
 
     def attend(self, layer_idx: int, query: torch.Tensor, entry: torch.Tensor, scale: float) -> torch.Tensor:
-        """Store this step's entries for `layer_idx`, then attend: query [T, H, D] -> [T, H, value_width]."""
+        """Store this step's entries [T, kv_heads * entry_width] for `layer_idx`, then attend:
+        query [T, H, width] -> [T, H, value_width]."""
         plan = self._plan
         assert plan is not None, "call plan() before the forward pass"
-        self.pool[layer_idx].view(-1, self.width).index_copy_(0, plan.write_index, entry.to(self.pool.dtype))
+        rows = self.pool[layer_idx].view(-1, self.entry_width)
+        rows.index_copy_(0, plan.write_index, entry.reshape(-1, self.entry_width).to(self.pool.dtype))
         heads = query.shape[1]
         if len(plan.groups) == 1:
             return self._attend_group(layer_idx, query, plan.groups[0], scale)
@@ -225,11 +275,29 @@ class LatentCache:
         return out
 
     def _attend_group(self, layer_idx: int, query: torch.Tensor, group: _Group, scale: float) -> torch.Tensor:
-        # one shared latent key per token (MQA in latent space): the heads of all of a sequence's new tokens
-        # become rows of one product against its cached latents
-        keys = self.pool[layer_idx][group.tables].view(group.n, -1, self.width).to(query.dtype)  # [n, L, D]
-        q = query.reshape(group.n, group.length * query.shape[1], self.width)
+        # for each kv head, the query heads sharing it over all of a sequence's new tokens become rows of one
+        # product against its cached entries (MLA: one shared latent key, so all heads)
+        kv, n, t = self.num_kv_heads, group.n, group.length
+        blocks = self.pool[layer_idx].view(-1, self.block_size, self.entry_width)  # (kv head, block) rows
+        entries = blocks[group.tables].view(kv * n, -1, self.entry_width).to(query.dtype)
+        keys = entries if self.width == self.entry_width else entries[..., : self.width]
+        values = entries[..., self.value_offset : self.value_offset + self.value_width]
+        q = self._fold(query, n, t)
         # three kernels (scores + mask, softmax, values): cheaper than SDPA's general path for these small shapes
         scores = torch.baddbmm(group.mask.to(q.dtype), q, keys.transpose(1, 2), alpha=scale)
-        out = torch.bmm(torch.softmax(scores, dim=-1), keys[..., : self.value_width])
-        return out.view(group.n * group.length, query.shape[1], self.value_width)
+        return self._unfold(torch.bmm(torch.softmax(scores, dim=-1), values), n, t)
+
+    def _fold(self, query: torch.Tensor, n: int, t: int) -> torch.Tensor:
+        """[n * t, H, width] -> [kv * n, t * H / kv, width]: rows (token, query head) per (kv head, sequence)."""
+        if self.num_kv_heads == 1:
+            return query.reshape(n, -1, self.width)
+        kv = self.num_kv_heads
+        folded = query.reshape(n, t, kv, -1, self.width).permute(2, 0, 1, 3, 4)
+        return folded.reshape(kv * n, -1, self.width)
+
+    def _unfold(self, out: torch.Tensor, n: int, t: int) -> torch.Tensor:
+        """The inverse of _fold for the attention output: -> [n * t, H, value_width]."""
+        if self.num_kv_heads == 1:
+            return out.view(n * t, -1, self.value_width)
+        kv = self.num_kv_heads
+        return out.view(kv, n, t, -1, self.value_width).permute(1, 2, 0, 3, 4).reshape(n * t, -1, self.value_width)

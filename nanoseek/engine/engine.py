@@ -1,5 +1,5 @@
-"""The generation engine: continuous batching over the latent cache. Every consumer uses it (server, chat,
-evaluation, GRPO rollouts, teacher traces).
+"""The generation engine: continuous batching over the paged cache, for every model family. Every consumer uses
+it (server, chat, evaluation, GRPO rollouts, teacher traces).
 
 One step = one forward pass over a flat batch of new tokens from many sequences. Prefill and decode are the same
 operation: a sequence contributes its uncached tokens (a prompt chunk, or the one token it sampled last), and if
@@ -22,6 +22,10 @@ from nanoseek.engine.cache import CacheFull, LatentCache, Segment
 from nanoseek.engine.sampling import SamplingParams, make_generator, sample
 from nanoseek.engine.speculative import propose, verify
 from nanoseek.model import DeepseekV3ForCausalLM
+
+# The default cache's memory cap. Released models declare 128k+ contexts: four of them would need 64 GB of cache
+# for an 8B Llama; 2 GiB holds 16k tokens of it (74k of the 1.5B Qwen, 30k of DeepSeek-V3's latents).
+DEFAULT_CACHE_BYTES = 2 * 1024**3
 
 
 @dataclass
@@ -139,15 +143,15 @@ class Engine:
         self.device = next(model.parameters()).device
         self.max_running, self.max_step_tokens = max_running, max_step_tokens
         self.max_context = max_context or config.max_position_embeddings
-        cache_tokens = cache_tokens or max(4 * self.max_context, 16 * 1024)
-        self.cache = LatentCache(
-            num_layers=config.num_hidden_layers + config.num_nextn_predict_layers,
-            width=config.kv_lora_rank + config.qk_rope_head_dim,
-            value_width=config.kv_lora_rank,
-            num_heads=config.num_attention_heads,
+        cache_dtype = cache_dtype or next(model.parameters()).dtype
+        if cache_tokens is None:  # four full contexts, at least 16k tokens, at most DEFAULT_CACHE_BYTES
+            per_token = config.cache_spec.bytes_per_token(cache_dtype.itemsize)
+            cache_tokens = max(16 * 1024, min(4 * self.max_context, DEFAULT_CACHE_BYTES // per_token))
+        self.cache = LatentCache.for_model(
+            config,
             num_blocks=-(-cache_tokens // block_size) + 1,
             block_size=block_size,
-            dtype=cache_dtype or next(model.parameters()).dtype,
+            dtype=cache_dtype,
             device=self.device,
         )
         self.eos_ids = _as_list(config.eos_token_id)

@@ -6,9 +6,14 @@ on this project's reference CPU for matrices of a few hundred thousand weights a
 kernel (`_weight_int8pack_mm`), which would keep activations in float, measured 4x *slower* than float32 there, so
 activations are quantized too (per call, to 8 bits): the accuracy cost is measured by the tests and benchmarks.
 
-Not quantized: the router (routing decisions stay float32), kv_b_proj (the absorbed attention uses its weight
-directly), norms, embeddings, and matrices below `min_weights`, where the int8 kernel's fixed cost is larger
-than the bytes it saves.
+Quantized: every large nn.Linear of any family, biases included (GQA's q/k/v biases are added by the kernel in
+float), the output head, and the routed experts. Not quantized: the router (routing decisions stay float32),
+kv_b_proj (the absorbed attention uses its weight directly), norms, embeddings, and matrices below
+`min_weights`, where the int8 kernel's fixed cost is larger than the bytes it saves.
+
+Memory: about 1 byte per quantized weight plus the embedding at the load dtype, e.g. DeepSeek-R1-Distill-Qwen-1.5B
+~2.1 GB and R1-Distill-Llama-8B ~8.5 GB when loaded with dtype=torch.bfloat16 (16 GB unquantized); quantizing
+packs one matrix at a time, so the peak is the bf16 model plus one matrix.
 """
 
 from __future__ import annotations
@@ -74,7 +79,9 @@ def quantize_int8(model: nn.Module, min_weights: int = DEFAULT_MIN_WEIGHTS) -> d
     Returns counts of what was converted. The model can no longer be trained or saved afterwards.
     """
     converted = {"linear": 0, "experts": 0, "kept_float": 0}
-    for module in list(model.modules()):
+    # hold only the parents: each float matrix is freed as soon as its int8 copy replaces it
+    parents = [m for m in model.modules() if any(isinstance(c, (nn.Linear, Experts)) for c in m.children())]
+    for module in parents:
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
                 if child_name in ("kv_b_proj",) or child.weight.numel() < min_weights:

@@ -46,7 +46,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # below 1e-5 a float32 softmax at this temperature is one-hot anyway (and 1/T overflows): decode greedily
+        return self.temperature < 1e-5
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -92,7 +93,7 @@ def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.
         threshold[torch.tensor([k <= 0 for k in top_k], device=device)] = float("-inf")
         logits = logits.masked_fill(logits < threshold, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)
+    top_p = torch.tensor([max(p.top_p, 1e-6) for p in params], device=device).unsqueeze(1)
     if (top_p < 1).any():
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         before = sorted_probs.cumsum(-1) - sorted_probs  # mass strictly above each token
@@ -102,6 +103,8 @@ def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.
     if (min_p > 0).any():
         probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
     probs = probs / probs.sum(-1, keepdim=True)
+    broken = ~torch.isfinite(probs).all(-1)  # numerically degenerate rows fall back to the argmax
+    greedy = greedy | broken
     if greedy.any():
         probs[greedy] = torch.zeros_like(probs[greedy]).scatter_(1, logits[greedy].argmax(-1, keepdim=True), 1.0)
     return probs

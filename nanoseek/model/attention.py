@@ -1,12 +1,15 @@
-"""Multi-head Latent Attention (DeepSeek-V2/V3).
+"""Attention: Multi-head Latent Attention (DeepSeek-V2/V3) and grouped-query attention (Qwen2, Llama).
 
-Keys and values come from one low-rank latent per token (kv_lora_rank wide) plus a single rotary key shared by
-all heads (qk_rope_head_dim wide). Two mathematically equal ways to attend:
+MLA: keys and values come from one low-rank latent per token (kv_lora_rank wide) plus a single rotary key shared
+by all heads (qk_rope_head_dim wide). Two mathematically equal ways to attend:
 
 - expanded: kv_b_proj turns each cached latent into per-head keys and values, then ordinary attention.
   Cheapest for training and long prefills (attention runs at head width).
 - absorbed: kv_b_proj's key half is folded into the query and its value half into the output, so attention runs
   directly over the latents (multi-query attention in latent space). Decoding reads only the latent cache.
+
+GQA: num_key_value_heads heads of keys and values, each shared by a group of query heads; the cache keeps each
+kv head's rotated key and value. Both kinds hand the engine's cache the same call (see `LatentCache`).
 """
 
 from __future__ import annotations
@@ -37,13 +40,14 @@ class RMSNorm(nn.Module):
 
 
 class LatentCache(Protocol):
-    """What the inference engine hands to attention: it stores new latents and attends over a sequence's past."""
+    """What the inference engine hands to attention: it stores new entries and attends over a sequence's past."""
 
     def attend(self, layer_idx: int, query: torch.Tensor, entry: torch.Tensor, scale: float) -> torch.Tensor:
-        """query [T, H, Dk] for T new tokens, entry [T, Dk] to store (Dk = kv_lora_rank + qk_rope_head_dim).
+        """query [T, H, key_width] for T new tokens; entry [T, kv_heads * entry_width] to store (see
+        `ModelConfig.cache_spec`: MLA stores latent | rope key, GQA each kv head's rotated key | value).
 
-        Returns [T, H, kv_lora_rank]: softmax(query . keys) @ values, keys being stored entries, values their
-        first kv_lora_rank dims, each token seeing its own sequence's entries up to its position.
+        Returns [T, H, value_width]: softmax(query . keys) @ values per head, query head h reading kv head
+        h // (H / kv_heads), each token seeing its own sequence's entries up to its position.
         """
         ...
 
@@ -55,7 +59,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.nope_dim, self.rope_dim, self.v_dim = config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim
         self.kv_lora_rank = config.kv_lora_rank
-        self.interleave = config.rope_interleave
+        self.interleave = config.interleaved_rope
         self.scale = softmax_scale(config)
         hidden, heads, qk_dim, bias = (
             config.hidden_size,
@@ -167,3 +171,48 @@ class MultiHeadLatentAttention(nn.Module):
         query = self.absorbed_query(q_nope, q_rope).flatten(0, 1)  # [T, H, r + rope]
         out_latent = cache.attend(self.layer_idx, query, entry.flatten(0, 1), self.scale)
         return self.absorbed_output(out_latent).view(*q_nope.shape[:-1], self.v_dim)
+
+
+class GroupedQueryAttention(nn.Module):
+    """Qwen2/Llama attention: q_proj/k_proj/v_proj/o_proj, num_key_value_heads kv heads each serving
+    num_attention_heads / num_key_value_heads query heads, rotate-half RoPE over whole heads."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_size,
+        )
+        self.scale = softmax_scale(config)
+        hidden, bias = config.hidden_size, config.qkv_bias
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=config.o_bias)
+
+    def forward(
+        self, x: torch.Tensor, rope: torch.Tensor, cache: LatentCache | None = None, absorb: bool = False
+    ) -> torch.Tensor:
+        """x [B, S, hidden] with the rotations of its positions. Without a cache: causal attention within each row.
+        (`absorb` is MLA's; GQA has one path.)"""
+        shape, rotation = x.shape[:-1], rope.unsqueeze(-2)
+        # rotated queries and keys come out in interleaved-pair layout (see apply_rope): dot products are the
+        # rotate-half ones, and values are not rotated, so outputs are exactly transformers'
+        q = apply_rope(self.q_proj(x).view(*shape, self.num_heads, self.head_dim), rotation, interleave=False)
+        k = apply_rope(self.k_proj(x).view(*shape, self.num_kv_heads, self.head_dim), rotation, interleave=False)
+        v = self.v_proj(x).view(*shape, self.num_kv_heads, self.head_dim)
+        if cache is not None:  # tokens arrive flattened as [1, T, ...]
+            entry = torch.cat([k, v], dim=-1).flatten(0, 1)  # [T, kv heads, key | value]
+            out = cache.attend(self.layer_idx, q.flatten(0, 1), entry.flatten(1), self.scale).view(*q.shape)
+        else:
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                is_causal=True,
+                scale=self.scale,
+                enable_gqa=self.num_kv_heads != self.num_heads,
+            ).transpose(1, 2)
+        return self.o_proj(out.flatten(-2))

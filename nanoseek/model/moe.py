@@ -1,4 +1,5 @@
-"""DeepSeekMoE: shared experts plus fine-grained routed experts, sigmoid gating, auxiliary-loss-free balancing.
+"""DeepSeekMoE: shared experts plus fine-grained routed experts; V3's sigmoid gating with auxiliary-loss-free
+balancing, or V2's softmax gating (greedy or group-limited top-k).
 
 Routed experts are stored stacked ([experts, in, out]) and run as two grouped matmuls over tokens sorted by
 expert, so the cost is a handful of kernels per layer whatever the number of experts. Checkpoints still use the
@@ -28,10 +29,13 @@ class MLP(nn.Module):
 
 
 class Router(nn.Module):
-    """Sigmoid affinities; a per-expert bias steers which experts are *chosen*, never how outputs are *weighted*.
+    """Chooses each token's experts and their weights, in float32 whatever the run dtype.
 
-    The bias (`e_score_correction_bias`) is DeepSeek-V3's auxiliary-loss-free balancing: it is not trained by
-    gradients but nudged after each step by `update_bias`, up for underloaded experts and down for overloaded ones.
+    DeepSeek-V3 (scoring_func "sigmoid"): sigmoid affinities; a per-expert bias steers which experts are *chosen*,
+    never how outputs are *weighted*. The bias (`e_score_correction_bias`) is V3's auxiliary-loss-free balancing:
+    it is not trained by gradients but nudged after each step by `update_bias`, up for underloaded experts and
+    down for overloaded ones. DeepSeek-V2 ("softmax"): softmax affinities, top-k over all experts ("greedy") or
+    over the `topk_group` groups holding the best experts ("group_limited_greedy"); no bias.
     """
 
     def __init__(self, config: ModelConfig):
@@ -39,32 +43,50 @@ class Router(nn.Module):
         self.num_experts, self.top_k = config.n_routed_experts, config.num_experts_per_tok
         self.n_group, self.topk_group = config.n_group, config.topk_group
         self.norm_topk_prob, self.scaling = config.norm_topk_prob, config.routed_scaling_factor
+        self.softmax = config.scoring_func == "softmax"
+        greedy = self.softmax and config.topk_method != "group_limited_greedy"
+        self.group_limited = config.n_group > 1 and not greedy
         self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.hidden_size))
-        self.register_buffer("e_score_correction_bias", torch.zeros(config.n_routed_experts))
+        if not self.softmax:
+            self.register_buffer("e_score_correction_bias", torch.zeros(config.n_routed_experts))
         # tokens routed to each expert since the last bias update (for balancing and logging)
         self.register_buffer("load", torch.zeros(config.n_routed_experts), persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [T, hidden] -> (weights [T, k] float32, expert ids [T, k], sigmoid scores [T, E])."""
+        """x [T, hidden] -> (weights [T, k] float32, expert ids [T, k], affinities [T, E])."""
         with torch.autocast(x.device.type, enabled=False):  # routing decisions in float32 whatever the run dtype
-            scores = F.linear(x.float(), self.weight.float()).sigmoid()
-        choice = scores + self.e_score_correction_bias.float()
-        if self.n_group > 1:  # keep only the topk_group groups whose best two experts score highest
-            grouped = choice.view(-1, self.n_group, self.num_experts // self.n_group)
-            group_scores = grouped.topk(2, dim=-1).values.sum(-1)
-            keep = torch.zeros_like(group_scores, dtype=torch.bool)
-            keep.scatter_(1, group_scores.topk(self.topk_group, dim=-1, sorted=False).indices, True)
-            choice = grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(-1, self.num_experts)
-        ids = choice.topk(self.top_k, dim=-1, sorted=False).indices
-        weights = scores.gather(1, ids)
+            logits = F.linear(x.float(), self.weight.float())
+        if self.softmax:
+            scores = choice = logits.softmax(dim=-1)
+            if self.group_limited:  # keep the topk_group groups holding the best experts
+                choice = self._limit_groups(
+                    scores, scores.view(-1, self.n_group, self.num_experts // self.n_group).amax(-1)
+                )
+            ids = choice.topk(self.top_k, dim=-1, sorted=False).indices
+            weights = choice.gather(1, ids)  # as transformers: an expert outside the kept groups weighs 0
+        else:
+            scores = logits.sigmoid()
+            choice = scores + self.e_score_correction_bias.float()
+            if self.group_limited:  # keep only the topk_group groups whose best two experts score highest
+                grouped = choice.view(-1, self.n_group, self.num_experts // self.n_group)
+                choice = self._limit_groups(choice, grouped.topk(2, dim=-1).values.sum(-1), float("-inf"))
+            ids = choice.topk(self.top_k, dim=-1, sorted=False).indices
+            weights = scores.gather(1, ids)
         if self.norm_topk_prob:
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
         return weights * self.scaling, ids, scores
 
+    def _limit_groups(self, choice: torch.Tensor, group_scores: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """Mask every expert outside the topk_group best-scoring groups with `fill`."""
+        keep = torch.zeros_like(group_scores, dtype=torch.bool)
+        keep.scatter_(1, group_scores.topk(self.topk_group, dim=-1, sorted=False).indices, True)
+        grouped = choice.view(-1, self.n_group, self.num_experts // self.n_group)
+        return grouped.masked_fill(~keep.unsqueeze(-1), fill).view(-1, self.num_experts)
+
     @torch.no_grad()
     def update_bias(self, gamma: float) -> None:
         """Aux-loss-free balancing step: bias += gamma * sign(mean load - load); then reset the load counter."""
-        if gamma > 0 and self.load.sum() > 0:
+        if not self.softmax and gamma > 0 and self.load.sum() > 0:
             self.e_score_correction_bias += gamma * torch.sign(self.load.mean() - self.load)
         self.load.zero_()
 

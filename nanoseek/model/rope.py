@@ -1,7 +1,8 @@
-"""Rotary position embedding for MLA's decoupled rope dims, with YaRN context extension.
+"""Rotary position embedding: MLA's decoupled rope dims or whole GQA heads, with YaRN and llama3 scaling.
 
-Only `qk_rope_head_dim` dims of each query head and one shared key get rotated (DeepSeek's "decoupled RoPE"),
-which is what lets the inference cache keep a single rotated key per token next to the latent.
+MLA rotates only `qk_rope_head_dim` dims of each query head and one shared key (DeepSeek's "decoupled RoPE"),
+which is what lets the inference cache keep a single rotated key per token next to the latent; qwen2 and llama
+rotate whole heads. The frequencies match transformers' rope functions, float32 arithmetic included.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ from nanoseek.config import ModelConfig, yarn_mscale
 
 
 def rope_frequencies(config: ModelConfig) -> tuple[torch.Tensor, float]:
-    """Inverse frequencies for the rope dims and the factor that scales cos/sin (YaRN's attention factor).
-
-    Matches transformers' `_compute_yarn_parameters` (same float32 arithmetic), so positions encode identically.
-    """
-    dim, base = config.qk_rope_head_dim, config.rope_theta
+    """Inverse frequencies for the rotated dims and the factor that scales cos/sin (YaRN's attention factor)."""
+    dim, base = config.rope_dim, config.rope_theta
     pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    if config.rope_type == "llama3":
+        return _llama3_frequencies(1.0 / pos_freqs, config.rope_scaling), 1.0
     if not config.is_yarn:
         return 1.0 / pos_freqs, 1.0
-    rs = config.rope_scaling
-    assert rs is not None
+    return _yarn_frequencies(pos_freqs, dim, base, config.rope_scaling)
+
+
+def _yarn_frequencies(pos_freqs: torch.Tensor, dim: int, base: float, rs: dict) -> tuple[torch.Tensor, float]:
+    """transformers' `_compute_yarn_parameters`: interpolate low frequencies by `factor`, keep high ones."""
     factor = float(rs["factor"])
     original = rs["original_max_position_embeddings"]
     attention_factor = rs.get("attention_factor")
@@ -51,8 +54,24 @@ def rope_frequencies(config: ModelConfig) -> tuple[torch.Tensor, float]:
     return inv_freq, float(attention_factor)
 
 
+def _llama3_frequencies(inv_freq: torch.Tensor, rs: dict) -> torch.Tensor:
+    """transformers' `_compute_llama3_parameters` (Llama 3.1): wavelengths beyond the original context / low_freq
+    are divided by `factor`, those under original / high_freq kept, the band between blended smoothly."""
+    factor, low, high = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+    original = rs["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < original / high) * ~(wavelen > original / low)
+    return torch.where(medium, smoothed, scaled)
+
+
 def softmax_scale(config: ModelConfig) -> float:
-    """1/sqrt(d_qk), times YaRN's mscale(factor, mscale_all_dim)^2 when scaling (as DeepSeek and transformers do)."""
+    """GQA: 1/sqrt(head_dim). MLA: 1/sqrt(d_qk), times YaRN's mscale(factor, mscale_all_dim)^2 when scaling (as
+    DeepSeek and transformers do)."""
+    if not config.uses_mla:
+        return config.head_size**-0.5
     scale = config.qk_head_dim**-0.5
     if config.is_yarn:
         assert config.rope_scaling is not None

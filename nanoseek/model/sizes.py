@@ -25,7 +25,12 @@ class ParameterCounts:
 
 
 def _attention_params(c: ModelConfig) -> int:
-    h, heads, bias = c.hidden_size, c.num_attention_heads, int(c.attention_bias)
+    h, heads = c.hidden_size, c.num_attention_heads
+    if not c.uses_mla:
+        d, kv = c.head_size, c.num_key_value_heads
+        qkv = (h + int(c.qkv_bias)) * (heads + 2 * kv) * d
+        return qkv + heads * d * h + int(c.o_bias) * h
+    bias = int(c.attention_bias)
     if c.q_lora_rank is None:
         q = h * heads * c.qk_head_dim
     else:
@@ -34,6 +39,16 @@ def _attention_params(c: ModelConfig) -> int:
     kv += c.kv_lora_rank * heads * (c.qk_nope_head_dim + c.v_head_dim)
     out = heads * c.v_head_dim * h + bias * h
     return q + kv + out
+
+
+def _attention_norm_params(c: ModelConfig) -> int:
+    """MLA's inner norms (on the latent and the low-rank query): weights no token multiplies through."""
+    return c.kv_lora_rank + (c.q_lora_rank or 0) if c.uses_mla else 0
+
+
+def _head_dims(c: ModelConfig) -> tuple[int, int]:
+    """(query/key, value) width of one attention head."""
+    return (c.qk_head_dim, c.v_head_dim) if c.uses_mla else (c.head_size, c.head_size)
 
 
 def _layer_params(c: ModelConfig, layer_idx: int) -> tuple[int, int]:
@@ -72,7 +87,7 @@ def matmul_params_per_token(c: ModelConfig) -> int:
     n = c.vocab_size * h  # lm_head
     for i in range(c.num_hidden_layers):
         _, active = _layer_params(c, i)
-        n += active - 2 * h - c.kv_lora_rank - (c.q_lora_rank or 0)
+        n += active - 2 * h - _attention_norm_params(c)
     return n
 
 
@@ -81,7 +96,7 @@ def flops_per_token(c: ModelConfig, seq_len: int, training: bool = True, mtp: bo
 
     Training counts forward + backward (x3). With mtp=True the MTP modules' work is added.
     """
-    attn = 2 * c.num_attention_heads * (c.qk_head_dim + c.v_head_dim) * (seq_len + 1) / 2  # average causal context
+    attn = 2 * c.num_attention_heads * sum(_head_dims(c)) * (seq_len + 1) / 2  # average causal context
     layers = c.num_hidden_layers
     forward = 2 * matmul_params_per_token(c) + layers * attn
     if mtp and c.num_nextn_predict_layers:

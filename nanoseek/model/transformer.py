@@ -1,8 +1,10 @@
-"""The DeepSeek-V3 decoder: MLA + (dense | DeepSeekMoE) blocks, multi-token prediction, losses and sizes.
+"""The decoder of every supported family: (MLA | GQA) + (dense | DeepSeekMoE) blocks, multi-token prediction, losses.
 
-Module names equal the Hugging Face checkpoint keys (`model.layers.3.self_attn.kv_b_proj.weight`, ...), except
-routed experts, which are stacked (see moe.py). MTP modules live in `model.layers` after the main layers, exactly
-where DeepSeek's checkpoints put them (`model.layers.{num_hidden_layers + k}`); the main forward skips them.
+DeepSeek-V3 is the reference; DeepSeek-V2 differs only in its router, Qwen2 and Llama in their attention and
+dense MLPs (see config.py). Module names equal the Hugging Face checkpoint keys of each family
+(`model.layers.3.self_attn.kv_b_proj.weight`, `model.layers.3.self_attn.q_proj.bias`, ...), except routed experts,
+which are stacked (see moe.py). MTP modules live in `model.layers` after the main layers, exactly where
+DeepSeek's checkpoints put them (`model.layers.{num_hidden_layers + k}`); the main forward skips them.
 
 MTP wiring (DeepSeek-V3 paper section 2.2; the same choices as transformers' MtpModel and vLLM):
 depth k sees [enorm(Emb(t_{i+k})) ; hnorm(h_i^{k-1})] through eh_proj and one transformer block, where h^0 is the
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoseek.config import ModelConfig
-from nanoseek.model.attention import LatentCache, MultiHeadLatentAttention, RMSNorm
+from nanoseek.model.attention import GroupedQueryAttention, LatentCache, MultiHeadLatentAttention, RMSNorm
 from nanoseek.model.loss import IGNORE_INDEX, linear_cross_entropy
 from nanoseek.model.moe import MLP, MoE
 from nanoseek.model.rope import RotaryEmbedding
@@ -30,7 +32,8 @@ from nanoseek.model.rope import RotaryEmbedding
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
-        self.self_attn = MultiHeadLatentAttention(config, layer_idx)
+        attention = MultiHeadLatentAttention if config.uses_mla else GroupedQueryAttention
+        self.self_attn = attention(config, layer_idx)
         self.mlp = MoE(config) if config.is_moe_layer(layer_idx) else MLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -92,6 +95,9 @@ class LossOutput:
 
 class DeepseekV3ForCausalLM(nn.Module):
     """`model(input_ids)` -> logits [batch, seq, vocab]; `model(input_ids, labels=labels)` -> LossOutput.
+
+    The causal LM of every supported family (named after the one it was written for), its `config.model_type`
+    choosing the blocks.
 
     Training goes through forward too, so wrappers that hook it (FSDP2's all-gathers, torch.compile) see the
     whole computation."""
@@ -210,7 +216,8 @@ class DeepseekV3ForCausalLM(nn.Module):
             else:
                 p.normal_(0.0, std, generator=generator)
         for m in self.moe_modules():
-            m.gate.e_score_correction_bias.zero_()
+            if hasattr(m.gate, "e_score_correction_bias"):
+                m.gate.e_score_correction_bias.zero_()
             m.gate.load.zero_()
 
 

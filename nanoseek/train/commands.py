@@ -204,6 +204,7 @@ def rl_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cold-start-steps", type=int, default=60)
     p.add_argument("--eval-every", type=int, default=20)
     p.add_argument("--eval-problems", type=int, default=200)
+    p.add_argument("--time-budget", type=float, help="stop after this many seconds of RL (equal-time comparisons)")
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int)
@@ -242,6 +243,7 @@ def rl_config_from_args(args: argparse.Namespace):
         save_every=args.save_every,
         seed=args.seed,
         threads=args.threads,
+        time_budget=args.time_budget,
         resume=args.resume,
         progress=not args.no_progress,
     )

@@ -42,7 +42,7 @@ from nanoseek.train.state import RunDir, rng_state, set_rng_state
 
 POOL_PER_TASK = 4096
 # settings that may change when a run is resumed (e.g. more steps); everything else must match
-_RESUMABLE = {"resume", "progress", "steps", "eval_every", "save_every", "keep", "threads"}
+_RESUMABLE = {"resume", "progress", "steps", "eval_every", "save_every", "keep", "threads", "time_budget"}
 
 
 @dataclass
@@ -75,6 +75,7 @@ class RLConfig:
     keep: int = 2
     seed: int = 0
     threads: int | None = None
+    time_budget: float | None = None  # seconds: stop after the step that crosses it (for equal-time comparisons)
     resume: bool = False
     progress: bool = True
 
@@ -327,7 +328,8 @@ class GRPOTrainer:
         bar = tqdm(total=c.steps, initial=self.step, desc="GRPO", unit="step", disable=not c.progress)
         if self.step == 0:
             self._log_eval()
-        while self.step < c.steps:
+        started = time.perf_counter()
+        while self.step < c.steps and (c.time_budget is None or time.perf_counter() - started < c.time_budget):
             stats = self.train_step()
             self.step += 1
             self.run.log(
@@ -343,7 +345,8 @@ class GRPOTrainer:
                 acc=f"{stats['accuracy']:.2f}",
                 length=f"{stats['response_length']:.0f}",
             )
-            if self.step % c.eval_every == 0 or self.step == c.steps:
+            out_of_time = c.time_budget is not None and time.perf_counter() - started >= c.time_budget
+            if self.step % c.eval_every == 0 or self.step == c.steps or out_of_time:
                 self._log_eval()
             if self.step % c.save_every == 0 and self.step < c.steps:
                 self.save()

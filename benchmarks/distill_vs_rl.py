@@ -1,0 +1,138 @@
+"""R1's finding, in miniature: distilling a strong reasoner into a small student beats running RL on the small
+student itself for the same wall-clock budget. Uses a finished speedrun (its RL teacher and its pretrained
+student base); for each seed: (a) distillation = teacher traces (verified) + student SFT, timed; (b) RL (GRPO)
+on the student base for that same time. Held-out greedy pass@1 of both, next to the teacher's.
+
+    python benchmarks/distill_vs_rl.py --run runs/speedrun [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import table
+
+
+def nanoseek(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "nanoseek.cli", *args], check=True, capture_output=True)
+
+
+def pass1(model: Path, problems: int) -> float:
+    out = Path(tempfile.mkdtemp()) / "eval.json"
+    nanoseek("eval", str(model), "--tasks", "addition", "--n", str(problems), "--max-tokens", "120", "--json", str(out))
+    return json.loads(out.read_text())[0]["pass1_greedy"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="a finished speedrun directory")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--problems", type=int, default=200)
+    parser.add_argument("--distill-problems", type=int, default=800)
+    parser.add_argument("--sft-steps", type=int, default=200)
+    args = parser.parse_args()
+    record = json.loads((args.run / "stages.json").read_text())
+    teacher, student_base = Path(record["rl"]["checkpoint"]), Path(record["student"]["student_base"])
+    teacher_pass = pass1(teacher, args.problems)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            work = Path(tmp) / f"seed{seed}"
+            start = time.perf_counter()
+            nanoseek(
+                "distill",
+                "generate",
+                "--teacher",
+                str(teacher),
+                "--out",
+                str(work / "traces.jsonl"),
+                "--problems",
+                str(args.distill_problems),
+                "--samples",
+                "2",
+                "--max-tokens",
+                "120",
+                "--seed",
+                str(seed),
+                "--no-progress",
+            )
+            nanoseek(
+                "distill",
+                "train",
+                "--data",
+                str(work / "traces.jsonl"),
+                "--init-from",
+                str(student_base),
+                "--out",
+                str(work / "distilled"),
+                "--steps",
+                str(args.sft_steps),
+                "--batch-size",
+                "16",
+                "--seq-len",
+                "256",
+                "--lr",
+                "1e-3",
+                "--schedule",
+                "cosine",
+                "--seed",
+                str(seed),
+                "--eval-every",
+                str(10**9),
+                "--save-every",
+                str(10**9),
+                "--no-progress",
+            )
+            budget = time.perf_counter() - start
+            nanoseek(
+                "rl",
+                "--init-from",
+                str(student_base),
+                "--out",
+                str(work / "rl"),
+                "--steps",
+                "100000",
+                "--time-budget",
+                str(budget),
+                "--prompts-per-step",
+                "16",
+                "--group-size",
+                "8",
+                "--max-tokens",
+                "120",
+                "--eval-every",
+                "100000",
+                "--eval-problems",
+                "8",
+                "--save-every",
+                "100000",
+                "--seed",
+                str(seed),
+                "--no-progress",
+            )
+            rows.append(
+                {
+                    "seed": seed,
+                    "budget s": f"{budget:.0f}",
+                    "distilled student": pass1(work / "distilled", args.problems),
+                    "RL-only student": pass1(work / "rl", args.problems),
+                }
+            )
+            print(f"  {rows[-1]}", flush=True)
+    base = pass1(student_base, args.problems)
+    for key in ("distilled student", "RL-only student"):
+        values = [r[key] for r in rows]
+        rows.append({"seed": f"mean ({key})", key: f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"})
+    print(f"\nteacher (RL model) pass@1 {teacher_pass:.3f}; student base {base:.3f}; same wall-clock per seed:\n")
+    print(table(rows, ["seed", "budget s", "distilled student", "RL-only student"]))
+
+
+if __name__ == "__main__":
+    main()

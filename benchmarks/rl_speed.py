@@ -1,0 +1,196 @@
+"""GRPO speed: `nanoseek rl` vs TRL's GRPOTrainer on the same model, task, group size and batch, on CPU.
+
+Speed is samples (completions generated and trained on) per second over the timed steps. Both sides start from
+the same checkpoint (a tiny model pretrained on the task, made here unless --model is given), sample G=8
+completions for each of 8 prompts per step with up to --max-tokens tokens, and take one optimizer step.
+
+    python benchmarks/rl_speed.py
+    python benchmarks/rl_speed.py --model runs/speedrun/sft/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from common import table
+
+warnings.filterwarnings("ignore")
+
+
+def base_model(work: Path) -> Path:
+    """A tiny model that already half-solves 3-digit addition (what RL starts from)."""
+    from nanoseek.tasks import get_task
+    from nanoseek.tasks.corpus import solution_documents
+    from nanoseek.tokenizer import Tokenizer
+
+    docs = solution_documents(get_task("addition").generate(20000, seed=1), 0.5, seed=1)
+    (work / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    Tokenizer.train([work / "corpus.jsonl"], 512).save_pretrained(work / "tok")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nanoseek.cli",
+            "train",
+            "--data",
+            str(work / "corpus.jsonl"),
+            "--tokenizer",
+            str(work / "tok"),
+            "--out",
+            str(work / "base"),
+            "--preset",
+            "tiny",
+            "--steps",
+            "600",
+            "--batch-size",
+            "16",
+            "--seq-len",
+            "256",
+            "--no-progress",
+            "--eval-every",
+            "1000",
+        ],
+        check=True,
+    )
+    return work / "base" / "model"
+
+
+def nanoseek_speed(model: Path, work: Path, args) -> float:
+    out = work / "nanoseek-rl"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nanoseek.cli",
+            "rl",
+            "--init-from",
+            str(model),
+            "--out",
+            str(out),
+            "--steps",
+            str(args.warmup + args.steps),
+            "--prompts-per-step",
+            str(args.prompts),
+            "--group-size",
+            str(args.group),
+            "--max-tokens",
+            str(args.max_tokens),
+            "--eval-every",
+            "100000",
+            "--eval-problems",
+            "2",
+            "--save-every",
+            "100000",
+            "--no-progress",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if r["kind"] == "rl"][args.warmup :]
+    seconds = sum(r["generate_s"] + r["train_s"] for r in steps)
+    return len(steps) * args.prompts * args.group / seconds
+
+
+def trl_speed(model: Path, args) -> float:
+    import datasets
+    import transformers
+    from trl import GRPOConfig, GRPOTrainer
+
+    from nanoseek.eval.evaluate import response
+    from nanoseek.tasks import get_task, reward
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    examples = get_task("addition").generate(args.prompts * (args.warmup + args.steps), seed=5)
+    by_prompt = {}
+    rows = []
+    for ex in examples:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": ex.prompt}], tokenize=False, add_generation_prompt=True
+        )
+        by_prompt[prompt] = ex
+        rows.append({"prompt": prompt})
+
+    def task_reward(prompts, completions, **_):
+        return [reward(by_prompt[p], response(c)).total for p, c in zip(prompts, completions)]
+
+    times = []
+
+    class Timer(transformers.TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            times.append(time.perf_counter())
+
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=args.prompts * args.group,
+        num_generations=args.group,
+        max_completion_length=args.max_tokens,
+        learning_rate=1e-4,
+        max_steps=args.warmup + args.steps,
+        logging_steps=1000,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        temperature=1.0,
+        beta=0.0,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    trainer = GRPOTrainer(
+        model=str(model),
+        reward_funcs=task_reward,
+        args=config,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    start = time.perf_counter()
+    trainer.train()
+    times.append(time.perf_counter())
+    timed = times[args.warmup :]
+    del start
+    return (len(timed) - 1) * args.prompts * args.group / (timed[-1] - timed[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="checkpoint to start from (default: train a tiny one, ~3 min)")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = args.model or base_model(work)
+        ours = nanoseek_speed(model, work, args)
+        print(f"  nanoseek rl: {ours:.1f} samples/s", flush=True)
+        rows = [{"implementation": "nanoseek rl", "samples/s": f"{ours:.1f}"}]
+        try:
+            theirs = trl_speed(model, args)
+            print(f"  TRL GRPOTrainer: {theirs:.2f} samples/s", flush=True)
+            rows += [
+                {"implementation": "TRL GRPOTrainer (transformers generate)", "samples/s": f"{theirs:.2f}"},
+                {"implementation": "ratio", "samples/s": f"{ours / theirs:.1f}x"},
+            ]
+        except Exception as e:
+            rows.append({"implementation": f"TRL failed: {type(e).__name__}: {str(e)[:150]}", "samples/s": "-"})
+    print(
+        f"\nGRPO on CPU ({torch.get_num_threads()} threads), {args.prompts} prompts x G={args.group}, "
+        f"<= {args.max_tokens} new tokens:\n"
+    )
+    print(table(rows, ["implementation", "samples/s"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""End-to-end training speed: `nanoseek train` vs transformers' DeepseekV3ForCausalLM in a standard PyTorch loop.
+
+Same config, data (the same token shards), batch and optimizer (AdamW), each at its best CPU setting, in one run.
+nanoseek's figure is wall-clock over the timed steps with everything the trainer does: data loading, the MTP
+loss, bias updates, logging, a validation pass and a checkpoint. MFU is against the matmul peak measured here.
+
+    python benchmarks/train_speed.py                       # bench-18m (and --presets bench-300m for the big one)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from common import matmul_peak, table
+
+from nanoseek.config import preset
+from nanoseek.model.sizes import flops_per_token, parameter_counts
+from nanoseek.runtime import keep_freed_memory
+
+warnings.filterwarnings("ignore")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_data(work: Path, vocab: int) -> tuple[Path, Path]:
+    """Task text, a tokenizer of about `vocab` ids, and token shards (shared by both sides)."""
+    sys.path.insert(0, str(ROOT))
+    from nanoseek.data import read_documents, tokenize_to_shards
+    from nanoseek.tasks import get_task
+    from nanoseek.tasks.corpus import solution_documents
+    from nanoseek.tokenizer import Tokenizer
+
+    docs = solution_documents(
+        get_task("addition").generate(30000, seed=1) + get_task("sorting").generate(20000, seed=1, count=6), 0.5
+    )
+    corpus = work / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    tokenizer = Tokenizer.train([corpus], vocab, min_frequency=1)
+    tokenizer.save_pretrained(work / "tok")
+    tokenize_to_shards(read_documents(corpus), tokenizer, work / "shards", val_fraction=0.01, progress=False)
+    return work / "tok", work / "shards"
+
+
+def nanoseek_run(work: Path, name: str, tok: Path, shards: Path, args, compile_: bool) -> float:
+    out = work / f"run-{name}-{compile_}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "nanoseek.cli",
+        "train",
+        "--data",
+        str(shards),
+        "--tokenizer",
+        str(tok),
+        "--out",
+        str(out),
+        "--preset",
+        name,
+        "--steps",
+        str(args.warmup + args.steps),
+        "--batch-size",
+        str(args.batch),
+        "--seq-len",
+        str(args.seq),
+        "--log-every",
+        "1",
+        "--eval-every",
+        str(args.warmup + args.steps // 2),
+        "--save-every",
+        str(args.warmup + args.steps // 2),
+        "--no-progress",
+        "--set",
+        f"vocab_size={args.vocab_pad}",
+    ] + (["--compile"] if compile_ else [])
+    subprocess.run(cmd, check=True, capture_output=True)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if r["kind"] == "train"]
+    first, last = train[args.warmup - 1], train[-1]  # wall clock from the end of warmup to the last step
+    return (last["step"] - first["step"]) * args.batch * args.seq / (last["time"] - first["time"])
+
+
+def transformers_run(shards: Path, config, args, compile_: bool) -> float:
+    import transformers
+
+    from nanoseek.data import TokenLoader
+    from nanoseek.model import build_model
+
+    with tempfile.TemporaryDirectory() as path:
+        build_model(config, seed=0).save_pretrained(path)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
+    forward = torch.compile(model) if compile_ else model
+    loader = TokenLoader(shards, "train", batch_size=args.batch, seq_len=args.seq, seed=0)
+    start = None
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            start = time.perf_counter()
+        inputs, _ = next(loader)
+        loss = forward(input_ids=inputs, labels=inputs).loss  # transformers shifts the labels itself
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return args.steps * args.batch * args.seq / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["bench-18m"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--vocab", type=int, default=8000, help="tokenizer size (the model vocab is --vocab-pad)")
+    parser.add_argument("--vocab-pad", type=int, default=8192)
+    args = parser.parse_args()
+    keep_freed_memory()
+    peak = matmul_peak(torch.float32)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        tok, shards = make_data(work, args.vocab)
+        for name in args.presets:
+            config = preset(name, vocab_size=args.vocab_pad)
+            flops_ours = flops_per_token(config, args.seq, training=True, mtp=True)
+            flops_theirs = flops_per_token(config.replace(num_nextn_predict_layers=0), args.seq, training=True)
+            results = {}
+            settings = [
+                ("transformers fp32 (eager)", "transformers", False, flops_theirs),
+                ("transformers fp32 + compile", "transformers", True, flops_theirs),
+                ("nanoseek train fp32 (eager)", "nanoseek", False, flops_ours),
+                ("nanoseek train fp32 + compile", "nanoseek", True, flops_ours),
+            ]
+            for label, impl, compile_, flops in settings:
+                try:
+                    if impl == "nanoseek":
+                        tps = nanoseek_run(work, name, tok, shards, args, compile_)
+                    else:
+                        tps = transformers_run(shards, config, args, compile_)
+                except Exception as e:  # a setting that cannot run is reported, not fatal
+                    print(f"  {name} {label}: failed ({type(e).__name__}: {str(e)[:200]})", flush=True)
+                    continue
+                results[label] = tps
+                print(f"  {name} {label}: {tps:,.0f} tokens/s", flush=True)
+                rows.append(
+                    {
+                        "model": f"{name} ({parameter_counts(config).total / 1e6:.0f}M)",
+                        "setting": label,
+                        "tokens/s": f"{tps:,.0f}",
+                        "MFU (fp32 peak)": f"{tps * flops / peak:.1%}",
+                    }
+                )
+            best_theirs = max((v for k, v in results.items() if k.startswith("transformers")), default=None)
+            best_ours = max((v for k, v in results.items() if k.startswith("nanoseek")), default=None)
+            if best_theirs and best_ours:
+                rows.append(
+                    {
+                        "model": name,
+                        "setting": "best nanoseek / best transformers",
+                        "tokens/s": f"{best_ours / best_theirs:.2f}x",
+                    }
+                )
+    print(f"\nfp32 matmul peak {peak / 1e9:.0f} GFLOP/s; nanoseek's MFU counts its MTP module's work too\n")
+    print(table(rows, ["model", "setting", "tokens/s", "MFU (fp32 peak)"]))
+
+
+if __name__ == "__main__":
+    main()
