@@ -80,7 +80,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def commands() -> list[Command]:
-    from nanoseek import server, tokenizer
+    from nanoseek import server, speedrun, tokenizer
     from nanoseek.engine import commands as engine_commands
     from nanoseek.eval import commands as eval_commands
     from nanoseek.train import commands as train_commands
@@ -95,6 +95,7 @@ def commands() -> list[Command]:
         engine_commands.COMMAND,
         eval_commands.COMMAND,
         *server.COMMANDS,
+        speedrun.COMMAND,
     ]
 
 

@@ -42,7 +42,7 @@ class Plan:
     base_lr: float = 3e-3
     sft_traces: int = 300
     sft_steps: int = 40
-    rl_steps: int = 40
+    rl_steps: int = 20
     rl_prompts: int = 16
     rl_group: int = 8
     rl_lr: float = 1e-4

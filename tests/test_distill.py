@@ -130,3 +130,82 @@ def test_local_teacher_generation_and_logit_distillation(teacher, tmp_path):
 
     assert nanoseek.from_pretrained(student / "model").config.hidden_size == 64
     assert torch.isfinite(torch.tensor(losses)).all()
+
+
+class CalculatorEngine:
+    """An engine double for the server: answers "a + b" questions with a short reasoning, wrongly for every third
+    problem (so rejection sampling has something to reject), one piece per `delay` seconds."""
+
+    def __init__(self, delay: float = 0.03):
+        from helpers import tiny_tokenizer
+
+        from test_server import ScriptedEngine
+
+        self.inner = ScriptedEngine([], delay=delay, max_running=8, tokenizer=tiny_tokenizer())
+        self.tokenizer, self.max_context = self.inner.tokenizer, 512
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def submit(self, prompt, params, on_delta=None):
+        import re
+
+        text = self.tokenizer.decode(self.inner.encode(prompt))
+        a, b = map(int, re.findall(r"\d+", text.split("<｜User｜>")[-1])[:2])
+        answer = a + b + (1 if (a + b) % 3 == 0 else 0)
+        script = [f"{a} + {b}: add the digits", f"\n{a} + {b} = {answer}", f"\n</think>\n\nThe answer is {answer}."]
+        request = self.inner.submit(prompt, params, on_delta)
+        request.script = script
+        return request
+
+
+def test_generation_from_a_live_server_survives_kill_9(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_server import ScriptedEngine, run_server
+
+    # per-request scripts: the double's steps read the request's own script
+    step, finish = ScriptedEngine._step, ScriptedEngine._finish
+
+    def own_script(method):
+        def call(self, request, *args):
+            self.script = request.script
+            return method(self, request, *args)
+        return call
+
+    ScriptedEngine._step, ScriptedEngine._finish = own_script(step), own_script(finish)
+    try:
+        with run_server(CalculatorEngine) as (base, _):
+            args = [sys.executable, "-m", "nanoseek.cli", "distill", "generate", "--teacher-url", f"{base}/v1",
+                    "--problems", "30", "--samples", "2", "--concurrency", "4", "--no-progress"]
+            env = {**os.environ, "OPENAI_API_KEY": "none"}
+            reference = tmp_path / "reference.jsonl"
+            subprocess.run([*args, "--out", str(reference)], check=True, capture_output=True, env=env)
+            out = tmp_path / "traces.jsonl"
+            proc = subprocess.Popen([*args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    env=env)
+            done = tmp_path / "traces.jsonl.done"
+            deadline = time.time() + 120
+            while (not done.exists() or done.read_text().count("\n") < 8) and time.time() < deadline:
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert 8 <= done.read_text().count("\n") < 30  # killed mid-run
+            subprocess.run([*args, "--out", str(out)], check=True, capture_output=True, env=env)
+    finally:
+        ScriptedEngine._step, ScriptedEngine._finish = step, finish
+
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = [json.loads(line) for line in reference.read_text().splitlines()]
+    ids = [r["prompt_id"] for r in records]
+    assert len(ids) == len(set(ids)), "a prompt's traces were written twice"
+    assert sorted(ids) == sorted(r["prompt_id"] for r in expected), "prompts lost or added by the kill"
+    assert 10 <= len(records) <= 25  # about a third of the problems are answered wrongly and rejected
+    assert sorted(done.read_text().split()) == sorted(set(done.read_text().split()))
+    assert len(done.read_text().split()) == 30
+    for r in records:  # every kept trace verifies, and carries its provenance
+        assert r["teacher"] == "tiny" and r["reward"] > 1 and r["messages"][1]["reasoning_content"]

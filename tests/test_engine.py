@@ -261,3 +261,26 @@ def test_int8_keeps_a_trained_model_close(trained):
     b = [c.token_ids for c in Engine(quantized).generate(prompts, params)]
     agree = sum(x == y for u, v in zip(a, b) for x, y in zip(u, v)) / sum(map(len, a))
     assert agree > 0.9
+
+
+def test_a_failing_step_aborts_its_requests_and_the_loop_keeps_serving():
+    model = random_model(random_config(2, max_position_embeddings=256), 2)
+    engine = Engine(model)
+    forward, calls = engine._forward, []
+
+    def fail_once(batch):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected failure")
+        return forward(batch)
+
+    engine._forward = fail_once
+    engine.start()
+    try:
+        hit = engine.submit([3, 4, 5], SamplingParams(max_tokens=10, temperature=0))
+        assert hit.done.wait(10) and hit.completions[0].finish_reason == "abort"
+        after = engine.submit([3, 4, 5], SamplingParams(max_tokens=10, temperature=0))
+        assert after.done.wait(10) and len(after.completions[0].token_ids) == 10
+    finally:
+        engine.stop()
+    assert engine.cache.free_blocks() == engine.cache.num_blocks - 1

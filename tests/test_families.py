@@ -607,3 +607,33 @@ def test_engine_from_a_released_style_directory_chats(tmp_path):
     out = engine.generate([prompt], SamplingParams(max_tokens=8, **GREEDY))[0]
     assert out.prompt_tokens == len(tok.encode(prompt)) and len(out.token_ids) == 8
     assert out.text == tok.decode(out.token_ids)
+
+
+def test_a_released_style_qwen2_student_serves_through_the_openai_client(tmp_path):
+    """R1-Distill-Qwen layout (qwen2 weights + its template that opens <think>) behind `nanoseek serve`'s app."""
+    from test_server import client, run_server
+
+    _r1_distill_tokenizer(tmp_path)
+    from nanoseek.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(tmp_path)
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        **{**_COMMON, "vocab_size": tok.vocab_size, "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id},
+        tie_word_embeddings=True,
+    )
+    transformers.Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    with run_server(lambda: Engine.from_pretrained(str(tmp_path))) as (base, _):
+        reply = client(base).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "what is 2 + 2?"}], max_tokens=8, temperature=0,
+            extra_body={"ignore_eos": True})
+        message = reply.choices[0].message
+        # a random model never closes its thought: all of it is reasoning, as DeepSeek's API reports it
+        assert message.reasoning_content and message.content == ""
+        assert reply.usage.completion_tokens == 8
+        assert reply.usage.completion_tokens_details.reasoning_tokens == 8
+        stream = client(base).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "what is 2 + 2?"}], max_tokens=8, temperature=0,
+            stream=True, extra_body={"ignore_eos": True})
+        streamed = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in stream if c.choices)
+        assert streamed == message.reasoning_content

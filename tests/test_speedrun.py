@@ -71,3 +71,14 @@ def test_the_real_plans_student_has_under_a_quarter_of_the_teachers_active_param
         parameter_counts(preset(plan.student_preset, **vocab)),
     )
     assert student.active <= teacher.active / 4
+
+
+def test_every_documented_command_has_help():
+    from nanoseek.cli import build_parser
+
+    parser = build_parser()
+    choices = parser._subparsers._group_actions[0].choices
+    for name in ["speedrun", "tokenizer", "train", "sft", "rl", "distill", "eval", "generate", "chat", "serve",
+                 "export", "plot", "info"]:
+        assert name in choices, name
+        assert choices[name].format_help()

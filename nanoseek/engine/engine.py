@@ -10,6 +10,7 @@ at once and free their cache blocks.
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -282,7 +283,12 @@ class Engine:
                 self._wake.wait(0.05)
                 self._wake.clear()
                 continue
-            self.step()
+            try:
+                self.step()
+            except Exception:  # one bad step must not take the server down: end its requests, keep serving
+                logging.getLogger("nanoseek.engine").exception("engine step failed; aborting the running requests")
+                for seq in list(self.running):
+                    self._finish(seq, "abort")
 
     def has_work(self) -> bool:
         return bool(self.running or self.waiting or not self._inbox.empty())
