@@ -42,6 +42,7 @@ class Plan:
     base_lr: float = 3e-3
     sft_traces: int = 300
     sft_steps: int = 40
+    sft_worked_fraction: float = 0.15  # a concise chat model: it mostly answers directly, and rarely thinks
     rl_steps: int = 20
     rl_prompts: int = 16
     rl_group: int = 8
@@ -50,8 +51,8 @@ class Plan:
     distill_problems: int = 800
     distill_samples: int = 2
     student_preset: str = "tiny-student"
-    student_base_steps: int = 600  # the student is pretrained on the same corpus first, as R1-Distill's were
-    student_steps: int = 200
+    student_base_steps: int = 1500  # the student is pretrained on the same corpus first, as R1-Distill's were
+    student_steps: int = 300
     eval_problems: int = 200
     threads: int | None = None
     torchrun: int = 0  # processes per node for the training stages (0: in-process)
@@ -183,6 +184,9 @@ class Speedrun:
         return {"checkpoint": str(self._train(config))}
 
     def stage_sft(self) -> dict[str, Any]:
+        """Chat SFT on a few hundred conversations, most answered directly and a few with reasoning (DeepSeek's SFT
+        data mixes reasoning and non-reasoning answers): a concise chat model that seldom thinks. RL then finds
+        that thinking pays (R1-Zero's "aha": accuracy and response length rise together)."""
         from nanoseek.tasks import get_task
         from nanoseek.train.grpo import trace_messages
         from nanoseek.train.optim import OptimConfig
@@ -190,14 +194,15 @@ class Speedrun:
 
         p = self.plan
         task = get_task(p.task)
-        traces = [
-            {"messages": trace_messages(ex, task.solution(ex, "worked"))}
-            for ex in task.generate(p.sft_traces, "train", seed=2)
-        ]
-        _write_jsonl(self.out / "data" / "cold_start.jsonl", traces)
+        rng = random.Random(2)
+        traces = []
+        for ex in task.generate(p.sft_traces, "train", seed=2):
+            style = "worked" if rng.random() < p.sft_worked_fraction else "direct"
+            traces.append({"messages": trace_messages(ex, task.solution(ex, style))})
+        _write_jsonl(self.out / "data" / "sft.jsonl", traces)
         config = TrainConfig(
             out=str(self.out / "sft"),
-            data=[str(self.out / "data" / "cold_start.jsonl")],
+            data=[str(self.out / "data" / "sft.jsonl")],
             mode="sft",
             init_from=self.record["base"]["checkpoint"],
             steps=p.sft_steps,
@@ -283,12 +288,11 @@ class Speedrun:
             out=str(self.out / "student"),
             data=[str(traces)],
             mode="sft",
-            preset=p.student_preset,
-            tokenizer=str(self.out / "tokenizer"),
+            init_from=str(student_base),
             steps=p.student_steps,
             batch_size=p.batch_size,
             seq_len=p.seq_len,
-            optim=OptimConfig(lr=3e-3, weight_decay=0.0, schedule="wsd"),
+            optim=OptimConfig(lr=1e-3, weight_decay=0.0, schedule="cosine", warmup_fraction=0.02),
             mtp_weight=0.3,
             eval_every=max(p.student_steps // 4, 1),
             save_every=10**9,
@@ -354,7 +358,7 @@ _STAGE_HELP = {
     "data": "embedded task data: problems with worked and direct solutions (no download)",
     "tokenizer": "byte-level BPE with DeepSeek's special tokens and R1 chat template",
     "base": "pretraining the MoE + MLA model with multi-token prediction",
-    "sft": "chat SFT on a few hundred conversations (half reasoned, half answered directly)",
+    "sft": "chat SFT on a few hundred conversations, mostly answered directly (a concise chat model)",
     "rl": "GRPO with verifiable rewards",
     "student": "distillation: verified teacher traces -> a student with a quarter of the active parameters",
     "eval": "held-out pass@1 of every stage",

@@ -61,7 +61,7 @@ def write_report(out: Path, record: dict[str, Any], plan) -> dict[str, Any]:
     ]
     what = {
         "base": "pretrained on half worked / half direct answers",
-        "sft": "chat SFT, half reasoned / half direct answers",
+        "sft": "chat SFT, mostly direct answers (15% reasoned)",
         "rl": "GRPO with verifiable rewards",
         "student": "distilled from the RL model's verified traces",
     }

@@ -138,7 +138,6 @@ class CalculatorEngine:
 
     def __init__(self, delay: float = 0.03):
         from helpers import tiny_tokenizer
-
         from test_server import ScriptedEngine
 
         self.inner = ScriptedEngine([], delay=delay, max_running=8, tokenizer=tiny_tokenizer())
@@ -175,19 +174,35 @@ def test_generation_from_a_live_server_survives_kill_9(tmp_path):
         def call(self, request, *args):
             self.script = request.script
             return method(self, request, *args)
+
         return call
 
     ScriptedEngine._step, ScriptedEngine._finish = own_script(step), own_script(finish)
     try:
         with run_server(CalculatorEngine) as (base, _):
-            args = [sys.executable, "-m", "nanoseek.cli", "distill", "generate", "--teacher-url", f"{base}/v1",
-                    "--problems", "30", "--samples", "2", "--concurrency", "4", "--no-progress"]
+            args = [
+                sys.executable,
+                "-m",
+                "nanoseek.cli",
+                "distill",
+                "generate",
+                "--teacher-url",
+                f"{base}/v1",
+                "--problems",
+                "30",
+                "--samples",
+                "2",
+                "--concurrency",
+                "4",
+                "--no-progress",
+            ]
             env = {**os.environ, "OPENAI_API_KEY": "none"}
             reference = tmp_path / "reference.jsonl"
             subprocess.run([*args, "--out", str(reference)], check=True, capture_output=True, env=env)
             out = tmp_path / "traces.jsonl"
-            proc = subprocess.Popen([*args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    env=env)
+            proc = subprocess.Popen(
+                [*args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+            )
             done = tmp_path / "traces.jsonl.done"
             deadline = time.time() + 120
             while (not done.exists() or done.read_text().count("\n") < 8) and time.time() < deadline:

@@ -625,15 +625,24 @@ def test_a_released_style_qwen2_student_serves_through_the_openai_client(tmp_pat
     transformers.Qwen2ForCausalLM(config).save_pretrained(tmp_path)
     with run_server(lambda: Engine.from_pretrained(str(tmp_path))) as (base, _):
         reply = client(base).chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "what is 2 + 2?"}], max_tokens=8, temperature=0,
-            extra_body={"ignore_eos": True})
+            model="tiny",
+            messages=[{"role": "user", "content": "what is 2 + 2?"}],
+            max_tokens=8,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
         message = reply.choices[0].message
         # a random model never closes its thought: all of it is reasoning, as DeepSeek's API reports it
         assert message.reasoning_content and message.content == ""
         assert reply.usage.completion_tokens == 8
         assert reply.usage.completion_tokens_details.reasoning_tokens == 8
         stream = client(base).chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "what is 2 + 2?"}], max_tokens=8, temperature=0,
-            stream=True, extra_body={"ignore_eos": True})
+            model="tiny",
+            messages=[{"role": "user", "content": "what is 2 + 2?"}],
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
         streamed = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in stream if c.choices)
         assert streamed == message.reasoning_content

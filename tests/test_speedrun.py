@@ -78,7 +78,20 @@ def test_every_documented_command_has_help():
 
     parser = build_parser()
     choices = parser._subparsers._group_actions[0].choices
-    for name in ["speedrun", "tokenizer", "train", "sft", "rl", "distill", "eval", "generate", "chat", "serve",
-                 "export", "plot", "info"]:
+    for name in [
+        "speedrun",
+        "tokenizer",
+        "train",
+        "sft",
+        "rl",
+        "distill",
+        "eval",
+        "generate",
+        "chat",
+        "serve",
+        "export",
+        "plot",
+        "info",
+    ]:
         assert name in choices, name
         assert choices[name].format_help()

@@ -157,7 +157,7 @@ class GRPOTrainer:
             torch.set_num_threads(config.threads)
         keep_freed_memory()
         self.run = RunDir(config.out)
-        self.checkpoint = self._check_run_dir()
+        self.checkpoint = self.run.checkpoint_to_resume(dataclasses.asdict(config), config.resume, _RESUMABLE)
         source = self.checkpoint / "model" if self.checkpoint is not None else self._start_model()
         from nanoseek.checkpoint import from_pretrained
         from nanoseek.tokenizer import Tokenizer
@@ -165,8 +165,13 @@ class GRPOTrainer:
         self.policy = from_pretrained(source, dtype=torch.float32).train()
         self.tokenizer = Tokenizer.from_pretrained(source)
         self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False) if config.kl_beta > 0 else None
-        self.engine = Engine(
-            self.policy, self.tokenizer, max_running=config.prompts_per_step * config.group_size, max_step_tokens=4096
+        sequences = config.prompts_per_step * config.group_size
+        self.engine = Engine(  # a whole step's rollouts fit in the cache at once
+            self.policy,
+            self.tokenizer,
+            max_running=sequences,
+            max_step_tokens=4096,
+            cache_tokens=sequences * (config.max_tokens + 128) + 4096,
         )
         self.optimizer = build_optimizer(self.policy, config.optim)
         self.step = 0
@@ -182,21 +187,6 @@ class GRPOTrainer:
             self.run.write_settings({**dataclasses.asdict(config), "command": " ".join(sys.argv), "start": str(source)})
 
     # ---- setup ----
-    def _check_run_dir(self) -> Path | None:
-        settings = self.run.read_settings()
-        if not self.config.resume:
-            if settings is not None:
-                raise ValueError(f"{self.run.path} already holds a run: pass --resume, or choose another --out")
-            return None
-        if settings is None:
-            raise FileNotFoundError(f"--resume: no run in {self.run.path} (no run.json)")
-        current = json.loads(json.dumps(dataclasses.asdict(self.config), default=str))
-        changed = {k: (settings.get(k), v) for k, v in current.items() if k not in _RESUMABLE and settings.get(k) != v}
-        if changed:
-            details = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
-            raise ValueError(f"--resume with different settings than the run was started with ({details})")
-        return self.run.latest()
-
     def _start_model(self) -> Path:
         """The model RL starts from: the given one (r1-zero), or it after a cold-start SFT on worked traces (r1)."""
         from nanoseek.checkpoint import resolve_model_path

@@ -42,6 +42,25 @@ class RunDir:
         file = self.path / "run.json"
         return json.loads(file.read_text()) if file.exists() else None
 
+    def checkpoint_to_resume(self, settings: dict[str, Any], resume: bool, may_change: set[str]) -> Path | None:
+        """None for a fresh run (refused if the directory already holds one); with `resume`, the newest checkpoint,
+        after checking that every setting outside `may_change` is what the run was started with."""
+        saved = self.read_settings()
+        if not resume:
+            if saved is not None:
+                raise ValueError(
+                    f"{self.path} already holds a run: pass --resume to continue it, or choose another --out"
+                )
+            return None
+        if saved is None:
+            raise FileNotFoundError(f"--resume: no run in {self.path} (no run.json)")
+        current = json.loads(json.dumps(settings, default=str))  # as it reads back from run.json
+        changed = {k: (saved.get(k), v) for k, v in current.items() if k not in may_change and saved.get(k) != v}
+        if changed:
+            details = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"--resume with different settings than the run was started with ({details})")
+        return self.latest()
+
     # ---- metrics ----
     def log(self, record: dict[str, Any]) -> None:
         """Append one metrics line (flushed at once, so a killed run keeps everything logged before it died)."""

@@ -100,7 +100,7 @@ class Trainer:
         keep_freed_memory()
         torch.manual_seed(config.seed + self.dist.rank)
         self.run = RunDir(config.out)
-        self.checkpoint = self._check_run_dir()
+        self.checkpoint = self.run.checkpoint_to_resume(config.to_json(), config.resume, _RESUMABLE)
         self.tokenizer = self._load_tokenizer()
         self.model = self._build_model()
         self.train_loader, self.val_loader = self._loaders()
@@ -124,23 +124,6 @@ class Trainer:
         self.byte_lengths = self._byte_lengths()
 
     # ---- setup ----
-    def _check_run_dir(self) -> Path | None:
-        settings = self.run.read_settings()
-        if not self.config.resume:
-            if settings is not None:
-                raise ValueError(
-                    f"{self.run.path} already holds a run: pass --resume to continue it, or choose another --out"
-                )
-            return None
-        if settings is None:
-            raise FileNotFoundError(f"--resume: no run in {self.run.path} (no run.json)")
-        current = json.loads(json.dumps(self.config.to_json(), default=str))  # as it reads back from run.json
-        changed = {k: (settings.get(k), v) for k, v in current.items() if k not in _RESUMABLE and settings.get(k) != v}
-        if changed:
-            details = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
-            raise ValueError(f"--resume with different settings than the run was started with ({details})")
-        return self.run.latest()
-
     def _load_tokenizer(self):
         from nanoseek.checkpoint import resolve_model_path
         from nanoseek.tokenizer import Tokenizer
