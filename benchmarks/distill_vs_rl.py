@@ -24,9 +24,9 @@ def nanoseek(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "nanoseek.cli", *args], check=True, capture_output=True)
 
 
-def pass1(model: Path, problems: int) -> float:
+def pass1(model: Path, task: str, problems: int) -> float:
     out = Path(tempfile.mkdtemp()) / "eval.json"
-    nanoseek("eval", str(model), "--tasks", "addition", "--n", str(problems), "--max-tokens", "120", "--json", str(out))
+    nanoseek("eval", str(model), "--tasks", task, "--n", str(problems), "--max-tokens", "120", "--json", str(out))
     return json.loads(out.read_text())[0]["pass1_greedy"]
 
 
@@ -38,9 +38,11 @@ def main() -> None:
     parser.add_argument("--distill-problems", type=int, default=800)
     parser.add_argument("--sft-steps", type=int, default=200)
     args = parser.parse_args()
-    record = json.loads((args.run / "stages.json").read_text())
-    teacher, student_base = Path(record["rl"]["checkpoint"]), Path(record["student"]["student_base"])
-    teacher_pass = pass1(teacher, args.problems)
+    teacher, student_base = args.run / "rl" / "model", args.run / "student_base" / "model"
+    if not (teacher / "config.json").exists() or not (student_base / "config.json").exists():
+        raise SystemExit(f"{args.run} is not a finished speedrun (no rl/model or student_base/model in it)")
+    task = json.loads((args.run / "stages.json").read_text())["_plan"]["task"]
+    teacher_pass = pass1(teacher, task, args.problems)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -49,6 +51,8 @@ def main() -> None:
             nanoseek(
                 "distill",
                 "generate",
+                "--tasks",
+                task,
                 "--teacher",
                 str(teacher),
                 "--out",
@@ -101,6 +105,8 @@ def main() -> None:
                 "100000",
                 "--time-budget",
                 str(budget),
+                "--tasks",
+                task,
                 "--prompts-per-step",
                 "16",
                 "--group-size",
@@ -121,15 +127,16 @@ def main() -> None:
                 {
                     "seed": seed,
                     "budget s": f"{budget:.0f}",
-                    "distilled student": pass1(work / "distilled", args.problems),
-                    "RL-only student": pass1(work / "rl", args.problems),
+                    "distilled student": pass1(work / "distilled", task, args.problems),
+                    "RL-only student": pass1(work / "rl", task, args.problems),
                 }
             )
             print(f"  {rows[-1]}", flush=True)
-    base = pass1(student_base, args.problems)
-    for key in ("distilled student", "RL-only student"):
-        values = [r[key] for r in rows]
-        rows.append({"seed": f"mean ({key})", key: f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"})
+    base = pass1(student_base, task, args.problems)
+    means = {key: [r[key] for r in rows] for key in ("distilled student", "RL-only student")}
+    rows.append(
+        {"seed": "mean ± sd", **{k: f"{statistics.mean(v):.3f} ± {statistics.pstdev(v):.3f}" for k, v in means.items()}}
+    )
     print(f"\nteacher (RL model) pass@1 {teacher_pass:.3f}; student base {base:.3f}; same wall-clock per seed:\n")
     print(table(rows, ["seed", "budget s", "distilled student", "RL-only student"]))
 

@@ -405,6 +405,7 @@ def speedrun_args(p: argparse.ArgumentParser) -> None:
         default="cpu",
         help="cpu: 2 cores, <20 min; cpu-large: a workstation; gpu: one GPU; multi-gpu: torchrun on a node",
     )
+    p.add_argument("--task", help="the task to learn (default: addition; see nanoseek.tasks.TASKS)")
     p.add_argument("--threads", type=int, help="CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -414,6 +415,11 @@ def speedrun_main(args: argparse.Namespace) -> int:
     plan = PLANS[args.preset]
     if args.threads:
         plan.threads = args.threads
+    if args.task:
+        from nanoseek.tasks import get_task
+
+        get_task(args.task)  # an unknown name fails here, listing the known ones
+        plan.task = args.task
     random.seed(args.seed)
     record = Speedrun(args.out, plan, progress=not args.no_progress).run()
     print(f"\nreport: {Path(args.out) / 'report.md'}   ({record.get('_wall', 0) / 60:.1f} minutes of stages)")
