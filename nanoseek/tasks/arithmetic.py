@@ -50,31 +50,40 @@ def addition_steps(a: int, b: int) -> list[str]:
     return lines
 
 
-class AdditionTask(Task):
-    name = "addition"
-    defaults: ClassVar[dict[str, Any]] = {"digits": 3}
+class _CommutativeTask(Task):
+    """`a <symbol> b` for two n-digit operands; a op b and b op a count as one problem (no train/test leak)."""
+
+    symbol: ClassVar[str]
+    prompts: ClassVar[tuple[str, ...]]
+    max_digits: ClassVar[int]
 
     def _check_options(self, digits: int) -> None:
-        check_range(self.name, "digits", digits, 1, 100)
+        check_range(self.name, "digits", digits, 1, self.max_digits)
 
     def _space_size(self, digits: int) -> int:
         count = _operand_count(digits)
-        return count * (count + 1) // 2  # unordered pairs: a + b and b + a are one problem
+        return count * (count + 1) // 2  # unordered pairs
 
     def _draw(self, rng: random.Random, digits: int) -> dict:
         return {"a": _operand(rng, digits), "b": _operand(rng, digits)}
 
     def _content(self, data: dict) -> str:
-        return f"{data['a']}+{data['b']}"
+        return f"{data['a']}{self.symbol}{data['b']}"
 
     def _canonical(self, data: dict) -> str:
-        return "+".join(sorted([str(data["a"]), str(data["b"])]))  # a + b and b + a are one problem
+        return self.symbol.join(sorted([str(data["a"]), str(data["b"])]))
 
     def _variant(self, data: dict) -> str:
         return f"{len(str(max(data['a'], data['b'])))}d"
 
     def _prompt(self, rng: random.Random, data: dict) -> str:
-        return rng.choice(_ADDITION_PROMPTS).format(**data)
+        return rng.choice(self.prompts).format(**data)
+
+
+class AdditionTask(_CommutativeTask):
+    name = "addition"
+    defaults: ClassVar[dict[str, Any]] = {"digits": 3}
+    symbol, prompts, max_digits = "+", _ADDITION_PROMPTS, 100
 
     def _answer(self, data: dict) -> str:
         return str(data["a"] + data["b"])
@@ -84,31 +93,10 @@ class AdditionTask(Task):
         return "\n".join([f"{a} + {b}", *addition_steps(a, b)])
 
 
-class MultiplicationTask(Task):
+class MultiplicationTask(_CommutativeTask):
     name = "multiplication"
     defaults: ClassVar[dict[str, Any]] = {"digits": 2}
-
-    def _check_options(self, digits: int) -> None:
-        check_range(self.name, "digits", digits, 1, 20)
-
-    def _space_size(self, digits: int) -> int:
-        count = _operand_count(digits)
-        return count * (count + 1) // 2  # unordered pairs: a + b and b + a are one problem
-
-    def _draw(self, rng: random.Random, digits: int) -> dict:
-        return {"a": _operand(rng, digits), "b": _operand(rng, digits)}
-
-    def _content(self, data: dict) -> str:
-        return f"{data['a']}*{data['b']}"
-
-    def _canonical(self, data: dict) -> str:
-        return "*".join(sorted([str(data["a"]), str(data["b"])]))
-
-    def _variant(self, data: dict) -> str:
-        return f"{len(str(max(data['a'], data['b'])))}d"
-
-    def _prompt(self, rng: random.Random, data: dict) -> str:
-        return rng.choice(_MULTIPLICATION_PROMPTS).format(**data)
+    symbol, prompts, max_digits = "*", _MULTIPLICATION_PROMPTS, 20
 
     def _answer(self, data: dict) -> str:
         return str(data["a"] * data["b"])
