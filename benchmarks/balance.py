@@ -74,7 +74,8 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
-            data = str(out / "data")  # reuse the shards
+            if (out / "data").is_dir():
+                data = str(out / "data")  # the first run tokenised the corpus: later runs reuse its shards
             lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
             train = [r for r in lines if r["kind"] == "train"]
             last = train[-5:]
