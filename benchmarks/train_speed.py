@@ -145,7 +145,9 @@ def main() -> None:
                     else:
                         tps = transformers_run(shards, config, args, compile_)
                 except Exception as e:  # a setting that cannot run is reported, not fatal
-                    print(f"  {name} {label}: failed ({type(e).__name__}: {str(e)[:200]})", flush=True)
+                    detail = getattr(e, "stderr", None) or str(e)  # a failed subprocess: its own error message
+                    detail = detail.decode(errors="replace") if isinstance(detail, bytes) else detail
+                    print(f"  {name} {label}: failed ({type(e).__name__}: {detail.strip()[-400:]})", flush=True)
                     continue
                 results[label] = tps
                 print(f"  {name} {label}: {tps:,.0f} tokens/s", flush=True)

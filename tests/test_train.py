@@ -152,6 +152,12 @@ def test_a_second_run_into_the_same_directory_is_refused(workspace, tmp_path, ca
     assert cli([*args, "--resume", "--lr", "0.5"]) == 2  # settings must match the run being resumed
 
 
+def test_set_overrides_the_fields_taken_from_the_tokenizer(workspace, tmp_path):
+    run = tmp_path / "run"
+    assert cli(_train_args(workspace, run, "--steps", "1", "--set", "vocab_size=512")) == 0
+    assert nanoseek.from_pretrained(run / "model").config.vocab_size == 512  # padded past the tokenizer's 300
+
+
 def test_sft_learns_assistant_tokens_from_a_checkpoint(workspace, tmp_path):
     task = get_task("addition")
     with open(tmp_path / "chat.jsonl", "w") as f:

@@ -156,14 +156,10 @@ class Trainer:
                     m.aux_loss_alpha = model.config.aux_loss_alpha
         else:
             tok = self.tokenizer
-            config = preset(
-                self.config.preset,
-                vocab_size=tok.vocab_size,
-                bos_token_id=tok.bos_id,
-                eos_token_id=tok.eos_id,
-                pad_token_id=tok.pad_id,
-                **overrides,
+            from_tokenizer = dict(
+                vocab_size=tok.vocab_size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id
             )
+            config = preset(self.config.preset, **{**from_tokenizer, **overrides})  # --set wins (e.g. a padded vocab)
             model = build_model(config, device=self.dist.device, seed=self.config.seed)
         if model.config.vocab_size < self.tokenizer.vocab_size:
             raise ValueError(
