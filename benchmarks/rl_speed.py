@@ -95,9 +95,8 @@ def nanoseek_speed(model: Path, work: Path, args) -> float:
         capture_output=True,
     )
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in lines if r["kind"] == "rl"][args.warmup :]
-    seconds = sum(r["generate_s"] + r["train_s"] for r in steps)
-    return len(steps) * args.prompts * args.group / seconds
+    steps = [r for r in lines if r["kind"] == "rl"][args.warmup - 1 :]  # wall clock, as for TRL below
+    return (len(steps) - 1) * args.prompts * args.group / (steps[-1]["time"] - steps[0]["time"])
 
 
 def trl_speed(model: Path, args) -> float:
@@ -126,7 +125,7 @@ def trl_speed(model: Path, args) -> float:
     times = []
 
     class Timer(transformers.TrainerCallback):
-        def on_step_begin(self, *a, **k):
+        def on_step_end(self, *a, **k):  # (on_step_begin does not fire for every GRPO step in TRL 1.16)
             times.append(time.perf_counter())
 
     config = GRPOConfig(
@@ -152,12 +151,10 @@ def trl_speed(model: Path, args) -> float:
         args=config,
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
+        callbacks=[Timer()],
     )
-    start = time.perf_counter()
     trainer.train()
-    times.append(time.perf_counter())
-    timed = times[args.warmup :]
-    del start
+    timed = times[args.warmup - 1 :]  # from the end of the last warmup step to the end of the last step
     return (len(timed) - 1) * args.prompts * args.group / (timed[-1] - timed[0])
 
 

@@ -6,8 +6,19 @@ import pytest
 import torch
 from helpers import tiny_checkpoint
 
+from nanoseek.config import preset
+from nanoseek.model import build_model
 from nanoseek.tasks import get_task
-from nanoseek.train.grpo import RLConfig, Rollout, _pad, advantages, policy_loss, trace_messages
+from nanoseek.train.grpo import (
+    RLConfig,
+    Rollout,
+    _logprobs_no_grad,
+    _pad,
+    _token_logprobs,
+    advantages,
+    policy_loss,
+    trace_messages,
+)
 
 CONFIG = RLConfig(out="unused", init_from="unused")
 
@@ -41,6 +52,21 @@ def test_policy_loss_gradient_clipping_and_kl():
     loss, stats = policy_loss(far, far.detach(), logp.detach(), torch.tensor([0.0]), mask, config)
     loss.backward()
     assert stats["kl"] > 0 and (far.grad[0, :2] < 0).all()  # raising logp toward the reference lowers the loss
+
+
+def test_single_update_shortcut_equals_a_separate_old_policy_forward():
+    """One update per batch: the current log-probs stand in for the sampling policy's (no extra forward)."""
+    model = build_model(preset("nano"), seed=0)
+    ids = torch.randint(0, model.config.vocab_size, (4, 12))
+    targets, mask, adv = torch.roll(ids, -1, 1), torch.ones(4, 12, dtype=torch.bool), torch.tensor([1.0, -1, 0.5, 0])
+    grads = []
+    for explicit in (True, False):
+        model.zero_grad()
+        logp, _ = _token_logprobs(model, ids, targets)
+        old = _logprobs_no_grad(model, ids, targets, chunk=3) if explicit else logp.detach()
+        policy_loss(logp, old, None, adv, mask, CONFIG)[0].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
 @pytest.mark.parametrize("agg", ["token", "sequence", "constant"])

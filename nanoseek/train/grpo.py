@@ -270,23 +270,11 @@ class GRPOTrainer:
         c = self.config
         ids, mask, targets = _pad(batch, self.tokenizer.pad_id)
         adv = torch.tensor([r.advantage for r in batch])
-        with torch.no_grad():
-            old = torch.cat(
-                [
-                    _token_logprobs(self.policy, ids[s : s + c.minibatch_size], targets[s : s + c.minibatch_size])[0]
-                    for s in range(0, len(batch), c.minibatch_size)
-                ]
-            )
-            ref = None
-            if self.reference is not None:
-                ref = torch.cat(
-                    [
-                        _token_logprobs(
-                            self.reference, ids[s : s + c.minibatch_size], targets[s : s + c.minibatch_size]
-                        )[0]
-                        for s in range(0, len(batch), c.minibatch_size)
-                    ]
-                )
+        # a single update on the whole batch is on-policy: the sampling policy's log-probs are the current ones
+        # (ratio 1, gradient intact), so the extra no-grad forward that would compute them is skipped
+        single_update = c.epochs == 1 and len(batch) <= c.minibatch_size
+        old = None if single_update else _logprobs_no_grad(self.policy, ids, targets, c.minibatch_size)
+        ref = None if self.reference is None else _logprobs_no_grad(self.reference, ids, targets, c.minibatch_size)
         totals: dict[str, float] = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "entropy": 0.0}
         updates = 0
         generator = torch.Generator().manual_seed(c.seed + self.step)
@@ -295,7 +283,8 @@ class GRPOTrainer:
             for s in range(0, len(batch), c.minibatch_size):
                 rows = order[s : s + c.minibatch_size]
                 logp, entropy = _token_logprobs(self.policy, ids[rows], targets[rows], with_entropy=True)
-                loss, part = policy_loss(logp, old[rows], None if ref is None else ref[rows], adv[rows], mask[rows], c)
+                old_logp = logp.detach() if old is None else old[rows]
+                loss, part = policy_loss(logp, old_logp, None if ref is None else ref[rows], adv[rows], mask[rows], c)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), c.grad_clip)
                 self.optimizer.step()
@@ -406,6 +395,12 @@ def _token_logprobs(model, ids: torch.Tensor, targets: torch.Tensor, with_entrop
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
     return logp, entropy
+
+
+@torch.no_grad()
+def _logprobs_no_grad(model, ids: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    parts = [_token_logprobs(model, ids[s : s + chunk], targets[s : s + chunk])[0] for s in range(0, len(ids), chunk)]
+    return torch.cat(parts)
 
 
 def cold_start(start: Path, out: Path, config: RLConfig) -> Path:
