@@ -2,7 +2,17 @@
 
 from nanoseek.checkpoint import from_pretrained
 from nanoseek.config import ModelConfig, preset
+from nanoseek.engine import Completion, Engine, SamplingParams
 from nanoseek.model import DeepseekV3ForCausalLM, build_model
 
 __version__ = "0.1.0"
-__all__ = ["DeepseekV3ForCausalLM", "ModelConfig", "build_model", "from_pretrained", "preset"]
+__all__ = [
+    "Completion",
+    "DeepseekV3ForCausalLM",
+    "Engine",
+    "ModelConfig",
+    "SamplingParams",
+    "build_model",
+    "from_pretrained",
+    "preset",
+]

@@ -284,3 +284,16 @@ def test_a_failing_step_aborts_its_requests_and_the_loop_keeps_serving():
     finally:
         engine.stop()
     assert engine.cache.free_blocks() == engine.cache.num_blocks - 1
+
+
+def test_the_top_level_api_of_the_readme(tmp_path):
+    """`nanoseek.Engine.from_pretrained(path)` + `nanoseek.SamplingParams`, as the README shows it."""
+    import nanoseek
+
+    engine = nanoseek.Engine.from_pretrained(str(tiny_checkpoint(tmp_path)))
+    prompts = ["Please add these numbers: 1 + 2 + 3 + 4 + 5 + 6 + 7 + 8 + 9 + 10?", "the answer is"]  # > 1 block
+    first, second = engine.generate(prompts, nanoseek.SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+    assert isinstance(first, nanoseek.Completion) and len(first.token_ids) == 8 and first.finish_reason == "length"
+    assert len(second.token_ids) == 8
+    again = engine.generate(prompts[:1], nanoseek.SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0]
+    assert again.token_ids == first.token_ids and again.prompt_cache_hit_tokens > 0  # the prompt came from the cache
