@@ -8,6 +8,7 @@ from helpers import random_config, random_model, tiny_checkpoint
 
 from nanoseek.engine import Engine, SamplingParams
 from nanoseek.engine.cache import LatentCache
+from nanoseek.engine.sampling import draw
 
 transformers = pytest.importorskip("transformers")
 GREEDY = dict(temperature=0, ignore_eos=True)
@@ -93,6 +94,19 @@ def test_sampling_filters():
         assert sampled.token_ids == greedy, narrow
     with_logprobs = engine.generate([prompt], SamplingParams(max_tokens=8, logprobs=True, **GREEDY))[0]
     assert len(with_logprobs.logprobs) == 8 and all(lp <= 0 for lp in with_logprobs.logprobs)
+
+
+def test_draw_follows_each_rows_distribution_and_its_own_seed():
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.8], [0.5, 0.0, 0.5, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    generators = [torch.Generator().manual_seed(i) for i in range(3)]
+    counts = torch.zeros(3, 4)
+    for _ in range(4000):
+        counts[torch.arange(3), draw(probs, generators)] += 1
+    assert torch.allclose(counts / 4000, probs, atol=0.03) and (counts[probs == 0] == 0).all()
+    # a row's draws depend on its generator only, not on the rows beside it
+    alone = int(draw(probs[1:2], [torch.Generator().manual_seed(7)])[0])
+    together = draw(probs, [torch.Generator().manual_seed(0), torch.Generator().manual_seed(7), generators[2]])
+    assert int(together[1]) == alone
 
 
 @pytest.mark.parametrize(

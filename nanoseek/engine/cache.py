@@ -218,14 +218,10 @@ class LatentCache:
     def plan(self, segments: list[Segment]) -> None:
         """Index tensors for one forward over these segments (tokens laid out segment after segment)."""
         device, bs = self.pool.device, self.block_size
-        positions = torch.cat([torch.arange(seg.start, seg.start + seg.length) for seg in segments])
-        owner_blocks = torch.cat(
-            [
-                torch.tensor(seg.blocks, dtype=torch.long)[torch.arange(seg.start, seg.start + seg.length) // bs]
-                for seg in segments
-            ]
+        # built as Python lists and turned into tensors once: per-segment tensors cost more than the decode step
+        slots = torch.tensor(
+            [seg.blocks[p // bs] * bs + p % bs for seg in segments for p in range(seg.start, seg.start + seg.length)]
         )
-        slots = owner_blocks * bs + positions % bs
         # flat (kv head, block, slot) rows of the pool, token-major like the entries: [T * kv_heads]
         heads = torch.arange(self.num_kv_heads) * (self.num_blocks * bs)
         plan = _Plan((slots[:, None] + heads[None, :]).flatten().to(device))
@@ -237,10 +233,8 @@ class LatentCache:
             offsets.append(offsets[-1] + seg.length)
         for length, members in by_length.items():
             nb = -(-max(segments[i].start + length for i in members) // bs)
-            tables = torch.zeros(len(members), nb, dtype=torch.long)
-            for row, i in enumerate(members):
-                blocks = segments[i].blocks[:nb]
-                tables[row, : len(blocks)] = torch.tensor(blocks, dtype=torch.long)
+            padded = [segments[i].blocks[:nb] + [0] * (nb - len(segments[i].blocks[:nb])) for i in members]
+            tables = torch.tensor(padded, dtype=torch.long)
             starts = torch.tensor([segments[i].start for i in members])
             query_pos = starts[:, None] + torch.arange(length)[None, :]  # [n, t]
             visible = torch.arange(nb * bs)[None, None, :] <= query_pos[:, :, None]  # causal, prefix included

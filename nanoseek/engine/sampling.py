@@ -69,9 +69,20 @@ def sample(
     if sampled:
         rows = torch.tensor(sampled, device=logits.device)
         probs = filtered_probs(logits.index_select(0, rows), [params[i] for i in sampled])
-        for j, i in enumerate(sampled):  # one draw per row, each from its request's own generator
-            tokens[i] = torch.multinomial(probs[j], 1, generator=generators[i])[0]
+        tokens[rows] = draw(probs, [generators[i] for i in sampled])
     return tokens, logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of probs [N, V] by inverse CDF. Each row's uniform comes from its request's own
+    generator (reproducible per seed, whatever else is in the batch); one batched search instead of N
+    multinomial calls (~2 us instead of ~30 us a row)."""
+    u = torch.cat([torch.rand(1, generator=g) for g in generators]).to(probs.device)
+    cdf = probs.cumsum(-1)
+    tokens = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    tokens = tokens.clamp(max=probs.shape[-1] - 1)
+    last = (probs > 0).cumsum(-1).argmax(-1)  # the last token with mass: where rounding at the top end lands
+    return torch.where(probs.gather(1, tokens.unsqueeze(1)).squeeze(1) > 0, tokens, last)
 
 
 def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:

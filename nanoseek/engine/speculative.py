@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from nanoseek.engine.sampling import SamplingParams, filtered_probs
+from nanoseek.engine.sampling import SamplingParams, draw, filtered_probs
 
 
 def propose(
@@ -21,7 +21,7 @@ def propose(
     if params.greedy:
         return [int(logits.argmax())], None
     q = filtered_probs(logits.unsqueeze(0), [params])
-    return [int(torch.multinomial(q[0], 1, generator=generator))], q
+    return [int(draw(q, [generator])[0])], q
 
 
 def verify(
@@ -52,8 +52,8 @@ def verify(
                 continue
             residual = (p[j] - draft_probs[j]).clamp(min=0)
             residual = residual / residual.sum() if residual.sum() > 0 else p[j]
-            tokens.append(int(torch.multinomial(residual, 1, generator=generator)))
+            tokens.append(int(draw(residual.unsqueeze(0), [generator])[0]))
             break
         else:
-            tokens.append(int(torch.multinomial(p[len(draft)], 1, generator=generator)))
+            tokens.append(int(draw(p[len(draft)].unsqueeze(0), [generator])[0]))
     return tokens, [float(logprobs[j, t]) for j, t in enumerate(tokens)]
