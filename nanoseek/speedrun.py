@@ -1,8 +1,10 @@
 """`nanoseek speedrun`: the DeepSeek story in one command, on a laptop.
 
-tokenizer -> MoE + MLA pretraining with MTP (base) -> cold-start SFT on worked reasoning traces (sft) -> GRPO with
-verifiable rewards (rl, the R1 recipe) -> a smaller student distilled from the RL model's verified traces (student)
--> held-out evaluation of every stage -> report.md + summary.json + plots -> chat.
+tokenizer -> MoE + MLA pretraining with MTP on half worked, half direct solutions (base) -> chat SFT that mostly
+answers directly, a concise assistant that rarely thinks (sft) -> GRPO with verifiable rewards, where the model
+rediscovers thinking and its answers grow longer (rl, R1-Zero's 'aha') -> a 4x smaller pretrained student
+distilled from the RL model's verified traces (student) -> held-out evaluation of every stage -> report.md +
+summary.json + plots -> chat.
 
 Every stage is one of nanoseek's own commands (train, sft, rl, distill generate/train, eval) called in-process;
 a stage that finished is recorded in RUN/stages.json and skipped when the speedrun is run again, so an
