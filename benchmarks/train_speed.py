@@ -48,37 +48,41 @@ def make_data(work: Path, vocab: int) -> tuple[Path, Path]:
     return work / "tok", work / "shards"
 
 
-def nanoseek_run(work: Path, name: str, tok: Path, shards: Path, args, compile_: bool) -> float:
-    out = work / f"run-{name}-{compile_}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "nanoseek.cli",
-        "train",
-        "--data",
-        str(shards),
-        "--tokenizer",
-        str(tok),
-        "--out",
-        str(out),
-        "--preset",
-        name,
-        "--steps",
-        str(args.warmup + args.steps),
-        "--batch-size",
-        str(args.batch),
-        "--seq-len",
-        str(args.seq),
-        "--log-every",
-        "1",
-        "--eval-every",
-        str(args.warmup + args.steps // 2),
-        "--save-every",
-        str(args.warmup + args.steps // 2),
-        "--no-progress",
-        "--set",
-        f"vocab_size={args.vocab_pad}",
-    ] + (["--compile"] if compile_ else [])
+def nanoseek_run(work: Path, name: str, tok: Path, shards: Path, args, compile_: bool, mtp: bool) -> float:
+    out = work / f"run-{name}-{compile_}-{mtp}"
+    cmd = (
+        [
+            sys.executable,
+            "-m",
+            "nanoseek.cli",
+            "train",
+            "--data",
+            str(shards),
+            "--tokenizer",
+            str(tok),
+            "--out",
+            str(out),
+            "--preset",
+            name,
+            "--steps",
+            str(args.warmup + args.steps),
+            "--batch-size",
+            str(args.batch),
+            "--seq-len",
+            str(args.seq),
+            "--log-every",
+            "1",
+            "--eval-every",
+            str(args.warmup + args.steps // 2),
+            "--save-every",
+            str(args.warmup + args.steps // 2),
+            "--no-progress",
+            "--set",
+            f"vocab_size={args.vocab_pad}",
+        ]
+        + (["--compile"] if compile_ else [])
+        + ([] if mtp else ["--mtp-weight", "0"])
+    )
     subprocess.run(cmd, check=True, capture_output=True)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in lines if r["kind"] == "train"]
@@ -137,11 +141,13 @@ def main() -> None:
                 ("transformers fp32 + compile", "transformers", True, flops_theirs),
                 ("nanoseek train fp32 (eager)", "nanoseek", False, flops_ours),
                 ("nanoseek train fp32 + compile", "nanoseek", True, flops_ours),
+                # the same work as transformers' loop: no MTP module (DeepSeek's recipe trains with it)
+                ("nanoseek train fp32 + compile, no MTP", "nanoseek-no-mtp", True, flops_theirs),
             ]
             for label, impl, compile_, flops in settings:
                 try:
-                    if impl == "nanoseek":
-                        tps = nanoseek_run(work, name, tok, shards, args, compile_)
+                    if impl.startswith("nanoseek"):
+                        tps = nanoseek_run(work, name, tok, shards, args, compile_, mtp=impl == "nanoseek")
                     else:
                         tps = transformers_run(shards, config, args, compile_)
                 except Exception as e:  # a setting that cannot run is reported, not fatal

@@ -267,7 +267,9 @@ class MoE(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         weights, ids, scores = self.gate(flat)
         counts = ids.new_zeros(self.num_experts).scatter_add_(0, ids.flatten(), torch.ones_like(ids.flatten()))
-        if not torch.is_inference_mode_enabled():  # serving needs no load statistics; training and eval keep them
+        # serving (inference mode) needs no load statistics; training and eval keep them. `self.training` first:
+        # torch.compile cannot trace is_inference_mode_enabled, and a graph break in every MoE layer is costly
+        if self.training or not torch.is_inference_mode_enabled():
             self.gate.load += counts.detach().to(self.gate.load.dtype)
         out = self.experts(flat, weights, ids, counts).view_as(x)
         if self.shared_experts is not None:

@@ -168,7 +168,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         h = self.hidden_states(input_ids, positions)
         main = linear_cross_entropy(h, self.lm_head.weight, labels)
         mtp_losses = []
-        for depth in range(len(self.mtp_layers)):
+        for depth in range(len(self.mtp_layers) if mtp_weight > 0 else 0):  # weight 0: MTP is not computed
             shift = depth + 1
             next_ids = F.pad(input_ids[:, shift:], (0, shift), value=0)
             h = self.mtp_hidden_states(depth, h, next_ids, positions)

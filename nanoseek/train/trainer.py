@@ -426,7 +426,8 @@ class Trainer:
         for _ in range(min(self.config.eval_batches, loader.steps_per_epoch())):
             inputs, targets = next(loader)
             with self.autocast():
-                out = self.forward(inputs, labels=targets, mtp_weight=0.0)
+                # eager: a compiled forward would compile a second (eval, no-grad) graph, a long stall for a rare pass
+                out = self.model(inputs, labels=targets, mtp_weight=0.0)
             scored = targets != -100
             totals += torch.tensor(
                 [
