@@ -12,7 +12,8 @@ Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[a
 
 def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "model", help="a preset name (nano, tiny, bench-18m, bench-300m, deepseek-v3) or a checkpoint directory"
+        "model",
+        help="a preset name (nano, tiny, bench-18m, deepseek-v3, r1-distill-qwen-1.5b, ...) or a checkpoint directory",
     )
     p.add_argument("--seq-len", type=int, default=2048, help="context length for the FLOPs estimate")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -46,7 +47,8 @@ def _info(args: argparse.Namespace) -> int:
     )
     print(f"training FLOPs per token at {args.seq_len} context: {info['train_flops_per_token'] / 1e9:,.3f} GFLOP")
     mla, mha = cache["mla_all_layers"], cache["mha_all_layers"]
-    print(f"latent cache per token (bf16): {mla:,} bytes (multi-head attention would need {mha:,}: {mha / mla:.1f}x)")
+    kind = "latent cache (MLA)" if config.uses_mla else f"key/value cache ({config.num_key_value_heads} kv heads)"
+    print(f"{kind} per token (bf16): {mla:,} bytes (multi-head attention would need {mha:,}: {mha / mla:.1f}x)")
     return 0
 
 

@@ -169,6 +169,8 @@ def test_deepseek_v3_size_on_the_meta_device():
     cache = latent_cache_bytes_per_token(config, dtype_bytes=2)
     assert cache["mla_per_layer"] == (512 + 64) * 2
     assert cache["mha_per_layer"] == 128 * (192 + 128) * 2
+    qwen = latent_cache_bytes_per_token(preset("r1-distill-qwen-1.5b"), dtype_bytes=2)  # GQA: 2 kv heads of 128
+    assert qwen["mla_per_layer"] == 2 * (128 + 128) * 2 and qwen["mha_per_layer"] == 12 * (128 + 128) * 2
 
 
 @pytest.mark.parametrize("name", ["nano", "tiny", "bench-18m", "bench-300m"])

@@ -311,3 +311,17 @@ def test_the_top_level_api_of_the_readme(tmp_path):
     assert len(second.token_ids) == 8
     again = engine.generate(prompts[:1], nanoseek.SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0]
     assert again.token_ids == first.token_ids and again.prompt_cache_hit_tokens > 0  # the prompt came from the cache
+
+
+def test_generate_command_with_threads(tmp_path, capsys):
+    from nanoseek.cli import main as cli
+
+    path = tiny_checkpoint(tmp_path / "ckpt")
+    before = torch.get_num_threads()
+    try:
+        args = ["generate", str(path), "--prompt", "hello", "--max-tokens", "4", "--temperature", "0", "--threads", "1"]
+        assert cli(args) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert capsys.readouterr().out.strip()  # the completion was printed

@@ -17,7 +17,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=["int8"], help="int8 linear layers and experts (CPU)")
     p.add_argument("--speculative", action="store_true", help="draft with the MTP module and verify (MTP models)")
     p.add_argument("--max-running", type=int, default=64, help="sequences decoded together")
-    p.add_argument("--cache-tokens", type=int, help="latent cache size in tokens (default: 4x the context)")
+    p.add_argument("--threads", type=int, help="CPU threads (on a machine shared with other work, 1 is often faster)")
+    p.add_argument(
+        "--cache-tokens",
+        type=int,
+        help="cache size in tokens (default: 4 full contexts capped at 2 GiB, but at least 16k tokens)",
+    )
 
 
 def load_engine(args: argparse.Namespace):
@@ -25,6 +30,8 @@ def load_engine(args: argparse.Namespace):
 
     from nanoseek.engine import Engine
 
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)  # the process-wide default: threads started later (the engine loop) use it
     dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
     return Engine.from_pretrained(
         args.model,
