@@ -214,8 +214,10 @@ def test_sft_learns_assistant_tokens_from_a_checkpoint(workspace, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_torchrun_two_processes_match_one(workspace, tmp_path):
-    """FSDP2 over gloo, 2 ranks x 4 sequences == 1 rank x 8 sequences, step by step."""
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_torchrun_two_processes_match_one(workspace, tmp_path, optimizer):
+    """FSDP2 over gloo, 2 ranks x 4 sequences == 1 rank x 8 sequences, step by step (Muon: Newton-Schulz on
+    DTensor-sharded updates still orthogonalises whole matrices)."""
     data = str(workspace / "run" / "data")
     common = [
         "--data",
@@ -237,6 +239,8 @@ def test_torchrun_two_processes_match_one(workspace, tmp_path):
         "--no-progress",
         "--threads",
         "1",
+        "--optimizer",
+        optimizer,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
