@@ -4,6 +4,12 @@ student base); for each seed: (a) distillation = teacher traces (verified) + stu
 on the student base for that same time. Held-out greedy pass@1 of both, next to the teacher's.
 
     python benchmarks/distill_vs_rl.py --run runs/speedrun [--seeds 0 1 2]
+    python benchmarks/distill_vs_rl.py --run runs/speedrun --direct-only-student
+
+The speedrun's student base was pretrained on the teacher's corpus, half of it worked solutions, so RL on the
+student can amplify a reasoning format it already knows. `--direct-only-student` pretrains the same student on
+the same problems with direct answers only (~3 min): a small model that has never seen the reasoning format, as
+R1-Distill's bases had never seen R1's.
 """
 
 from __future__ import annotations
@@ -30,6 +36,43 @@ def pass1(model: Path, task: str, problems: int) -> float:
     return json.loads(out.read_text())[0]["pass1_greedy"]
 
 
+def direct_only_student(run: Path, plan: dict, work: Path) -> Path:
+    """The speedrun's student base, pretrained the same way on the same problems with direct answers only."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from nanoseek.tasks import get_task
+    from nanoseek.tasks.corpus import solution_documents
+
+    examples = get_task(plan["task"]).generate(plan["corpus_problems"], "train", seed=1)
+    corpus = work / "direct.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in solution_documents(examples, 0.0)))
+    out = work / "student_direct"
+    nanoseek(
+        "train",
+        "--data",
+        str(corpus),
+        "--tokenizer",
+        str(run / "tokenizer"),
+        "--out",
+        str(out),
+        "--preset",
+        plan["student_preset"],
+        "--steps",
+        str(plan["student_base_steps"]),
+        "--batch-size",
+        str(plan["batch_size"]),
+        "--seq-len",
+        str(plan["seq_len"]),
+        "--lr",
+        str(plan["base_lr"]),
+        "--eval-every",
+        str(10**9),
+        "--save-every",
+        str(10**9),
+        "--no-progress",
+    )
+    return out / "model"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a finished speedrun directory")
@@ -37,14 +80,19 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--distill-problems", type=int, default=800)
     parser.add_argument("--sft-steps", type=int, default=200)
+    parser.add_argument("--direct-only-student", action="store_true", help="a student base that never saw reasoning")
     args = parser.parse_args()
     teacher, student_base = args.run / "rl" / "model", args.run / "student_base" / "model"
     if not (teacher / "config.json").exists() or not (student_base / "config.json").exists():
         raise SystemExit(f"{args.run} is not a finished speedrun (no rl/model or student_base/model in it)")
-    task = json.loads((args.run / "stages.json").read_text())["_plan"]["task"]
+    plan = json.loads((args.run / "stages.json").read_text())["_plan"]
+    task = plan["task"]
     teacher_pass = pass1(teacher, task, args.problems)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.direct_only_student:
+            student_base = direct_only_student(args.run, plan, Path(tmp))
+            print(f"  direct-only student base: pass@1 {pass1(student_base, task, args.problems):.3f}", flush=True)
         for seed in args.seeds:
             work = Path(tmp) / f"seed{seed}"
             start = time.perf_counter()
@@ -132,7 +180,7 @@ def main() -> None:
                 }
             )
             print(f"  {rows[-1]}", flush=True)
-    base = pass1(student_base, task, args.problems)
+        base = pass1(student_base, task, args.problems)
     means = {key: [r[key] for r in rows] for key in ("distilled student", "RL-only student")}
     rows.append(
         {"seed": "mean ± sd", **{k: f"{statistics.mean(v):.3f} ± {statistics.pstdev(v):.3f}" for k, v in means.items()}}

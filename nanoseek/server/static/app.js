@@ -1,5 +1,6 @@
 // nanoseek chat: conversations in localStorage, answers streamed from /v1/chat/completions (SSE over fetch),
-// reasoning_content shown in a collapsible "Thinking" section. Model output is only ever set as textContent.
+// reasoning_content shown in a collapsible "Thinking" section. Model output is only ever set as textContent
+// (answers through renderMarkdown, which builds nodes, never HTML).
 
 const $ = (id) => document.getElementById(id);
 const store = {
@@ -191,9 +192,37 @@ function updateMessage(row, message) {
   else summary.textContent = message.thoughtSeconds ? `Thought for ${message.thoughtSeconds.toFixed(1)} s` : "Thoughts";
   const open = message.showThinking ?? live; // open while reasoning streams, collapsed once the answer starts
   if (thinking.open !== open) thinking.open = open;
-  answer.textContent = message.content || "";
+  renderMarkdown(answer, message.content || "");
   answer.classList.toggle("pending", Boolean(message.streaming) && !answering && !message.reasoning);
   footer.textContent = message.note || "";
+}
+
+// A small Markdown subset (```code blocks```, `code`, **bold**), built as DOM nodes whose text is only ever set
+// through textContent: model output can never become markup.
+function renderMarkdown(element, text) {
+  const nodes = [];
+  text.split(/```[^\n]*\n?/).forEach((part, i) => {
+    if (i % 2 === 1) {
+      const pre = document.createElement("pre");
+      const code = document.createElement("code");
+      code.textContent = part.replace(/\n$/, "");
+      pre.append(code);
+      nodes.push(pre);
+      return;
+    }
+    for (const piece of part.split(/(`[^`\n]+`|\*\*[^*\n]+\*\*)/)) {
+      if (!piece) continue;
+      const tag = piece.startsWith("`") ? "code" : piece.startsWith("**") && piece.length > 4 ? "strong" : null;
+      if (!tag) {
+        nodes.push(document.createTextNode(piece));
+        continue;
+      }
+      const node = document.createElement(tag);
+      node.textContent = tag === "code" ? piece.slice(1, -1) : piece.slice(2, -2);
+      nodes.push(node);
+    }
+  });
+  element.replaceChildren(...nodes);
 }
 
 function addRegenerate(row) {
