@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--distill-problems", type=int, default=800)
     parser.add_argument("--sft-steps", type=int, default=200)
     parser.add_argument("--direct-only-student", action="store_true", help="a student base that never saw reasoning")
+    parser.add_argument("--student-base", type=Path, help="start both arms from this checkpoint instead")
     args = parser.parse_args()
     teacher, student_base = args.run / "rl" / "model", args.run / "student_base" / "model"
     if not (teacher / "config.json").exists() or not (student_base / "config.json").exists():
@@ -92,7 +93,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.direct_only_student:
             student_base = direct_only_student(args.run, plan, Path(tmp))
-            print(f"  direct-only student base: pass@1 {pass1(student_base, task, args.problems):.3f}", flush=True)
+        student_base = args.student_base or student_base
+        print(f"  student base {student_base}: pass@1 {pass1(student_base, task, args.problems):.3f}", flush=True)
         for seed in args.seeds:
             work = Path(tmp) / f"seed{seed}"
             start = time.perf_counter()
