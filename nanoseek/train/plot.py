@@ -229,6 +229,17 @@ def _lr(fig: Figure, records: list[dict[str, Any]]) -> bool:
     return True
 
 
+def _noisy_twin(ax: Axes, data, label: str, ylabel: str) -> Axes | None:
+    """A second series on a right-hand axis from 0 (None when there is nothing to draw)."""
+    if not data[0]:
+        return None
+    twin = ax.twinx()
+    _noisy(twin, data, label, "tab:orange")
+    twin.set_ylabel(ylabel)
+    twin.set_ylim(bottom=0)
+    return twin
+
+
 def _balance(fig: Figure, records: list[dict[str, Any]]) -> bool:
     ratio, aux = series(records, "train", "balance_max_over_mean"), series(records, "train", "balance_loss")
     if not ratio[0]:
@@ -237,12 +248,7 @@ def _balance(fig: Figure, records: list[dict[str, Any]]) -> bool:
     _noisy(ax, ratio, "busiest expert / mean load", "tab:blue")
     ax.axhline(1.0, color="black", linestyle=":", linewidth=1.2, label="perfect balance (1.0)")
     ax.set_ylim(bottom=0)
-    twin = None
-    if aux[0]:
-        twin = ax.twinx()
-        _noisy(twin, aux, "balance loss", "tab:orange")
-        twin.set_ylabel("balance loss")
-        twin.set_ylim(bottom=0)
+    twin = _noisy_twin(ax, aux, "balance loss", "balance loss")
     _finish(ax, "MoE expert load balance", "max / mean tokens per expert", twin)
     return True
 
@@ -255,12 +261,7 @@ def _throughput(fig: Figure, records: list[dict[str, Any]]) -> bool:
     _noisy(ax, tps, "tokens / s", "tab:blue")
     ax.set_ylim(bottom=0)
     ax.yaxis.set_major_formatter(EngFormatter(sep=""))  # 52k, not 52000
-    twin = None
-    if mfu[0]:
-        twin = ax.twinx()
-        _noisy(twin, mfu, "MFU", "tab:orange")
-        twin.set_ylabel("model FLOPs utilisation (MFU)")
-        twin.set_ylim(bottom=0)
+    twin = _noisy_twin(ax, mfu, "MFU", "model FLOPs utilisation (MFU)")
     _finish(ax, "Throughput", "tokens / s", twin)
     return True
 
