@@ -38,9 +38,10 @@ def nanoseek(*args: str) -> None:
 
 
 def pass1(model: Path, task: str, problems: int) -> float:
-    out = Path(tempfile.mkdtemp()) / "eval.json"
-    nanoseek("eval", str(model), "--tasks", task, "--n", str(problems), "--max-tokens", "120", "--json", str(out))
-    return json.loads(out.read_text())[0]["pass1_greedy"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "eval.json"
+        nanoseek("eval", str(model), "--tasks", task, "--n", str(problems), "--max-tokens", "120", "--json", str(out))
+        return json.loads(out.read_text())[0]["pass1_greedy"]
 
 
 def active_params(model: Path) -> int:
@@ -93,8 +94,9 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--distill-problems", type=int, default=2000)
     parser.add_argument("--sft-steps", type=int, default=1000)
-    parser.add_argument("--speedrun-student", action="store_true", help="the speedrun's student base (saw reasoning)")
-    parser.add_argument("--student-base", type=Path, help="start both arms from this checkpoint instead")
+    base = parser.add_mutually_exclusive_group()
+    base.add_argument("--speedrun-student", action="store_true", help="the speedrun's student base (saw reasoning)")
+    base.add_argument("--student-base", type=Path, help="start both arms from this checkpoint instead")
     args = parser.parse_args()
     teacher, student_base = args.run / "rl" / "model", args.run / "student_base" / "model"
     if not (teacher / "config.json").exists() or not (student_base / "config.json").exists():
