@@ -95,3 +95,37 @@ def test_every_documented_command_has_help():
     ]:
         assert name in choices, name
         assert choices[name].format_help()
+
+
+def test_seed_changes_the_data_and_every_training_stage(tmp_path):
+    import dataclasses
+
+    runs = [Speedrun(tmp_path / str(seed), dataclasses.replace(MINI, seed=seed), progress=False) for seed in (0, 1)]
+    corpora = []
+    for run in runs:
+        run.record["data"] = run.stage_data()
+        corpora.append((tmp_path / str(run.plan.seed) / "data" / "corpus.jsonl").read_text())
+    assert corpora[0] != corpora[1]
+    assert len({runs[0]._seed(k) for k in range(7)} | {runs[1]._seed(k) for k in range(7)}) == 14
+
+
+def test_the_report_fails_a_claim_the_numbers_do_not_support():
+    from nanoseek.speedrun_report import check_claims
+
+    def stages(base, sft, rl, student, lengths=(10, 12, 90)):
+        rows = {
+            s: {"pass1": p, "active_params": 100}
+            for s, p in zip(("base", "sft", "rl", "student"), (base, sft, rl, student))
+        }
+        rows["student"]["active_params"] = 25
+        for s, n in zip(("base", "sft", "rl"), lengths):
+            rows[s]["mean_length"] = n
+        rows["student"]["mean_length"] = 90
+        return rows
+
+    good = check_claims(stages(0.02, 0.05, 0.9, 0.85))
+    assert all(c["ok"] for c in good.values()) and good["rl_gain"]["value"] == 0.85
+    # the gain is measured against the best stage before RL, not a weakened one
+    assert not check_claims(stages(0.8, 0.05, 0.9, 0.85))["rl_gain"]["ok"]
+    assert not check_claims(stages(0.02, 0.05, 0.9, 0.5))["student_vs_teacher"]["ok"]
+    assert not check_claims(stages(0.02, 0.05, 0.9, 0.85, lengths=(100, 100, 20)))["rl_longer"]["ok"]

@@ -498,3 +498,28 @@ def test_file_tasks_do_not_generate():
     for name in ("gsm8k", "math"):
         with pytest.raises(ValueError, match="load_gsm8k"):
             get_task(name).generate(10)
+
+
+def test_paraphrase_asks_the_same_problem_in_a_phrasing_training_never_uses():
+    from nanoseek.tasks import get_task
+
+    for name in ("addition", "multiplication"):
+        task = get_task(name)
+        train_prompts = {ex.prompt for ex in task.generate(2000, "train", seed=0)}
+        for ex in task.generate(50, "test", seed=0):
+            other = task.paraphrase(ex)
+            assert other.answer == ex.answer and other.data == ex.data
+            assert other.prompt not in train_prompts and str(ex.data["a"]) in other.prompt
+            assert task.verify(other, task.solution(other))
+    with pytest.raises(ValueError, match="held-out phrasings"):
+        get_task("countdown").paraphrase(get_task("countdown").generate(1)[0])
+
+
+def test_at_most_returns_the_whole_split_instead_of_failing():
+    from nanoseek.tasks import get_task
+
+    task = get_task("multiplication")
+    with pytest.raises(ValueError, match="distinct problems"):
+        task.generate(5000, "train")
+    pool = task.generate(5000, "train", at_most=True)
+    assert 3000 < len(pool) < 4095 and len({task.canonical(ex) for ex in pool}) == len(pool)

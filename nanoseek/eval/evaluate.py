@@ -16,8 +16,9 @@ from nanoseek.tasks import Example, format_ok, get_task, load_gsm8k
 THINK_OPEN = "<think>\n"
 
 
-def load_examples(spec: str, n: int, split: str = "test", seed: int = 0) -> list[Example]:
-    """`spec`: a task name with optional difficulty ("addition", "addition:digits=4"), or a GSM8K/MATH JSONL file."""
+def load_examples(spec: str, n: int, split: str = "test", seed: int = 0, at_most: bool = False) -> list[Example]:
+    """`spec`: a task name with optional difficulty ("addition", "addition:digits=4"), or a GSM8K/MATH JSONL file.
+    `at_most`: fewer than n where the task has fewer (see Task.generate)."""
     if spec.endswith(".jsonl") or Path(spec).is_file():
         return load_gsm8k(spec)[:n]
     name, _, options = spec.partition(":")
@@ -25,7 +26,7 @@ def load_examples(spec: str, n: int, split: str = "test", seed: int = 0) -> list
     for item in filter(None, options.split(",")):
         key, _, value = item.partition("=")
         difficulty[key] = int(value) if value.lstrip("-").isdigit() else value
-    return get_task(name).generate(n, split=split, seed=seed, **difficulty)
+    return get_task(name).generate(n, split=split, seed=seed, at_most=at_most, **difficulty)
 
 
 def chat_prompt(tokenizer, example: Example, system: str | None = None) -> str:

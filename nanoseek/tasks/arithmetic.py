@@ -24,6 +24,18 @@ _MULTIPLICATION_PROMPTS = (
     "Find the product: {a} * {b}.",
 )
 
+# Held-out phrasings: never used by generate(), so never seen in training (see Task.paraphrase).
+_UNSEEN_ADDITION_PROMPTS = (
+    "How much is {a} and {b} together?",
+    "{a} increased by {b} gives what number?",
+    "Tell me the total of {a} with {b}.",
+)
+_UNSEEN_MULTIPLICATION_PROMPTS = (
+    "How much is {a} multiplied by {b}?",
+    "{a} groups of {b} make how many?",
+    "Tell me the result of {a} x {b}.",
+)
+
 
 def _operand(rng: random.Random, digits: int) -> int:
     """A number with exactly `digits` digits (0-9 for one digit)."""
@@ -84,6 +96,7 @@ class AdditionTask(_CommutativeTask):
     name = "addition"
     defaults: ClassVar[dict[str, Any]] = {"digits": 3}
     symbol, prompts, max_digits = "+", _ADDITION_PROMPTS, 100
+    unseen_prompts = _UNSEEN_ADDITION_PROMPTS
 
     def _answer(self, data: dict) -> str:
         return str(data["a"] + data["b"])
@@ -97,6 +110,7 @@ class MultiplicationTask(_CommutativeTask):
     name = "multiplication"
     defaults: ClassVar[dict[str, Any]] = {"digits": 2}
     symbol, prompts, max_digits = "*", _MULTIPLICATION_PROMPTS, 20
+    unseen_prompts = _UNSEEN_MULTIPLICATION_PROMPTS
 
     def _answer(self, data: dict) -> str:
         return str(data["a"] * data["b"])

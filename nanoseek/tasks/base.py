@@ -54,21 +54,25 @@ class Task:
     defaults: ClassVar[dict[str, Any]] = {}
     procedural: ClassVar[bool] = True  # False: problems come from a file (gsm8k, math), not generate()
     max_draws_per_example: ClassVar[int] = 100
+    unseen_prompts: ClassVar[tuple[str, ...]] = ()  # phrasings kept out of training, for `paraphrase`
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
     # -- public API -----------------------------------------------------------------------------------------
 
-    def generate(self, n: int, split: str = "train", seed: int = 0, **difficulty: Any) -> list[Example]:
-        """n distinct problems of `split`; the same arguments always give the same list."""
+    def generate(
+        self, n: int, split: str = "train", seed: int = 0, at_most: bool = False, **difficulty: Any
+    ) -> list[Example]:
+        """n distinct problems of `split`; the same arguments always give the same list. `at_most`: fewer when
+        the split has fewer (a training pool that may take the whole space) instead of an error."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"{self.name}: n must be a non-negative int, got {n!r}")
         if split not in SPLITS:
             raise ValueError(f"{self.name}: split must be one of {SPLITS}, got {split!r}")
         options = self._options(difficulty)
         size = self._space_size(**options)
-        if size is not None and n > size:
+        if size is not None and n > size and not at_most:
             raise ValueError(
                 f"{self.name} with {options} has only {size} distinct problems (train and test "
                 f"together); asked for {n}. Raise the difficulty or ask for fewer."
@@ -80,6 +84,8 @@ class Task:
         while len(examples) < n:
             # Stop when the space looks exhausted (nothing new for a long while) or the split is starved.
             if draws - last_new > 1000 + 10 * len(seen) or draws > 1000 + self.max_draws_per_example * n:
+                if at_most:
+                    return examples
                 raise ValueError(
                     f"{self.name} with {options}: found only {len(examples)} distinct {split!r} "
                     f"problems in {draws} draws, asked for {n}. Raise the difficulty or ask for fewer."
@@ -106,6 +112,18 @@ class Task:
         """Whether the completion's final answer is correct (default: an exact number equal to the answer)."""
         self._check_example(example)
         return numbers_match(extract_answer(completion), example.answer)
+
+    def paraphrase(self, example: Example, seed: int = 0) -> Example:
+        """The same problem asked in a phrasing that no training prompt uses (`unseen_prompts`): a model that
+        only matches the training templates scores visibly lower on these. ValueError for tasks without them."""
+        self._check_example(example)
+        if not self.unseen_prompts:
+            raise ValueError(f"{self.name} has no held-out phrasings")
+        rng = random.Random(f"{self.name}|paraphrase|{seed}|{example.id}")
+        prompt = rng.choice(self.unseen_prompts).format(**example.data)
+        return Example(
+            id=f"{example.id}/unseen", task=self.name, prompt=prompt, answer=example.answer, data=example.data
+        )
 
     def canonical(self, example: Example) -> str:
         """The problem's content up to presentation (order of commutative operands, ...): what the split hashes."""

@@ -200,7 +200,9 @@ class GRPOTrainer:
         """A fixed, shuffled pool of training problems, cycled through (independent of --steps, so extending a
         run with --resume continues the same sequence)."""
         pool = [
-            ex for spec in self.config.tasks for ex in load_examples(spec, POOL_PER_TASK, "train", self.config.seed)
+            ex
+            for spec in self.config.tasks
+            for ex in load_examples(spec, POOL_PER_TASK, "train", self.config.seed, at_most=True)
         ]
         random.Random(self.config.seed).shuffle(pool)
         return pool
