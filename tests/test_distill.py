@@ -48,6 +48,33 @@ def teacher(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("teacher"), max_position_embeddings=512)
 
 
+def _sft_data(path, n=40):
+    task = get_task("addition")
+    with open(path, "w") as f:
+        for ex in task.generate(n, seed=1):
+            reasoning, answer = split_reasoning(task.solution(ex, "worked"))
+            assistant = {"role": "assistant", "content": answer, "reasoning_content": reasoning}
+            f.write(json.dumps({"messages": [{"role": "user", "content": ex.prompt}, assistant]}) + "\n")
+    return path
+
+
+def test_distill_train_runs_logit_distillation_from_the_command_line(teacher, tmp_path, monkeypatch):
+    """--teacher, --distill-weight and --distill-temperature once parsed and then vanished: no distillation ran."""
+    data = _sft_data(tmp_path / "sft.jsonl", 16)
+    argv = ["distill", "train", "--data", str(data), "--init-from", str(teacher), "--teacher", str(teacher)]
+    argv += ["--steps", "1", "--batch-size", "2", "--seq-len", "192", "--no-progress", "--threads", "1"]
+    seen = []
+    monkeypatch.setattr("nanoseek.train.trainer.train", lambda config: seen.append(config) or "m")
+    assert cli([*argv, "--out", "unused", "--distill-weight", "0.25", "--distill-temperature", "2"]) == 0
+    assert (seen[0].teacher, seen[0].distill_weight, seen[0].distill_temperature) == (str(teacher), 0.25, 2.0)
+    monkeypatch.undo()
+    # the student starts as the teacher: KL(teacher || student) is 0, so the first loss is (1 - w) x cross-entropy
+    # (without the KL term it would be cross-entropy plus the MTP loss)
+    assert cli([*argv, "--out", str(tmp_path / "run"), "--distill-weight", "0.5", "--log-every", "1"]) == 0
+    record = next(r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").open()) if r["kind"] == "train")
+    assert record["main_loss"] > 1 and record["loss"] == pytest.approx(0.5 * record["main_loss"], rel=1e-4)
+
+
 def test_local_teacher_generation_and_logit_distillation(teacher, tmp_path):
     out = tmp_path / "traces.jsonl"
     assert (
@@ -71,22 +98,7 @@ def test_local_teacher_generation_and_logit_distillation(teacher, tmp_path):
         == 0
     )
     assert (tmp_path / "traces.jsonl.done").read_text().count("\n") == 6  # every prompt finished
-    # a random teacher rarely verifies: build the SFT set from the task's own solutions instead
-    task = get_task("addition")
-    with open(tmp_path / "sft.jsonl", "w") as f:
-        for ex in task.generate(40, seed=1):
-            reasoning, answer = split_reasoning(task.solution(ex, "worked"))
-            f.write(
-                json.dumps(
-                    {
-                        "messages": [
-                            {"role": "user", "content": ex.prompt},
-                            {"role": "assistant", "content": answer, "reasoning_content": reasoning},
-                        ]
-                    }
-                )
-                + "\n"
-            )
+    _sft_data(tmp_path / "sft.jsonl")  # a random teacher rarely verifies: the task's own solutions instead
     student = tmp_path / "student"
     assert (
         cli(

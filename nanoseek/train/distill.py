@@ -15,30 +15,31 @@ import random
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nanoseek.cli import arg
 from nanoseek.eval.evaluate import load_examples, response
 from nanoseek.tasks import Example, reward
 
 
 @dataclass
 class GenerateConfig:
-    out: str
-    tasks: list[str] = field(default_factory=lambda: ["addition"])  # task specs or GSM8K-style .jsonl files
-    problems: int = 500  # per task
-    samples: int = 4  # traces sampled per prompt (k)
-    keep_per_prompt: int = 1  # verified, distinct traces kept per prompt
-    teacher: str | None = None  # local checkpoint directory
-    teacher_url: str | None = None  # OpenAI-compatible base URL (…/v1)
-    teacher_model: str | None = None
-    api_key: str | None = None
+    out: str = arg(help="chat JSONL to append verified traces to (resumable)")
+    tasks: list[str] = arg(["addition"], "task specs or GSM8K/MATH-style .jsonl files")
+    problems: int = arg(500, "prompts per task")
+    samples: int = arg(4, "traces sampled per prompt (k)")
+    keep_per_prompt: int = arg(1, "verified distinct traces kept per prompt")
+    teacher: str | None = arg(None, "a local checkpoint (generation through nanoseek's engine)")
+    teacher_url: str | None = arg(None, "an OpenAI-compatible endpoint, e.g. https://api.deepseek.com/v1")
+    teacher_model: str | None = arg(None, "model name at the endpoint (default: its first model)")
+    api_key: str | None = arg(None, "API key (default: $OPENAI_API_KEY)")
     temperature: float = 0.6
     top_p: float = 0.95
     max_tokens: int = 256
-    concurrency: int = 8  # in-flight API requests
-    retries: int = 6
+    concurrency: int = arg(8, "requests in flight to an endpoint")
+    retries: int = arg(6, "retries of a failed endpoint request, with backoff")
     seed: int = 0
     progress: bool = True
 
