@@ -33,8 +33,37 @@ def test_restart_drops_records_of_unfinished_prompts_and_cut_lines(tmp_path):
     lines = [json.dumps({"prompt_id": "a", "x": 1}), json.dumps({"prompt_id": "b", "x": 2}), '{"prompt_id": "c", "x']
     out.write_text("\n".join(lines))
     done.write_text("a\n")
-    assert _read_done(out, done) == {"a"}
+    assert _read_done(out, done, {"a", "b", "c"}) == {"a"}
     assert [json.loads(line)["prompt_id"] for line in out.read_text().splitlines()] == ["a"]
+
+
+def test_restart_keeps_every_line_it_did_not_write_unfinished(tmp_path):
+    """Only the killed prompt's records and a cut line go, and only from the end: a user's lines all stay."""
+    out, done = tmp_path / "traces.jsonl", tmp_path / "traces.jsonl.done"
+    mine = ['{"messages": []}', "not json", json.dumps({"prompt_id": "elsewhere"}), "", '{"prompt_id": "a"}']
+    out.write_text("\n".join([*mine, '{"prompt_id": "b"}', '{"prompt_id": "b"}', '{"prompt_id": "b", "x']))
+    done.write_text("a\n")
+    assert _read_done(out, done, {"a", "b"}) == {"a"}
+    assert out.read_text() == "\n".join(mine) + "\n"
+    out.write_text("\n".join(mine[:3]))  # a last line without its newline is kept, and gets one
+    assert _read_done(out, done, {"a", "b"}) == {"a"} and out.read_text() == "\n".join(mine[:3]) + "\n"
+
+
+def test_generate_never_empties_a_file_it_did_not_start(tmp_path, capsys):
+    """--out naming an existing file without its .done record (a user's data, or a finished run's output whose
+    record was deleted) was rewritten empty: refused, with the file untouched and what to do instead."""
+    out = tmp_path / "chat.jsonl"
+    out.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": []}\n')
+    before = out.read_bytes()
+    status = cli(["distill", "generate", "--teacher", str(tmp_path / "none"), "--out", str(out), "--no-progress"])
+    assert out.read_bytes() == before and not (tmp_path / "chat.jsonl.done").exists()
+    assert status == 2 and "choose another --out" in capsys.readouterr().err
+    # the reverse: a .done whose output is gone would skip its prompts and write them nowhere
+    (tmp_path / "t.jsonl.done").write_text("a\n")
+    assert cli(["distill", "generate", "--teacher", "x", "--out", str(tmp_path / "t.jsonl"), "--no-progress"]) == 2
+    assert "delete" in capsys.readouterr().err and not (tmp_path / "t.jsonl").exists()
+    (tmp_path / "empty.jsonl").touch()  # an empty file has no line to lose: a fresh start
+    assert _read_done(tmp_path / "empty.jsonl", tmp_path / "empty.jsonl.done", {"a"}) == set()
 
 
 def test_teacher_choice_is_required(tmp_path, capsys):
