@@ -33,8 +33,37 @@ def test_restart_drops_records_of_unfinished_prompts_and_cut_lines(tmp_path):
     lines = [json.dumps({"prompt_id": "a", "x": 1}), json.dumps({"prompt_id": "b", "x": 2}), '{"prompt_id": "c", "x']
     out.write_text("\n".join(lines))
     done.write_text("a\n")
-    assert _read_done(out, done) == {"a"}
+    assert _read_done(out, done, {"a", "b", "c"}) == {"a"}
     assert [json.loads(line)["prompt_id"] for line in out.read_text().splitlines()] == ["a"]
+
+
+def test_restart_keeps_every_line_it_did_not_write_unfinished(tmp_path):
+    """Only the killed prompt's records and a cut line go, and only from the end: a user's lines all stay."""
+    out, done = tmp_path / "traces.jsonl", tmp_path / "traces.jsonl.done"
+    mine = ['{"messages": []}', "not json", json.dumps({"prompt_id": "elsewhere"}), "", '{"prompt_id": "a"}']
+    out.write_text("\n".join([*mine, '{"prompt_id": "b"}', '{"prompt_id": "b"}', '{"prompt_id": "b", "x']))
+    done.write_text("a\n")
+    assert _read_done(out, done, {"a", "b"}) == {"a"}
+    assert out.read_text() == "\n".join(mine) + "\n"
+    out.write_text("\n".join(mine[:3]))  # a last line without its newline is kept, and gets one
+    assert _read_done(out, done, {"a", "b"}) == {"a"} and out.read_text() == "\n".join(mine[:3]) + "\n"
+
+
+def test_generate_never_empties_a_file_it_did_not_start(tmp_path, capsys):
+    """--out naming an existing file without its .done record (a user's data, or a finished run's output whose
+    record was deleted) was rewritten empty: refused, with the file untouched and what to do instead."""
+    out = tmp_path / "chat.jsonl"
+    out.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": []}\n')
+    before = out.read_bytes()
+    status = cli(["distill", "generate", "--teacher", str(tmp_path / "none"), "--out", str(out), "--no-progress"])
+    assert out.read_bytes() == before and not (tmp_path / "chat.jsonl.done").exists()
+    assert status == 2 and "choose another --out" in capsys.readouterr().err
+    # the reverse: a .done whose output is gone would skip its prompts and write them nowhere
+    (tmp_path / "t.jsonl.done").write_text("a\n")
+    assert cli(["distill", "generate", "--teacher", "x", "--out", str(tmp_path / "t.jsonl"), "--no-progress"]) == 2
+    assert "delete" in capsys.readouterr().err and not (tmp_path / "t.jsonl").exists()
+    (tmp_path / "empty.jsonl").touch()  # an empty file has no line to lose: a fresh start
+    assert _read_done(tmp_path / "empty.jsonl", tmp_path / "empty.jsonl.done", {"a"}) == set()
 
 
 def test_teacher_choice_is_required(tmp_path, capsys):
@@ -46,6 +75,33 @@ def test_teacher_choice_is_required(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("teacher"), max_position_embeddings=512)
+
+
+def _sft_data(path, n=40):
+    task = get_task("addition")
+    with open(path, "w") as f:
+        for ex in task.generate(n, seed=1):
+            reasoning, answer = split_reasoning(task.solution(ex, "worked"))
+            assistant = {"role": "assistant", "content": answer, "reasoning_content": reasoning}
+            f.write(json.dumps({"messages": [{"role": "user", "content": ex.prompt}, assistant]}) + "\n")
+    return path
+
+
+def test_distill_train_runs_logit_distillation_from_the_command_line(teacher, tmp_path, monkeypatch):
+    """--teacher, --distill-weight and --distill-temperature once parsed and then vanished: no distillation ran."""
+    data = _sft_data(tmp_path / "sft.jsonl", 16)
+    argv = ["distill", "train", "--data", str(data), "--init-from", str(teacher), "--teacher", str(teacher)]
+    argv += ["--steps", "1", "--batch-size", "2", "--seq-len", "192", "--no-progress", "--threads", "1"]
+    seen = []
+    monkeypatch.setattr("nanoseek.train.trainer.train", lambda config: seen.append(config) or "m")
+    assert cli([*argv, "--out", "unused", "--distill-weight", "0.25", "--distill-temperature", "2"]) == 0
+    assert (seen[0].teacher, seen[0].distill_weight, seen[0].distill_temperature) == (str(teacher), 0.25, 2.0)
+    monkeypatch.undo()
+    # the student starts as the teacher: KL(teacher || student) is 0, so the first loss is (1 - w) x cross-entropy
+    # (without the KL term it would be cross-entropy plus the MTP loss)
+    assert cli([*argv, "--out", str(tmp_path / "run"), "--distill-weight", "0.5", "--log-every", "1"]) == 0
+    record = next(r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").open()) if r["kind"] == "train")
+    assert record["main_loss"] > 1 and record["loss"] == pytest.approx(0.5 * record["main_loss"], rel=1e-4)
 
 
 def test_local_teacher_generation_and_logit_distillation(teacher, tmp_path):
@@ -71,22 +127,7 @@ def test_local_teacher_generation_and_logit_distillation(teacher, tmp_path):
         == 0
     )
     assert (tmp_path / "traces.jsonl.done").read_text().count("\n") == 6  # every prompt finished
-    # a random teacher rarely verifies: build the SFT set from the task's own solutions instead
-    task = get_task("addition")
-    with open(tmp_path / "sft.jsonl", "w") as f:
-        for ex in task.generate(40, seed=1):
-            reasoning, answer = split_reasoning(task.solution(ex, "worked"))
-            f.write(
-                json.dumps(
-                    {
-                        "messages": [
-                            {"role": "user", "content": ex.prompt},
-                            {"role": "assistant", "content": answer, "reasoning_content": reasoning},
-                        ]
-                    }
-                )
-                + "\n"
-            )
+    _sft_data(tmp_path / "sft.jsonl")  # a random teacher rarely verifies: the task's own solutions instead
     student = tmp_path / "student"
     assert (
         cli(

@@ -1,5 +1,6 @@
 """Training end to end: tokenizer -> train -> export -> transformers; exact resume after kill -9; SFT; torchrun."""
 
+import dataclasses
 import json
 import os
 import random
@@ -267,3 +268,72 @@ def test_torchrun_two_processes_match_one(workspace, tmp_path, optimizer):
     a = nanoseek.from_pretrained(tmp_path / "one" / "model")
     b = nanoseek.from_pretrained(tmp_path / "two" / "model")
     assert max((x - y).abs().max().item() for x, y in zip(a.state_dict().values(), b.state_dict().values())) < 1e-4
+
+
+def _parse(argv: list[str]):
+    from nanoseek.cli import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args(argv))
+
+
+def _every_field_changed():
+    """One config per run command, each field (nested optimizer's included) away from that command's default, so a
+    field the command line drops comes back changed."""
+    from nanoseek.train.distill import GenerateConfig
+    from nanoseek.train.grpo import RLConfig
+    from nanoseek.train.optim import OptimConfig
+    from nanoseek.train.trainer import TrainConfig
+
+    optim = OptimConfig("muon", 0.25, 0.05, (0.8, 0.9), 1e-6, 0.9, 3, "constant", 7, 0.0, 0.3, 0.1)
+    rl_optim = dataclasses.replace(optim, schedule="wsd")  # RL's default is constant
+    train = dict(
+        out="runs/x y", data=["a.jsonl", "hf://b"], preset="nano", init_from="ckpt", tokenizer="tok",
+        model_overrides={"num_hidden_layers": 2, "hidden_act": "silu", "rope_scaling": None, "lr": 1e-5},
+        steps=9, batch_size=3, grad_accum=2, seq_len=33, optim=optim, grad_clip=0.5, mtp_weight=0.1,
+        bias_update_speed=0.0, aux_loss_alpha=1e-4, teacher="t", distill_weight=0.75, distill_temperature=2.0,
+        precision="bf16", compile=True, fp8=True, threads=1, eval_every=5, eval_batches=2, save_every=4, keep=1,
+        log_every=3, val_fraction=0.1, seed=7, resume=True, progress=False,
+    )  # fmt: skip
+    rl = dict(
+        out="o", init_from="i", tasks=["countdown:count=3", "addition"], recipe="r1", cold_start_examples=5,
+        cold_start_steps=6, steps=7, prompts_per_step=8, group_size=4, max_tokens=9, temperature=0.7,
+        advantage="dr-grpo", loss_agg="constant", clip_low=0.1, clip_high=0.3, kl_beta=0.01, epochs=2,
+        minibatch_size=16, dynamic_sampling=True, format_weight=0.2, optim=rl_optim, grad_clip=0.5, eval_every=3,
+        eval_problems=10, save_every=4, keep=1, seed=3, threads=2, time_budget=60.5, resume=True, progress=False,
+    )  # fmt: skip
+    generate = dict(
+        out="t.jsonl", tasks=["gsm8k.jsonl"], problems=3, samples=2, keep_per_prompt=2, teacher_url="http://x/v1",
+        teacher_model="m", api_key="k", temperature=1.0, top_p=0.5, max_tokens=64, concurrency=2, retries=1, seed=4,
+        progress=False,
+    )  # fmt: skip
+    return {  # command: (config, the fewest flags that command takes)
+        "train": (TrainConfig(**train), ["--data", "d"]),
+        "sft": (TrainConfig(**{**train, "mode": "sft"}), ["--data", "d", "--init-from", "i"]),
+        "distill train": (TrainConfig(**{**train, "mode": "sft", "init_from": None}), ["--data", "d"]),
+        "rl": (RLConfig(**rl), ["--init-from", "d"]),
+        "distill generate": (GenerateConfig(**generate), ["--teacher", "d"]),
+        "distill generate --teacher": (
+            GenerateConfig(**{**generate, "teacher_url": None, "teacher": "c"}),
+            ["--teacher", "d"],
+        ),
+    }
+
+
+@pytest.mark.parametrize("command", list(_every_field_changed()))
+def test_every_run_config_round_trips_through_its_command_line(command):
+    """The flags are derived from the config dataclasses: parse(command_line(c)) == c, for every field."""
+    from nanoseek.cli import _walk
+    from nanoseek.train.commands import command_line
+
+    config, minimal = _every_field_changed()[command]
+    words = command.split(" --")[0].split()
+    argv = command_line(config)
+    assert argv[: len(words)] == words
+    assert _parse(argv) == config
+    # every field differs from the command's own default, but those the command sets, the None ones, and (RL)
+    # warmup_fraction: 0 by default and exclusive with warmup_steps
+    default = _parse([*words, "--out", "d", *minimal])
+    same = {
+        f.name for (f, _, a), (_, _, b) in zip(_walk(type(config), config), _walk(type(default), default)) if a == b
+    }
+    assert same <= {"mode", "warmup_fraction"} | {f.name for f, _, v in _walk(type(config), config) if v is None}

@@ -15,30 +15,31 @@ import random
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nanoseek.cli import arg
 from nanoseek.eval.evaluate import load_examples, response
 from nanoseek.tasks import Example, reward
 
 
 @dataclass
 class GenerateConfig:
-    out: str
-    tasks: list[str] = field(default_factory=lambda: ["addition"])  # task specs or GSM8K-style .jsonl files
-    problems: int = 500  # per task
-    samples: int = 4  # traces sampled per prompt (k)
-    keep_per_prompt: int = 1  # verified, distinct traces kept per prompt
-    teacher: str | None = None  # local checkpoint directory
-    teacher_url: str | None = None  # OpenAI-compatible base URL (…/v1)
-    teacher_model: str | None = None
-    api_key: str | None = None
+    out: str = arg(help="chat JSONL to append verified traces to (resumable)")
+    tasks: list[str] = arg(["addition"], "task specs or GSM8K/MATH-style .jsonl files")
+    problems: int = arg(500, "prompts per task")
+    samples: int = arg(4, "traces sampled per prompt (k)")
+    keep_per_prompt: int = arg(1, "verified distinct traces kept per prompt")
+    teacher: str | None = arg(None, "a local checkpoint (generation through nanoseek's engine)")
+    teacher_url: str | None = arg(None, "an OpenAI-compatible endpoint, e.g. https://api.deepseek.com/v1")
+    teacher_model: str | None = arg(None, "model name at the endpoint (default: its first model)")
+    api_key: str | None = arg(None, "API key (default: $OPENAI_API_KEY)")
     temperature: float = 0.6
     top_p: float = 0.95
     max_tokens: int = 256
-    concurrency: int = 8  # in-flight API requests
-    retries: int = 6
+    concurrency: int = arg(8, "requests in flight to an endpoint")
+    retries: int = arg(6, "retries of a failed endpoint request, with backoff")
     seed: int = 0
     progress: bool = True
 
@@ -150,8 +151,8 @@ def generate(config: GenerateConfig) -> dict[str, Any]:
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done_file = out.with_name(out.name + ".done")
-    done = _read_done(out, done_file)
     examples = [ex for spec in config.tasks for ex in load_examples(spec, config.problems, "train", config.seed)]
+    done = _read_done(out, done_file, {ex.id for ex in examples})
     todo = [ex for ex in examples if ex.id not in done]
     teacher = LocalTeacher(config.teacher, config) if config.teacher else APITeacher(config)
     from tqdm import tqdm
@@ -207,21 +208,43 @@ def _verified(example: Example, traces: list[tuple[str, str]], config: GenerateC
     return kept
 
 
-def _read_done(out: Path, done_file: Path) -> set[str]:
-    """Prompts finished by an earlier run. Records of a prompt the run was killed in the middle of (written but not
-    yet marked done), and a line cut short by the kill, are removed: that prompt is redone from scratch."""
-    done = set(done_file.read_text().split()) if done_file.exists() else set()
-    if out.exists():
-        lines = out.read_text().splitlines(keepends=True)
-        good = []
-        for line in lines:
-            try:
-                if json.loads(line)["prompt_id"] in done:
-                    good.append(line if line.endswith("\n") else line + "\n")
-            except (json.JSONDecodeError, KeyError):
-                continue
-        if good != lines:
-            out.write_text("".join(good))
+def _read_done(out: Path, done_file: Path, prompts: set[str]) -> set[str]:
+    """Prompts finished by an earlier run into `out`, after cutting what that run left unfinished: the records of the
+    prompt it was killed in (written, not yet marked done) and a line cut short. A prompt's records are synced before
+    it is marked done, so these can only be at the end: only the end is cut, in place, and no other line is touched."""
+    if not done_file.exists():
+        if out.exists() and out.stat().st_size:
+            raise ValueError(
+                f"{out} exists but is not an unfinished `nanoseek distill generate` output (no {done_file.name} "
+                f"beside it), so it was left as it is: choose another --out (and concatenate the files afterwards)"
+            )
+        return set()
+    done = set(done_file.read_text().split())
+    if not out.exists():
+        raise ValueError(
+            f"{done_file} lists {len(done)} finished prompts but {out} is missing: put it back to resume, "
+            f"or delete {done_file} to start over"
+        )
+    data = out.read_bytes()
+    end = len(data)
+    while end:
+        start = data.rfind(b"\n", 0, end - 1) + 1  # the last line of data[:end]
+        try:
+            record = json.loads(data[start:end])
+            unfinished = isinstance(record, dict) and str(record.get("prompt_id")) in prompts - done
+        except ValueError:  # not JSON, or not UTF-8
+            unfinished = not data[start:end].endswith(b"\n")  # cut short by the kill
+        if not unfinished:
+            break
+        end = start
+    if end == len(data) and data[-1:] in (b"", b"\n"):
+        return done  # nothing to cut
+    with open(out, "r+b") as f:
+        f.truncate(end)
+        if end and data[end - 1 : end] != b"\n":
+            f.seek(end)
+            f.write(b"\n")  # a kept last line without its newline: new records start on a line of their own
+        os.fsync(f.fileno())
     return done
 
 

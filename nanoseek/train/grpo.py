@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nanoseek.cli import arg
 from nanoseek.engine import Engine, SamplingParams
 from nanoseek.eval.evaluate import chat_prompt, evaluate, load_examples, response
 from nanoseek.runtime import keep_freed_memory
@@ -41,31 +42,36 @@ from nanoseek.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
 from nanoseek.train.state import RunDir, rng_state, set_rng_state
 
 POOL_PER_TASK = 4096
+RECIPES = ("r1-zero", "r1")
+ADVANTAGES = ("grpo", "dr-grpo", "reinforce")
+LOSS_AGGREGATIONS = ("token", "sequence", "constant")
 # settings that may change when a run is resumed (e.g. more steps); everything else must match
 _RESUMABLE = {"resume", "progress", "steps", "eval_every", "save_every", "keep", "threads", "time_budget"}
 
 
 @dataclass
 class RLConfig:
-    out: str
-    init_from: str
-    tasks: list[str] = field(default_factory=lambda: ["addition"])
-    recipe: str = "r1-zero"  # or "r1": cold-start SFT on worked traces first
+    out: str = arg(help="run directory")
+    init_from: str = arg(help="the model RL starts from (checkpoint or run directory)")
+    tasks: list[str] = arg(["addition"], "task specs (addition, countdown:count=3, ...)")
+    recipe: str = arg(
+        "r1-zero", "r1-zero: RL from the model; r1: cold-start SFT on worked traces first", choices=RECIPES
+    )
     cold_start_examples: int = 300
     cold_start_steps: int = 60
     steps: int = 100
     prompts_per_step: int = 16
-    group_size: int = 8
+    group_size: int = arg(8, "completions per prompt (G)")
     max_tokens: int = 160
     temperature: float = 1.0
-    advantage: str = "grpo"  # "grpo", "dr-grpo", "reinforce"
-    loss_agg: str = "token"  # "token", "sequence", "constant"
+    advantage: str = arg("grpo", choices=ADVANTAGES)
+    loss_agg: str = arg("token", choices=LOSS_AGGREGATIONS)
     clip_low: float = 0.2
-    clip_high: float = 0.28  # DAPO's clip-higher (set equal to clip_low for the symmetric original)
-    kl_beta: float = 0.0
-    epochs: int = 1  # optimisation passes over each batch
-    minibatch_size: int = 64  # completions per gradient step
-    dynamic_sampling: bool = False
+    clip_high: float = arg(0.28, "DAPO's clip-higher (equal to --clip-low: the symmetric original)")
+    kl_beta: float = arg(0.0, "k3 KL penalty to the frozen starting model (0: none)")
+    epochs: int = arg(1, "optimisation passes over each batch")
+    minibatch_size: int = arg(64, "completions per gradient step")
+    dynamic_sampling: bool = arg(False, "drop groups whose rewards are all equal (DAPO)")
     format_weight: float = 0.1
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.0, schedule="constant"))
     grad_clip: float = 1.0
@@ -75,15 +81,15 @@ class RLConfig:
     keep: int = 2
     seed: int = 0
     threads: int | None = None
-    time_budget: float | None = None  # seconds: stop after the step that crosses it (for equal-time comparisons)
+    time_budget: float | None = arg(None, "stop after the step that crosses this many seconds (equal-time comparisons)")
     resume: bool = False
     progress: bool = True
 
     def validate(self) -> None:
         checks = [
-            (self.recipe in ("r1-zero", "r1"), f"recipe must be r1-zero or r1, got {self.recipe!r}"),
-            (self.advantage in ("grpo", "dr-grpo", "reinforce"), f"unknown advantage {self.advantage!r}"),
-            (self.loss_agg in ("token", "sequence", "constant"), f"unknown loss aggregation {self.loss_agg!r}"),
+            (self.recipe in RECIPES, f"recipe must be r1-zero or r1, got {self.recipe!r}"),
+            (self.advantage in ADVANTAGES, f"unknown advantage {self.advantage!r}"),
+            (self.loss_agg in LOSS_AGGREGATIONS, f"unknown loss aggregation {self.loss_agg!r}"),
             (self.group_size >= 2, "group_size must be >= 2 (advantages are relative to the group)"),
             (self.steps >= 1 and self.prompts_per_step >= 1 and self.epochs >= 1, "steps, prompts, epochs >= 1"),
             (0 <= self.clip_low < 1 and self.clip_high >= self.clip_low, "need 0 <= clip_low <= clip_high"),

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nanoseek.cli import arg
+
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("wsd", "cosine", "constant")
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic: fast, lands singular values in ~[0.7, 1.2]
@@ -23,17 +25,17 @@ MUON_RMS_MATCH = 0.2  # Moonlight: AdamW updates have RMS ~0.2-0.4; scale Muon's
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "adamw"  # "adamw" or "muon"
-    lr: float = 3e-3  # peak learning rate, shared by AdamW and Muon
+    optimizer: str = arg("adamw", choices=OPTIMIZERS)
+    lr: float = arg(3e-3, "peak learning rate, shared by AdamW and Muon")
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     muon_momentum: float = 0.95
     muon_ns_steps: int = 5
-    schedule: str = "wsd"  # "wsd" (warmup-stable-decay), "cosine", "constant"
+    schedule: str = arg("wsd", "wsd: warmup-stable-decay", choices=SCHEDULES)
     warmup_steps: int = 0  # or a fraction of the run via warmup_fraction (not both)
     warmup_fraction: float = 0.0
-    decay_fraction: float = 0.2  # WSD: the last fraction of steps decays linearly to min_lr_ratio * lr
+    decay_fraction: float = arg(0.2, "WSD: the last fraction of steps decays linearly to min_lr_ratio * lr")
     min_lr_ratio: float = 0.0
 
     def __post_init__(self) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nanoseek.cli import arg
 from nanoseek.config import ModelConfig, preset
 from nanoseek.model import IGNORE_INDEX, DeepseekV3ForCausalLM, LossOutput, build_model, cross_entropy
 from nanoseek.model.sizes import flops_per_token, parameter_counts
@@ -34,29 +35,32 @@ from nanoseek.train.state import RunDir, rng_state, set_rng_state
 
 @dataclass
 class TrainConfig:
-    out: str
-    data: list[str]
+    out: str = arg(help="run directory (metrics, checkpoints, final model)")
+    data: list[str] = arg(
+        help=".txt/.jsonl/.parquet files, hf://NAME datasets, a tokenised shard directory; sft: chat JSONL",
+        metavar="SOURCE",
+    )
     mode: str = "pretrain"  # "pretrain" (token shards) or "sft" (chat JSONL, loss on assistant tokens)
-    preset: str = "tiny"
-    init_from: str | None = None  # start from this checkpoint instead of a fresh preset model
-    tokenizer: str | None = None  # tokenizer directory (default: init_from's)
-    model_overrides: dict[str, Any] = field(default_factory=dict)
+    preset: str = arg("tiny", "model size of a fresh model (see `nanoseek info`)")
+    init_from: str | None = arg(None, "start from this checkpoint (model or run directory), not a fresh --preset")
+    tokenizer: str | None = arg(None, "tokenizer directory (default: the --init-from checkpoint's)")
+    model_overrides: dict[str, Any] = arg({}, "model config overrides", flag="--set")
     steps: int = 500
-    batch_size: int = 16  # sequences per micro-batch per rank
+    batch_size: int = arg(16, "sequences per micro-batch per process")
     grad_accum: int = 1
     seq_len: int = 256
     optim: OptimConfig = field(default_factory=OptimConfig)
     grad_clip: float = 1.0
-    mtp_weight: float = 0.3  # DeepSeek-V3's lambda (0.3, later 0.1)
-    bias_update_speed: float = 1e-3  # DeepSeek-V3's gamma; 0 turns aux-loss-free balancing off
-    aux_loss_alpha: float | None = None  # sequence-wise balance loss weight (None: the model config's)
-    teacher: str | None = None  # logit distillation from this checkpoint (same tokenizer as the student)
-    distill_weight: float = 0.5  # share of the KL-to-teacher term in the loss
+    mtp_weight: float = arg(0.3, "MTP loss weight (DeepSeek-V3's lambda: 0.3, later 0.1)")
+    bias_update_speed: float = arg(1e-3, "aux-loss-free balancing speed, DeepSeek-V3's gamma (0: off)")
+    aux_loss_alpha: float | None = arg(None, "sequence-wise balance loss weight (default: the model config's)")
+    teacher: str | None = arg(None, "also distil this checkpoint's logits (it must share the student's tokenizer)")
+    distill_weight: float = arg(0.5, "share of the KL-to-teacher term in the loss")
     distill_temperature: float = 1.0
-    precision: str = "fp32"  # "fp32" or "bf16" (autocast)
-    compile: bool = False
-    fp8: bool = False  # float8 linear layers via torchao (GPUs with FP8, sm89+)
-    threads: int | None = None
+    precision: str = arg("fp32", "bf16: autocast", choices=("fp32", "bf16"))
+    compile: bool = arg(False, "torch.compile the model")
+    fp8: bool = arg(False, "float8 linear layers via torchao (GPUs with FP8, sm89+)")
+    threads: int | None = arg(None, "CPU threads (tiny models can be faster on 1)")
     eval_every: int = 100
     eval_batches: int = 4
     save_every: int = 250
@@ -64,7 +68,7 @@ class TrainConfig:
     log_every: int = 10
     val_fraction: float = 0.02
     seed: int = 0
-    resume: bool = False
+    resume: bool = arg(False, "continue the run in --out from its newest checkpoint")
     progress: bool = True
 
     def validate(self) -> None:
