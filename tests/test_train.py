@@ -267,3 +267,54 @@ def test_torchrun_two_processes_match_one(workspace, tmp_path, optimizer):
     a = nanoseek.from_pretrained(tmp_path / "one" / "model")
     b = nanoseek.from_pretrained(tmp_path / "two" / "model")
     assert max((x - y).abs().max().item() for x, y in zip(a.state_dict().values(), b.state_dict().values())) < 1e-4
+
+
+def _chat(path: Path, n: int = 40) -> Path:
+    task = get_task("addition")
+    with open(path, "w") as f:
+        for ex in task.generate(n, seed=6):
+            messages = [{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.answer}]
+            f.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["pretrain", "sft"])
+def test_batches_are_made_on_the_models_device(tmp_path, monkeypatch, mode):
+    """On one GPU the model goes to CUDA and so must every batch. No GPU here: the run's device is `meta`, where a
+    model can be built and a batch placed, so a batch left on the CPU shows."""
+    from helpers import tiny_checkpoint
+
+    from nanoseek.train import distributed
+    from nanoseek.train import trainer as trainer_module
+
+    start = tiny_checkpoint(tmp_path / "start")
+    data = _corpus(tmp_path / "corpus.txt", 200) if mode == "pretrain" else _chat(tmp_path / "chat.jsonl")
+    monkeypatch.setattr(distributed, "setup", lambda: distributed.Dist(device=torch.device("meta")))
+    monkeypatch.setattr(trainer_module, "matmul_peak", lambda *args: 1e12)  # nothing to time on meta
+    config = trainer_module.TrainConfig(
+        out=str(tmp_path / "run"),
+        data=[str(data)],
+        mode=mode,
+        init_from=str(start),
+        batch_size=2,
+        seq_len=32,
+        val_fraction=0.3,
+        progress=False,
+    )
+    trainer = trainer_module.Trainer(config)
+    device = next(trainer.model.parameters()).device
+    assert device.type == "meta"
+    for loader in (trainer.train_loader, trainer.val_loader):
+        inputs, targets = next(loader)
+        assert inputs.device == targets.device == device
+
+
+def test_fp8_without_a_gpu_is_refused_before_reading_data(workspace, tmp_path, monkeypatch):
+    from nanoseek.train import distributed
+    from nanoseek.train.trainer import TrainConfig, Trainer
+
+    monkeypatch.setattr(distributed, "setup", lambda: distributed.Dist(device=torch.device("cpu")))  # GPU or not
+    missing = str(tmp_path / "no-such-corpus.txt")
+    config = TrainConfig(out=str(tmp_path / "run"), data=[missing], tokenizer=str(workspace / "tok"), fp8=True)
+    with pytest.raises(ValueError, match=r"--fp8 needs an NVIDIA GPU.*this run is on cpu"):
+        Trainer(config)
