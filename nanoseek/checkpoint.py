@@ -11,6 +11,7 @@ DeepSeek's FP8 releases (V3, R1) store weights as float8_e4m3fn with one float32
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -92,29 +93,17 @@ def save_state_dict(
     dtype: torch.dtype | None = None,
     max_shard_bytes: int | None = None,
 ) -> None:
-    """save_pretrained from a state dict (e.g. one gathered from FSDP shards) and its config."""
+    """save_pretrained from a state dict (e.g. one gathered from FSDP shards) and its config.
+
+    Over an existing checkpoint a crash at any instant leaves the old weights or the new, never a mix: new shards
+    go to files the current index (or single file) does not name, and one rename switches the directory over (the
+    index replaced, or the single file replaced and the index removed); files only the old weights used go last.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    max_shard_bytes = max_shard_bytes or DEFAULT_SHARD_BYTES
     stored = next(t.dtype for t in state.values() if t.is_floating_point())
-    scale = 1.0
-    if dtype is not None:
-        scale = torch.empty(0, dtype=dtype).element_size() / torch.empty(0, dtype=stored).element_size()
-    shards: list[list[tuple[str, Callable[[], torch.Tensor]]]] = [[]]
-    shard_bytes = total = 0
-    for key, produce, size in _hf_tensors(state, config):
-        size = int(size * scale)
-        if shards[-1] and shard_bytes + size > max_shard_bytes:
-            shards.append([])
-            shard_bytes = 0
-        shards[-1].append((key, produce))
-        shard_bytes += size
-        total += size
-    names = (
-        [WEIGHTS_NAME]
-        if len(shards) == 1
-        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    )
+    shards, total = _plan_shards(state, config, dtype, stored, max_shard_bytes or DEFAULT_SHARD_BYTES)
+    names = _shard_names(len(shards), in_use=_weights_in_use(path))
     weight_map = {}
     for name, shard in zip(names, shards):
         tensors = {}
@@ -126,13 +115,15 @@ def save_state_dict(
             weight_map[key] = name
         _atomic_write(path / name, lambda tmp, tensors=tensors: save_file(tensors, tmp, metadata={"format": "pt"}))
         del tensors
-    stale = [INDEX_NAME] if len(shards) == 1 else [WEIGHTS_NAME]
-    stale += [p.name for p in path.glob("model-*-of-*.safetensors") if p.name not in names]
-    for name in stale:
-        (path / name).unlink(missing_ok=True)
-    if len(shards) > 1:
+    if len(shards) > 1:  # the commit: the new index names the new shards
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         _atomic_write(path / INDEX_NAME, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2) + "\n"))
+    else:  # the commit: the single file was replaced above; an old index would still win over it
+        (path / INDEX_NAME).unlink(missing_ok=True)
+    _fsync_dir(path)
+    for stale in [WEIGHTS_NAME, *(p.name for p in path.glob("model-*-of-*.safetensors"))]:
+        if stale not in names:
+            (path / stale).unlink(missing_ok=True)
     config_json = config.to_dict()
     config_json["torch_dtype"] = str(dtype or stored).removeprefix("torch.")
     _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config_json, indent=2) + "\n"))
@@ -142,14 +133,75 @@ def save_state_dict(
     )
 
 
+def _plan_shards(
+    state: dict[str, torch.Tensor], config: ModelConfig, dtype: torch.dtype | None, stored: torch.dtype, limit: int
+) -> tuple[list[list[tuple[str, Callable[[], torch.Tensor]]]], int]:
+    """The tensors grouped into shards of at most `limit` bytes (as saved, in `dtype`), and the total size."""
+    scale = 1.0
+    if dtype is not None:
+        scale = torch.empty(0, dtype=dtype).element_size() / torch.empty(0, dtype=stored).element_size()
+    shards: list[list[tuple[str, Callable[[], torch.Tensor]]]] = [[]]
+    shard_bytes = total = 0
+    for key, produce, size in _hf_tensors(state, config):
+        size = int(size * scale)
+        if shards[-1] and shard_bytes + size > limit:
+            shards.append([])
+            shard_bytes = 0
+        shards[-1].append((key, produce))
+        shard_bytes += size
+        total += size
+    return shards, total
+
+
+def _weights_in_use(path: Path) -> set[str]:
+    """The weight files a load of `path` reads now (what a save over it must not overwrite before its commit)."""
+    index = path / INDEX_NAME
+    if not index.exists():
+        return {WEIGHTS_NAME}
+    try:
+        return {str(name) for name in json.loads(index.read_text())["weight_map"].values()}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return set()  # unreadable: nothing loads from it anyway
+
+
+def _shard_names(count: int, in_use: set[str]) -> list[str]:
+    """model.safetensors, or the usual model-0000i-of-0000n names; where those are what the current index reads,
+    the same names with a suffix (-1: successive saves alternate), so no file a load reads is overwritten."""
+    if count == 1:
+        return [WEIGHTS_NAME]  # replaced by one atomic rename: never half old, half new
+    for n in itertools.count():  # ends: `in_use` is finite
+        suffix = f"-{n}" if n else ""
+        names = [f"model-{i + 1:05d}-of-{count:05d}{suffix}.safetensors" for i in range(count)]
+        if not in_use.intersection(names):
+            return names
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    """Write through a temporary file and rename, so a crash never leaves a half-written file under `target`."""
+    """Write through a temporary file and rename, so a crash never leaves a half-written file under `target`; the
+    data is on disk before the rename, so a power cut cannot leave the new name over missing bytes."""
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
         write(str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the renames inside `path` durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms that cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - filesystems that refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------------------------

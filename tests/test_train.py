@@ -318,3 +318,34 @@ def test_fp8_without_a_gpu_is_refused_before_reading_data(workspace, tmp_path, m
     config = TrainConfig(out=str(tmp_path / "run"), data=[missing], tokenizer=str(workspace / "tok"), fp8=True)
     with pytest.raises(ValueError, match=r"--fp8 needs an NVIDIA GPU.*this run is on cpu"):
         Trainer(config)
+
+
+def test_a_crash_while_a_finished_run_saves_again_leaves_latest_loadable(tmp_path, monkeypatch):
+    """A finished run resumed saves its last step again: LATEST must lead to a whole checkpoint at every instant."""
+    from helpers import random_config, random_model
+    from test_checkpoint import _same, crash_everywhere
+
+    from nanoseek.train.state import RunDir
+
+    config = random_config(3)
+    first, second = random_model(config, seed=1), random_model(config, seed=2)
+    run = RunDir(tmp_path / "run")
+
+    def save(model, step=5, keep=1):
+        staging = run.begin(step)
+        model.save_pretrained(staging / "model", max_shard_bytes=150_000)
+        return run.commit(step, {"step": step, "seed": id(model)}, keep=keep)
+
+    def check(finished):
+        latest = run.latest()
+        assert json.loads((latest / "trainer_state" / "state.json").read_text())["step"] == 5
+        loaded = nanoseek.from_pretrained(latest / "model").state_dict()
+        assert _same(second if finished else first, loaded) or _same(second, loaded)
+
+    for _ in range(2):  # the second time round a crashed save's leftovers are in the directory too
+        save(first)
+        crash_everywhere(monkeypatch, lambda: save(second), check)
+    assert run.latest() == run.checkpoints / "step_000005"
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["LATEST", "step_000005"]
+    save(first, step=3, keep=1)  # an older step committed later (LATEST pointed back by hand): never pruned away
+    assert run.latest() == run.checkpoints / "step_000003"
