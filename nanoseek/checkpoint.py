@@ -210,14 +210,16 @@ def _fsync_dir(path: Path) -> None:
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     """A local checkpoint directory, or a Hugging Face hub id fetched (config, tokenizer, safetensors) to the cache."""
-    path = Path(name_or_path)
+    name = str(name_or_path)
+    path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists() and (path / "model" / "config.json").exists():
             return path / "model"  # a training run directory: its final model
         return path
-    name = str(name_or_path)
-    if path.exists() or name.count("/") != 1 or name.startswith((".", "/")):
-        raise FileNotFoundError(f"{name}: not a checkpoint directory (and not a hub id like 'org/model')")
+    if path.exists():
+        raise FileNotFoundError(f"{name} is a file, not a checkpoint directory")
+    if _looks_local(name):  # a mistyped `runs/rl` must not turn into a download of some hub repo "runs/rl"
+        raise FileNotFoundError(f"no such directory {name!r}; for a hub model use org/name")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
@@ -227,9 +229,32 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
         return Path(snapshot_download(name, allow_patterns=patterns))
     except Exception as e:  # offline, unknown repo, gated repo...
         raise FileNotFoundError(
-            f"could not fetch {name!r} from the Hugging Face hub ({type(e).__name__}: {e}). Without network, "
-            f"download it elsewhere (`huggingface-cli download {name}`) and pass the local directory."
+            f"could not fetch {name!r} from the Hugging Face hub ({type(e).__name__}: {e}); it is not a local "
+            f"directory either. Without network, download it elsewhere (`huggingface-cli download {name}`) "
+            f"and pass the local directory."
         ) from None
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")  # org/name, as the hub allows
+
+
+def _looks_local(name: str) -> bool:
+    """Whether a name that is not an existing directory was meant as a local path: it starts like one (./ ../ /
+    ~), is not of the hub's org/name form (no slash, two slashes, other characters), or its first component is a
+    local directory (`runs/rl` with a `runs/` here). Everything else, e.g. deepseek-ai/DeepSeek-R1, is a hub id."""
+    if name.startswith(("./", "../", "/", "~", ".\\")) or _HUB_ID.fullmatch(name) is None or ".." in name:
+        return True
+    return Path(name.split("/")[0]).is_dir()
+
+
+def _check_shard_name(name: object, index: Path) -> None:
+    """An index names files inside its own directory: never a path that reaches elsewhere (../, /, subdirs)."""
+    plain = isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+    if not plain:
+        raise CheckpointError(
+            f"{index} names shard {name!r}, which is not a plain file name in {index.parent}: refused "
+            f"(an index may only point at files next to it)"
+        )
 
 
 def _weight_files(path: Path) -> dict[str, str]:
@@ -240,6 +265,10 @@ def _weight_files(path: Path) -> dict[str, str]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index} is not a valid safetensors index ({e})") from None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to shard files")
+        for name in weight_map.values():
+            _check_shard_name(name, index)
         for name in sorted(set(weight_map.values())):
             if not (path / name).exists():
                 raise CheckpointError(f"{index} lists shard {name}, which is missing from {path}")

@@ -285,3 +285,54 @@ def test_a_crash_saving_over_a_checkpoint_leaves_the_old_weights_or_the_new(
     assert False in seen and seen[-1]
     save()  # saving again over the new weights (shard names alternate) keeps every file named in the index
     assert _same(new, nanoseek.from_pretrained(target).state_dict())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# local paths, hub ids, and what an index may point at
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """Record hub downloads instead of making them."""
+    import huggingface_hub
+
+    fetched = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda name, **_: fetched.append(name) or str(tmp_path))
+    return fetched
+
+
+@pytest.mark.parametrize("name", ["runs/rl", "./rl", "../rl", "/no/such/rl", "~/no-such-rl", "a/b/c", "rl", "a/../b"])
+def test_a_missing_local_path_is_refused_not_fetched(hub, tmp_path, monkeypatch, name):
+    from nanoseek.checkpoint import resolve_model_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()  # `runs/rl` names a directory inside an existing local one: a typo, not a repo
+    with pytest.raises(FileNotFoundError, match=r"no such directory .*; for a hub model use org/name"):
+        resolve_model_path(name)
+    assert hub == []
+
+
+def test_hub_ids_still_go_to_the_hub(hub, tmp_path, monkeypatch):
+    from nanoseek.checkpoint import resolve_model_path
+
+    monkeypatch.chdir(tmp_path)
+    for name in ["deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "Qwen/Qwen2.5-0.5B", "org_1/model.v2"]:
+        assert resolve_model_path(name) == tmp_path
+    assert hub == ["deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "Qwen/Qwen2.5-0.5B", "org_1/model.v2"]
+
+
+@pytest.mark.parametrize("where", ["../outside.safetensors", "ABSOLUTE", "sub/../../outside.safetensors", ".."])
+def test_an_index_pointing_outside_its_directory_is_refused(tmp_path, where):
+    import shutil
+
+    model = random_model(random_config(3))
+    path = tmp_path / "ckpt"
+    model.save_pretrained(path, max_shard_bytes=150_000)
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    shard = next(iter(index["weight_map"].values()))
+    shutil.copy(path / shard, tmp_path / "outside.safetensors")  # a readable file: only the rule can refuse it
+    where = str(tmp_path / "outside.safetensors") if where == "ABSOLUTE" else where
+    index["weight_map"] = {k: where if v == shard else v for k, v in index["weight_map"].items()}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"names shard .*not a plain file name"):
+        nanoseek.from_pretrained(path)
