@@ -11,6 +11,7 @@ DeepSeek's FP8 releases (V3, R1) store weights as float8_e4m3fn with one float32
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -92,29 +93,17 @@ def save_state_dict(
     dtype: torch.dtype | None = None,
     max_shard_bytes: int | None = None,
 ) -> None:
-    """save_pretrained from a state dict (e.g. one gathered from FSDP shards) and its config."""
+    """save_pretrained from a state dict (e.g. one gathered from FSDP shards) and its config.
+
+    Over an existing checkpoint a crash at any instant leaves the old weights or the new, never a mix: new shards
+    go to files the current index (or single file) does not name, and one rename switches the directory over (the
+    index replaced, or the single file replaced and the index removed); files only the old weights used go last.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    max_shard_bytes = max_shard_bytes or DEFAULT_SHARD_BYTES
     stored = next(t.dtype for t in state.values() if t.is_floating_point())
-    scale = 1.0
-    if dtype is not None:
-        scale = torch.empty(0, dtype=dtype).element_size() / torch.empty(0, dtype=stored).element_size()
-    shards: list[list[tuple[str, Callable[[], torch.Tensor]]]] = [[]]
-    shard_bytes = total = 0
-    for key, produce, size in _hf_tensors(state, config):
-        size = int(size * scale)
-        if shards[-1] and shard_bytes + size > max_shard_bytes:
-            shards.append([])
-            shard_bytes = 0
-        shards[-1].append((key, produce))
-        shard_bytes += size
-        total += size
-    names = (
-        [WEIGHTS_NAME]
-        if len(shards) == 1
-        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    )
+    shards, total = _plan_shards(state, config, dtype, stored, max_shard_bytes or DEFAULT_SHARD_BYTES)
+    names = _shard_names(len(shards), in_use=_weights_in_use(path))
     weight_map = {}
     for name, shard in zip(names, shards):
         tensors = {}
@@ -126,13 +115,15 @@ def save_state_dict(
             weight_map[key] = name
         _atomic_write(path / name, lambda tmp, tensors=tensors: save_file(tensors, tmp, metadata={"format": "pt"}))
         del tensors
-    stale = [INDEX_NAME] if len(shards) == 1 else [WEIGHTS_NAME]
-    stale += [p.name for p in path.glob("model-*-of-*.safetensors") if p.name not in names]
-    for name in stale:
-        (path / name).unlink(missing_ok=True)
-    if len(shards) > 1:
+    if len(shards) > 1:  # the commit: the new index names the new shards
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         _atomic_write(path / INDEX_NAME, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2) + "\n"))
+    else:  # the commit: the single file was replaced above; an old index would still win over it
+        (path / INDEX_NAME).unlink(missing_ok=True)
+    _fsync_dir(path)
+    for stale in [WEIGHTS_NAME, *(p.name for p in path.glob("model-*-of-*.safetensors"))]:
+        if stale not in names:
+            (path / stale).unlink(missing_ok=True)
     config_json = config.to_dict()
     config_json["torch_dtype"] = str(dtype or stored).removeprefix("torch.")
     _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config_json, indent=2) + "\n"))
@@ -142,14 +133,75 @@ def save_state_dict(
     )
 
 
+def _plan_shards(
+    state: dict[str, torch.Tensor], config: ModelConfig, dtype: torch.dtype | None, stored: torch.dtype, limit: int
+) -> tuple[list[list[tuple[str, Callable[[], torch.Tensor]]]], int]:
+    """The tensors grouped into shards of at most `limit` bytes (as saved, in `dtype`), and the total size."""
+    scale = 1.0
+    if dtype is not None:
+        scale = torch.empty(0, dtype=dtype).element_size() / torch.empty(0, dtype=stored).element_size()
+    shards: list[list[tuple[str, Callable[[], torch.Tensor]]]] = [[]]
+    shard_bytes = total = 0
+    for key, produce, size in _hf_tensors(state, config):
+        size = int(size * scale)
+        if shards[-1] and shard_bytes + size > limit:
+            shards.append([])
+            shard_bytes = 0
+        shards[-1].append((key, produce))
+        shard_bytes += size
+        total += size
+    return shards, total
+
+
+def _weights_in_use(path: Path) -> set[str]:
+    """The weight files a load of `path` reads now (what a save over it must not overwrite before its commit)."""
+    index = path / INDEX_NAME
+    if not index.exists():
+        return {WEIGHTS_NAME}
+    try:
+        return {str(name) for name in json.loads(index.read_text())["weight_map"].values()}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return set()  # unreadable: nothing loads from it anyway
+
+
+def _shard_names(count: int, in_use: set[str]) -> list[str]:
+    """model.safetensors, or the usual model-0000i-of-0000n names; where those are what the current index reads,
+    the same names with a suffix (-1: successive saves alternate), so no file a load reads is overwritten."""
+    if count == 1:
+        return [WEIGHTS_NAME]  # replaced by one atomic rename: never half old, half new
+    for n in itertools.count():  # ends: `in_use` is finite
+        suffix = f"-{n}" if n else ""
+        names = [f"model-{i + 1:05d}-of-{count:05d}{suffix}.safetensors" for i in range(count)]
+        if not in_use.intersection(names):
+            return names
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    """Write through a temporary file and rename, so a crash never leaves a half-written file under `target`."""
+    """Write through a temporary file and rename, so a crash never leaves a half-written file under `target`; the
+    data is on disk before the rename, so a power cut cannot leave the new name over missing bytes."""
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
         write(str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the renames inside `path` durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms that cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - filesystems that refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -158,14 +210,16 @@ def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     """A local checkpoint directory, or a Hugging Face hub id fetched (config, tokenizer, safetensors) to the cache."""
-    path = Path(name_or_path)
+    name = str(name_or_path)
+    path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists() and (path / "model" / "config.json").exists():
             return path / "model"  # a training run directory: its final model
         return path
-    name = str(name_or_path)
-    if path.exists() or name.count("/") != 1 or name.startswith((".", "/")):
-        raise FileNotFoundError(f"{name}: not a checkpoint directory (and not a hub id like 'org/model')")
+    if path.exists():
+        raise FileNotFoundError(f"{name} is a file, not a checkpoint directory")
+    if _looks_local(name):  # a mistyped `runs/rl` must not turn into a download of some hub repo "runs/rl"
+        raise FileNotFoundError(f"no such directory {name!r}; for a hub model use org/name")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
@@ -175,9 +229,32 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
         return Path(snapshot_download(name, allow_patterns=patterns))
     except Exception as e:  # offline, unknown repo, gated repo...
         raise FileNotFoundError(
-            f"could not fetch {name!r} from the Hugging Face hub ({type(e).__name__}: {e}). Without network, "
-            f"download it elsewhere (`huggingface-cli download {name}`) and pass the local directory."
+            f"could not fetch {name!r} from the Hugging Face hub ({type(e).__name__}: {e}); it is not a local "
+            f"directory either. Without network, download it elsewhere (`huggingface-cli download {name}`) "
+            f"and pass the local directory."
         ) from None
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")  # org/name, as the hub allows
+
+
+def _looks_local(name: str) -> bool:
+    """Whether a name that is not an existing directory was meant as a local path: it starts like one (./ ../ /
+    ~), is not of the hub's org/name form (no slash, two slashes, other characters), or its first component is a
+    local directory (`runs/rl` with a `runs/` here). Everything else, e.g. deepseek-ai/DeepSeek-R1, is a hub id."""
+    if name.startswith(("./", "../", "/", "~", ".\\")) or _HUB_ID.fullmatch(name) is None or ".." in name:
+        return True
+    return Path(name.split("/")[0]).is_dir()
+
+
+def _check_shard_name(name: object, index: Path) -> None:
+    """An index names files inside its own directory: never a path that reaches elsewhere (../, /, subdirs)."""
+    plain = isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+    if not plain:
+        raise CheckpointError(
+            f"{index} names shard {name!r}, which is not a plain file name in {index.parent}: refused "
+            f"(an index may only point at files next to it)"
+        )
 
 
 def _weight_files(path: Path) -> dict[str, str]:
@@ -188,6 +265,10 @@ def _weight_files(path: Path) -> dict[str, str]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index} is not a valid safetensors index ({e})") from None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to shard files")
+        for name in weight_map.values():
+            _check_shard_name(name, index)
         for name in sorted(set(weight_map.values())):
             if not (path / name).exists():
                 raise CheckpointError(f"{index} lists shard {name}, which is missing from {path}")

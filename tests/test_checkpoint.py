@@ -201,3 +201,138 @@ def test_loading_holds_one_copy_of_the_weights(tmp_path):
     """)
     grown = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
     assert grown < 1.5 * size, (grown, size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# crashes while saving over an existing checkpoint
+
+
+class Crash(Exception):
+    """Stands for the process dying at that instant."""
+
+
+def crash_at(monkeypatch, k: int) -> None:
+    """Raise Crash at the k-th change a save makes to the file system: each write, rename and removal."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    import nanoseek.checkpoint as checkpoint
+
+    calls = iter(range(10**9))
+
+    def gate(function):
+        def gated(*args, **kwargs):
+            if next(calls) == k:
+                raise Crash(f"crash before change {k}: {function.__name__}{args[:2]}")
+            return function(*args, **kwargs)
+
+        return gated
+
+    monkeypatch.setattr(os, "replace", gate(os.replace))
+    monkeypatch.setattr(shutil, "rmtree", gate(shutil.rmtree))
+    monkeypatch.setattr(Path, "unlink", gate(Path.unlink))
+    monkeypatch.setattr(Path, "write_text", gate(Path.write_text))
+    monkeypatch.setattr(checkpoint, "save_file", gate(checkpoint.save_file))
+
+
+def crash_everywhere(monkeypatch, save, check) -> int:
+    """Run `save` once per instant it can crash at, then `check()` the state it left; returns the instants tried."""
+    for k in range(1000):
+        with monkeypatch.context() as m:
+            crash_at(m, k)
+            try:
+                save()
+                finished = True
+            except Crash:
+                finished = False
+        check(finished)
+        if finished:
+            return k
+    raise AssertionError("the save never finished")
+
+
+def _same(model, state):
+    return all(torch.equal(a, state[k]) for k, a in model.state_dict().items())
+
+
+@pytest.mark.parametrize("old_shards, new_shards", [(150_000, 150_000), (None, 150_000), (150_000, None)])
+def test_a_crash_saving_over_a_checkpoint_leaves_the_old_weights_or_the_new(
+    tmp_path, monkeypatch, old_shards, new_shards
+):
+    import shutil
+
+    config = random_config(3)
+    old, new = random_model(config, seed=1), random_model(config, seed=2)
+    pristine = tmp_path / "pristine"
+    old.save_pretrained(pristine, max_shard_bytes=old_shards)
+    target, seen = tmp_path / "ckpt", []
+
+    def save():
+        new.save_pretrained(target, max_shard_bytes=new_shards)
+
+    def check(finished):
+        loaded = nanoseek.from_pretrained(target).state_dict()  # loadable, whatever instant the crash came
+        is_old, is_new = _same(old, loaded), _same(new, loaded)
+        assert is_old or is_new, "a mix of the old and the new weights"
+        assert is_new or not finished
+        seen.append(is_new)
+        shutil.rmtree(target)
+        shutil.copytree(pristine, target)
+
+    shutil.copytree(pristine, target)
+    assert crash_everywhere(monkeypatch, save, check) > 3
+    assert False in seen and seen[-1]
+    save()  # saving again over the new weights (shard names alternate) keeps every file named in the index
+    assert _same(new, nanoseek.from_pretrained(target).state_dict())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# local paths, hub ids, and what an index may point at
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """Record hub downloads instead of making them."""
+    import huggingface_hub
+
+    fetched = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda name, **_: fetched.append(name) or str(tmp_path))
+    return fetched
+
+
+@pytest.mark.parametrize("name", ["runs/rl", "./rl", "../rl", "/no/such/rl", "~/no-such-rl", "a/b/c", "rl", "a/../b"])
+def test_a_missing_local_path_is_refused_not_fetched(hub, tmp_path, monkeypatch, name):
+    from nanoseek.checkpoint import resolve_model_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()  # `runs/rl` names a directory inside an existing local one: a typo, not a repo
+    with pytest.raises(FileNotFoundError, match=r"no such directory .*; for a hub model use org/name"):
+        resolve_model_path(name)
+    assert hub == []
+
+
+def test_hub_ids_still_go_to_the_hub(hub, tmp_path, monkeypatch):
+    from nanoseek.checkpoint import resolve_model_path
+
+    monkeypatch.chdir(tmp_path)
+    for name in ["deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "Qwen/Qwen2.5-0.5B", "org_1/model.v2"]:
+        assert resolve_model_path(name) == tmp_path
+    assert hub == ["deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "Qwen/Qwen2.5-0.5B", "org_1/model.v2"]
+
+
+@pytest.mark.parametrize("where", ["../outside.safetensors", "ABSOLUTE", "sub/../../outside.safetensors", ".."])
+def test_an_index_pointing_outside_its_directory_is_refused(tmp_path, where):
+    import shutil
+
+    model = random_model(random_config(3))
+    path = tmp_path / "ckpt"
+    model.save_pretrained(path, max_shard_bytes=150_000)
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    shard = next(iter(index["weight_map"].values()))
+    shutil.copy(path / shard, tmp_path / "outside.safetensors")  # a readable file: only the rule can refuse it
+    where = str(tmp_path / "outside.safetensors") if where == "ABSOLUTE" else where
+    index["weight_map"] = {k: where if v == shard else v for k, v in index["weight_map"].items()}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"names shard .*not a plain file name"):
+        nanoseek.from_pretrained(path)

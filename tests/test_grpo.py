@@ -6,19 +6,11 @@ import pytest
 import torch
 from helpers import tiny_checkpoint
 
-from nanoseek.config import preset
-from nanoseek.model import build_model
+from nanoseek.engine import SamplingParams
+from nanoseek.engine.sampling import filtered_probs
 from nanoseek.tasks import get_task
-from nanoseek.train.grpo import (
-    RLConfig,
-    Rollout,
-    _logprobs_no_grad,
-    _pad,
-    _token_logprobs,
-    advantages,
-    policy_loss,
-    trace_messages,
-)
+from nanoseek.train import grpo
+from nanoseek.train.grpo import RLConfig, Rollout, _pad, advantages, policy_loss, trace_messages
 
 CONFIG = RLConfig(out="unused", init_from="unused")
 
@@ -52,21 +44,6 @@ def test_policy_loss_gradient_clipping_and_kl():
     loss, stats = policy_loss(far, far.detach(), logp.detach(), torch.tensor([0.0]), mask, config)
     loss.backward()
     assert stats["kl"] > 0 and (far.grad[0, :2] < 0).all()  # raising logp toward the reference lowers the loss
-
-
-def test_single_update_shortcut_equals_a_separate_old_policy_forward():
-    """One update per batch: the current log-probs stand in for the sampling policy's (no extra forward)."""
-    model = build_model(preset("nano"), seed=0)
-    ids = torch.randint(0, model.config.vocab_size, (4, 12))
-    targets, mask, adv = torch.roll(ids, -1, 1), torch.ones(4, 12, dtype=torch.bool), torch.tensor([1.0, -1, 0.5, 0])
-    grads = []
-    for explicit in (True, False):
-        model.zero_grad()
-        logp, _ = _token_logprobs(model, ids, targets)
-        old = _logprobs_no_grad(model, ids, targets, chunk=3) if explicit else logp.detach()
-        policy_loss(logp, old, None, adv, mask, CONFIG)[0].backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
-    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
 @pytest.mark.parametrize("agg", ["token", "sequence", "constant"])
@@ -103,6 +80,59 @@ def test_trace_messages_round_trip_through_the_template(tmp_path):
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("start"), max_position_embeddings=512)
+
+
+def _word_problems(path, n):
+    lines = [
+        {"question": f"Bo has {i} pens and finds {i + 2}. How many?", "answer": f"#### {2 * i + 2}"} for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+@pytest.fixture
+def trainer(start, tmp_path):
+    config = RLConfig(
+        out=str(tmp_path / "run"),
+        init_from=str(start),
+        tasks=[str(_word_problems(tmp_path / "problems.jsonl", 200))],
+        prompts_per_step=2,
+        group_size=3,
+        max_tokens=12,
+        temperature=0.6,
+        kl_beta=0.05,
+        eval_problems=50,
+        threads=1,
+        progress=False,
+    )
+    return grpo.GRPOTrainer(config)
+
+
+def test_rl_on_a_file_never_evaluates_on_a_training_problem(trainer):
+    train, held_out = {e.prompt for e in trainer.pool}, {e.prompt for e in trainer.eval_examples}
+    assert train and held_out and not train & held_out
+
+
+@pytest.mark.parametrize("epochs", [1, 2])  # 1: the single-update shortcut (old = current); 2: a separate forward
+def test_scored_logprobs_are_the_engines_sampling_distribution(trainer, monkeypatch, epochs):
+    """Off temperature 1, the log-probs GRPO optimises (current, old and reference) are those of the distribution
+    the engine sampled from: softmax(logits / T), computed here independently through the engine's sampler."""
+    trainer.config.epochs = epochs
+    batch = trainer.rollouts()
+    ids, mask, targets = _pad(batch, trainer.tokenizer.pad_id)
+    with torch.no_grad():
+        logits = trainer.policy(ids).float()[mask]
+    probs = filtered_probs(logits, [SamplingParams(temperature=trainer.config.temperature)] * len(logits))
+    expected = probs.gather(1, targets[mask].unsqueeze(1)).squeeze(1).log()
+    assert (expected - logits.log_softmax(-1).gather(1, targets[mask].unsqueeze(1)).squeeze(1)).abs().max() > 1e-2
+    seen = []
+    original = grpo.policy_loss
+    monkeypatch.setattr(grpo, "policy_loss", lambda *args: seen.append(args) or original(*args))
+    trainer.optimize(batch)
+    logp, old, ref, _, first_mask, _ = seen[0]  # the first minibatch: the weights that sampled
+    assert first_mask.sum() == mask.sum()  # one minibatch holds the whole batch, in some order
+    for scored in (logp.detach(), old, ref):
+        assert torch.allclose(scored[first_mask].sort().values, expected.sort().values, atol=1e-5)
 
 
 def _run(out, start, **extra):

@@ -523,3 +523,41 @@ def test_at_most_returns_the_whole_split_instead_of_failing():
         task.generate(5000, "train")
     pool = task.generate(5000, "train", at_most=True)
     assert 3000 < len(pool) < 4095 and len({task.canonical(ex) for ex in pool}) == len(pool)
+
+
+def _word_problems(path, n):
+    return write_jsonl(
+        path,
+        [
+            {"question": f"Ann has {i} apples and buys {i + 3}. How many?", "answer": f"#### {2 * i + 3}"}
+            for i in range(n)
+        ],
+    )
+
+
+def test_file_tasks_split_train_and_test_apart(tmp_path):
+    """RL trains on load_examples(file, "train") and evaluates on load_examples(file, "test"): never one problem."""
+    from nanoseek.eval.evaluate import load_examples
+
+    path = _word_problems(tmp_path / "problems.jsonl", 300)
+    train, test = load_examples(str(path), 1000, "train"), load_examples(str(path), 1000, "test")
+    assert not {e.prompt for e in train} & {e.prompt for e in test}
+    assert len(train) + len(test) == 300 and 10 <= len(test) <= 60  # every line lands somewhere; ~10% held out
+    assert all(split_of("gsm8k", e.prompt) == "test" for e in test)  # the generated tasks' content-hash rule
+    assert load_examples(str(path), 5, "test") == test[:5]
+    assert len(load_gsm8k(path)) == 300  # no split asked: the whole file
+
+
+def test_a_lines_own_split_field_wins(tmp_path):
+    from nanoseek.eval.evaluate import load_examples
+
+    lines = [json.loads(line) for line in _word_problems(tmp_path / "p.jsonl", 40).read_text().splitlines()]
+    by_hash = [split_of("gsm8k", line["question"]) for line in lines]
+    flipped = [{**line, "split": "train" if s == "test" else "test"} for line, s in zip(lines, by_hash)]
+    path = write_jsonl(tmp_path / "flipped.jsonl", flipped)
+    test = load_examples(str(path), 100, "test")
+    assert {e.prompt for e in test} == {line["question"] for line, s in zip(lines, by_hash) if s == "train"}
+    with pytest.raises(ValueError, match=r"holds no 'test' problems"):
+        load_examples(str(write_jsonl(tmp_path / "t.jsonl", [{**lines[0], "split": "train"}])), 10, "test")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: 'split' must be one of"):
+        load_gsm8k(write_jsonl(tmp_path / "bad.jsonl", [{**lines[0], "split": "validation"}]), split="test")

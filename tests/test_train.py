@@ -337,3 +337,85 @@ def test_every_run_config_round_trips_through_its_command_line(command):
         f.name for (f, _, a), (_, _, b) in zip(_walk(type(config), config), _walk(type(default), default)) if a == b
     }
     assert same <= {"mode", "warmup_fraction"} | {f.name for f, _, v in _walk(type(config), config) if v is None}
+
+
+def _chat(path: Path, n: int = 40) -> Path:
+    task = get_task("addition")
+    with open(path, "w") as f:
+        for ex in task.generate(n, seed=6):
+            messages = [{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.answer}]
+            f.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["pretrain", "sft"])
+def test_batches_are_made_on_the_models_device(tmp_path, monkeypatch, mode):
+    """On one GPU the model goes to CUDA and so must every batch. No GPU here: the run's device is `meta`, where a
+    model can be built and a batch placed, so a batch left on the CPU shows."""
+    from helpers import tiny_checkpoint
+
+    from nanoseek.train import distributed
+    from nanoseek.train import trainer as trainer_module
+
+    start = tiny_checkpoint(tmp_path / "start")
+    data = _corpus(tmp_path / "corpus.txt", 200) if mode == "pretrain" else _chat(tmp_path / "chat.jsonl")
+    monkeypatch.setattr(distributed, "setup", lambda: distributed.Dist(device=torch.device("meta")))
+    monkeypatch.setattr(trainer_module, "matmul_peak", lambda *args: 1e12)  # nothing to time on meta
+    config = trainer_module.TrainConfig(
+        out=str(tmp_path / "run"),
+        data=[str(data)],
+        mode=mode,
+        init_from=str(start),
+        batch_size=2,
+        seq_len=32,
+        val_fraction=0.3,
+        progress=False,
+    )
+    trainer = trainer_module.Trainer(config)
+    device = next(trainer.model.parameters()).device
+    assert device.type == "meta"
+    for loader in (trainer.train_loader, trainer.val_loader):
+        inputs, targets = next(loader)
+        assert inputs.device == targets.device == device
+
+
+def test_fp8_without_a_gpu_is_refused_before_reading_data(workspace, tmp_path, monkeypatch):
+    from nanoseek.train import distributed
+    from nanoseek.train.trainer import TrainConfig, Trainer
+
+    monkeypatch.setattr(distributed, "setup", lambda: distributed.Dist(device=torch.device("cpu")))  # GPU or not
+    missing = str(tmp_path / "no-such-corpus.txt")
+    config = TrainConfig(out=str(tmp_path / "run"), data=[missing], tokenizer=str(workspace / "tok"), fp8=True)
+    with pytest.raises(ValueError, match=r"--fp8 needs an NVIDIA GPU.*this run is on cpu"):
+        Trainer(config)
+
+
+def test_a_crash_while_a_finished_run_saves_again_leaves_latest_loadable(tmp_path, monkeypatch):
+    """A finished run resumed saves its last step again: LATEST must lead to a whole checkpoint at every instant."""
+    from helpers import random_config, random_model
+    from test_checkpoint import _same, crash_everywhere
+
+    from nanoseek.train.state import RunDir
+
+    config = random_config(3)
+    first, second = random_model(config, seed=1), random_model(config, seed=2)
+    run = RunDir(tmp_path / "run")
+
+    def save(model, step=5, keep=1):
+        staging = run.begin(step)
+        model.save_pretrained(staging / "model", max_shard_bytes=150_000)
+        return run.commit(step, {"step": step, "seed": id(model)}, keep=keep)
+
+    def check(finished):
+        latest = run.latest()
+        assert json.loads((latest / "trainer_state" / "state.json").read_text())["step"] == 5
+        loaded = nanoseek.from_pretrained(latest / "model").state_dict()
+        assert _same(second if finished else first, loaded) or _same(second, loaded)
+
+    for _ in range(2):  # the second time round a crashed save's leftovers are in the directory too
+        save(first)
+        crash_everywhere(monkeypatch, lambda: save(second), check)
+    assert run.latest() == run.checkpoints / "step_000005"
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["LATEST", "step_000005"]
+    save(first, step=3, keep=1)  # an older step committed later (LATEST pointed back by hand): never pruned away
+    assert run.latest() == run.checkpoints / "step_000003"

@@ -18,9 +18,17 @@ THINK_OPEN = "<think>\n"
 
 def load_examples(spec: str, n: int, split: str = "test", seed: int = 0, at_most: bool = False) -> list[Example]:
     """`spec`: a task name with optional difficulty ("addition", "addition:digits=4"), or a GSM8K/MATH JSONL file.
+
+    Either way only problems of `split` are returned, so training and evaluation on one spec never overlap.
     `at_most`: fewer than n where the task has fewer (see Task.generate)."""
     if spec.endswith(".jsonl") or Path(spec).is_file():
-        return load_gsm8k(spec)[:n]
+        examples = load_gsm8k(spec, split=split)
+        if not examples:  # a silent empty pool would fail later (or evaluate nothing) far from the cause
+            raise ValueError(
+                f"{spec} holds no {split!r} problems (the split is each line's 'split' field, else a content hash "
+                f"that puts ~10% of problems in 'test')"
+            )
+        return examples[:n]
     name, _, options = spec.partition(":")
     difficulty = {}
     for item in filter(None, options.split(",")):

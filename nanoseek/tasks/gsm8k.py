@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from nanoseek.tasks.base import Example, Task, content_hash
+from nanoseek.tasks.base import SPLITS, Example, Task, content_hash, split_of
 from nanoseek.tasks.verify import extract_answer, last_boxed, numbers_match
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator annotations: "48/2 = <<48/2=24>>24"
@@ -66,6 +66,17 @@ def _math(record: dict, where: str) -> tuple[str, dict]:
     return answer, {"problem": record["problem"], "solution": solution}
 
 
+def _split(record: dict, task: str, prompt: str, where: str) -> str:
+    """A line's own "split" field where it has one; otherwise the content-hash split every generated task uses, so
+    one file can feed both training and held-out evaluation without a problem landing in both."""
+    given = record.get("split")
+    if given is None:
+        return split_of(task, " ".join(prompt.split()))  # whitespace-insensitive: a re-wrapped copy stays on its side
+    if given not in SPLITS:
+        raise ValueError(f"{where}: 'split' must be one of {SPLITS}, got {given!r}")
+    return given
+
+
 def _example(record: Any, where: str, split_name: str) -> Example:
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
@@ -79,16 +90,22 @@ def _example(record: Any, where: str, split_name: str) -> Example:
             f"and 'solution'; got keys {sorted(record)}"
         )
     data["source"] = where
+    data["split"] = _split(record, task, prompt, where)
     digest = content_hash(task, f"{prompt}\n{answer}")[:16]
     return Example(id=f"{task}/{split_name}/{digest}", task=task, prompt=prompt, answer=answer, data=data)
 
 
-def load_gsm8k(path: str | Path, split_name: str = "gsm8k") -> list[Example]:
+def load_gsm8k(path: str | Path, split_name: str = "gsm8k", split: str | None = None) -> list[Example]:
     """Examples from a GSM8K- or MATH-style JSONL file (one JSON object per line; blank lines skipped).
 
-    `split_name` labels the examples' ids ("gsm8k/<split_name>/<hash>"), e.g. "gsm8k-test". A malformed line
-    is a ValueError naming the file and line number.
+    `split` ("train" or "test") keeps only that split's problems: a line's own "split" field where it has one,
+    else the content-hash split of the generated tasks (about 10% test), so RL's training pool and its held-out
+    evaluation never share a problem. None keeps every line. To evaluate a whole file (a benchmark's test set),
+    give each line "split": "test". `split_name` labels the examples' ids ("gsm8k/<split_name>/<hash>"), e.g.
+    "gsm8k-test". A malformed line is a ValueError naming the file and line number.
     """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     path = Path(path)
     examples = []
     with path.open("rb") as file:  # decoded line by line, so a bad byte is reported with its line number
@@ -103,5 +120,7 @@ def load_gsm8k(path: str | Path, split_name: str = "gsm8k") -> list[Example]:
                 raise ValueError(f"{where}: not UTF-8 text") from None
             except json.JSONDecodeError as error:
                 raise ValueError(f"{where}: not valid JSON ({error.msg}); expected one JSON object per line") from None
-            examples.append(_example(record, where, split_name))
+            example = _example(record, where, split_name)
+            if split is None or example.data["split"] == split:
+                examples.append(example)
     return examples

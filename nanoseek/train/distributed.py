@@ -64,7 +64,15 @@ def shard(model: nn.Module) -> nn.Module:
 
 
 def all_reduce_(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    """Sum over ranks, in place. NCCL reduces CUDA tensors only, so CPU bookkeeping (the step's loss sums,
+    validation totals) makes a round trip through this rank's GPU."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return tensor
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        staged = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(staged)
+        tensor.copy_(staged)
+    else:
         dist.all_reduce(tensor)
     return tensor
 

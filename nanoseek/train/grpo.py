@@ -280,9 +280,12 @@ class GRPOTrainer:
         adv = torch.tensor([r.advantage for r in batch])
         # a single update on the whole batch is on-policy: the sampling policy's log-probs are the current ones
         # (ratio 1, gradient intact), so the extra no-grad forward that would compute them is skipped
+        # Every log-prob is of the policy that sampled: logits / temperature, as the engine drew them (the reference
+        # too, so the KL compares like with like); at temperature 1 the ratio above would be off by the tempering.
+        t = c.temperature
         single_update = c.epochs == 1 and len(batch) <= c.minibatch_size
-        old = None if single_update else _logprobs_no_grad(self.policy, ids, targets, c.minibatch_size)
-        ref = None if self.reference is None else _logprobs_no_grad(self.reference, ids, targets, c.minibatch_size)
+        old = None if single_update else _logprobs_no_grad(self.policy, ids, targets, c.minibatch_size, t)
+        ref = None if self.reference is None else _logprobs_no_grad(self.reference, ids, targets, c.minibatch_size, t)
         totals: dict[str, float] = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "entropy": 0.0}
         updates = 0
         generator = torch.Generator().manual_seed(c.seed + self.step)
@@ -290,7 +293,7 @@ class GRPOTrainer:
             order = torch.randperm(len(batch), generator=generator)
             for s in range(0, len(batch), c.minibatch_size):
                 rows = order[s : s + c.minibatch_size]
-                logp, entropy = _token_logprobs(self.policy, ids[rows], targets[rows], with_entropy=True)
+                logp, entropy = _token_logprobs(self.policy, ids[rows], targets[rows], t, with_entropy=True)
                 old_logp = logp.detach() if old is None else old[rows]
                 loss, part = policy_loss(logp, old_logp, None if ref is None else ref[rows], adv[rows], mask[rows], c)
                 loss.backward()
@@ -396,9 +399,12 @@ def _pad(batch: list[Rollout], pad_id: int) -> tuple[torch.Tensor, torch.Tensor,
     return ids, mask, targets
 
 
-def _token_logprobs(model, ids: torch.Tensor, targets: torch.Tensor, with_entropy: bool = False):
-    """Log-probability of each next token (and the policy's entropy) at every position: [B, T] each."""
-    logits = model(ids).float()
+def _token_logprobs(
+    model, ids: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False
+):
+    """Log-probability of each next token (and the policy's entropy) at every position under the sampling policy
+    softmax(logits / temperature): [B, T] each."""
+    logits = model(ids).float() / temperature
     logp_all = F.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
@@ -406,8 +412,13 @@ def _token_logprobs(model, ids: torch.Tensor, targets: torch.Tensor, with_entrop
 
 
 @torch.no_grad()
-def _logprobs_no_grad(model, ids: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-    parts = [_token_logprobs(model, ids[s : s + chunk], targets[s : s + chunk])[0] for s in range(0, len(ids), chunk)]
+def _logprobs_no_grad(
+    model, ids: torch.Tensor, targets: torch.Tensor, chunk: int, temperature: float = 1.0
+) -> torch.Tensor:
+    parts = [
+        _token_logprobs(model, ids[s : s + chunk], targets[s : s + chunk], temperature)[0]
+        for s in range(0, len(ids), chunk)
+    ]
     return torch.cat(parts)
 
 

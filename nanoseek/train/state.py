@@ -9,7 +9,9 @@
       model/                         the final model (a plain checkpoint directory: serve it, export it)
 
 A checkpoint is written under a temporary name and renamed when complete; LATEST is replaced atomically after
-that, so `--resume` only ever sees whole checkpoints.
+that, so `--resume` only ever sees whole checkpoints. A step saved a second time (a finished run resumed) parks
+the first copy as `.old_step_N` before the new one takes its name, and `latest()` reads the parked copy while
+the name is empty: whatever instant a crash comes, LATEST leads to a whole checkpoint.
 """
 
 from __future__ import annotations
@@ -88,12 +90,17 @@ class RunDir:
         if not marker.exists():
             return None
         path = self.checkpoints / marker.read_text().strip()
-        if not (path / "trainer_state" / "state.json").exists() or not (path / "model" / "config.json").exists():
-            raise FileNotFoundError(
-                f"{marker} names {path.name}, which is incomplete or missing: remove {marker} "
-                f"to start over, or point it at an earlier checkpoint in {self.checkpoints}"
-            )
-        return path
+        for candidate in (path, self._parked(path.name)):  # parked: a crash while this step was saved again
+            if _complete(candidate):
+                return candidate
+        raise FileNotFoundError(
+            f"{marker} names {path.name}, which is incomplete or missing: remove {marker} "
+            f"to start over, or point it at an earlier checkpoint in {self.checkpoints}"
+        )
+
+    def _parked(self, name: str) -> Path:
+        """Where a committed checkpoint waits while the same step is committed again."""
+        return self.checkpoints / f".old_{name}"
 
     def staging(self, step: int) -> Path:
         """Where checkpoint `step` is written before it is committed (the same path on every rank)."""
@@ -111,17 +118,25 @@ class RunDir:
         (tmp / "trainer_state" / "state.json").write_text(json.dumps(trainer_state, indent=2, default=str))
         _fsync_tree(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            # The step is saved again (a finished run resumed, say) and LATEST may name it: deleting it first would
+            # leave LATEST naming nothing until the rename. Park it instead; latest() reads it meanwhile.
+            parked = self._parked(final.name)
+            shutil.rmtree(parked, ignore_errors=True)  # a leftover: `final` is whole whenever it exists
+            os.replace(final, parked)
         os.replace(tmp, final)
+        _fsync_dir(self.checkpoints)
         atomic_write_text(self.checkpoints / LATEST, final.name + "\n")
-        self._prune(keep)
+        self._prune(keep, final)
         return final
 
-    def _prune(self, keep: int) -> None:
-        steps = sorted(p for p in self.checkpoints.glob("step_*") if p.is_dir())
+    def _prune(self, keep: int, current: Path) -> None:
+        """Keep the newest `keep` checkpoints by step, and always `current` (the one LATEST names)."""
+        steps = sorted((p for p in self.checkpoints.glob("step_*") if p.is_dir()), key=_step_number)
         for old in steps[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-        for stale in self.checkpoints.glob(".tmp_step_*"):  # left by a run killed mid-save
+            if old != current:
+                shutil.rmtree(old, ignore_errors=True)
+        # left by a run killed mid-save; parked copies are unneeded now that LATEST names a whole `current`
+        for stale in [*self.checkpoints.glob(".tmp_step_*"), *self.checkpoints.glob(".old_step_*")]:
             shutil.rmtree(stale, ignore_errors=True)
 
     def publish(self, checkpoint: Path) -> Path:
@@ -152,6 +167,30 @@ def _fsync_tree(path: Path) -> None:
         if file.is_file():
             with open(file, "rb") as f:
                 os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames inside `path` durable (a power cut must not undo a commit that LATEST already names)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms that cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _complete(checkpoint: Path) -> bool:
+    return (checkpoint / "trainer_state" / "state.json").exists() and (checkpoint / "model" / "config.json").exists()
+
+
+def _step_number(checkpoint: Path) -> int:
+    """step_000200 -> 200 (by number, not by name: step_1000000 sorts after step_999999)."""
+    digits = checkpoint.name.removeprefix("step_")
+    return int(digits) if digits.isdigit() else -1
 
 
 def rng_state() -> dict[str, Any]:

@@ -99,6 +99,8 @@ class Trainer:
         config.validate()
         self.config = config
         self.dist = distributed.setup()
+        if config.fp8:  # refused before any data is read or tokenised, not minutes into setup
+            _check_fp8(self.dist.device)
         if config.threads:
             torch.set_num_threads(config.threads)
         keep_freed_memory()
@@ -191,8 +193,13 @@ class Trainer:
 
         shards = self._shards()
         c, d = self.config, self.dist
-        common = dict(
-            batch_size=c.batch_size, seq_len=c.seq_len, rank=d.rank, world_size=d.world_size, tokenizer=self.tokenizer
+        common = dict(  # batches are made where the model is (a single GPU, too: not only under torchrun)
+            batch_size=c.batch_size,
+            seq_len=c.seq_len,
+            rank=d.rank,
+            world_size=d.world_size,
+            tokenizer=self.tokenizer,
+            device=d.device,
         )
         train = TokenLoader(shards, "train", seed=c.seed, **common)
         try:
@@ -239,6 +246,7 @@ class Trainer:
             rank=d.rank,
             world_size=d.world_size,
             pad_id=self.tokenizer.pad_id,
+            device=d.device,  # batches are made where the model is
         )
         train = SFTLoader(splits["train"], seed=c.seed, **common)
         try:
@@ -462,10 +470,18 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, desc="training", unit="step", disable=not enabled, dynamic_ncols=True)
 
 
+def _check_fp8(device: torch.device) -> None:
+    """FP8 training runs on CUDA devices with FP8 tensor cores only: say so plainly instead of failing in torchao."""
+    on_fp8_gpu = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    if not on_fp8_gpu:
+        raise ValueError(
+            "--fp8 needs an NVIDIA GPU with FP8 tensor cores (compute capability 8.9+: Ada, Hopper); "
+            f"this run is on {device}: drop --fp8 (or use --precision bf16)"
+        )
+
+
 def _enable_fp8(model: DeepseekV3ForCausalLM) -> None:
     """Float8 matmuls for the large linear layers (torchao's float8 training), on GPUs that have FP8."""
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
-        raise ValueError("--fp8 needs an NVIDIA GPU with FP8 tensor cores (compute capability 8.9+: Ada, Hopper)")
     try:
         from torchao.float8 import convert_to_float8_training
     except ImportError:
