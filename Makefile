@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(BIN)/ruff check nanoseek tests benchmarks
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP)  # tests marked slow: the speed benchmarks end to end at their smallest settings (~3 min)
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)

@@ -27,6 +27,26 @@ def timed(step: Callable[[], object], warmup: int, steps: int) -> tuple[float, l
     return times[len(times) // 2], results
 
 
+ADAMW_IMPLEMENTATIONS = ("fused", "foreach", "for-loop")
+
+
+def adamw(params, implementation: str = "fused", **kwargs) -> torch.optim.AdamW:
+    """torch.optim.AdamW with its implementation chosen explicitly, so both sides of a comparison run the same
+    kernel (left to torch, CPU tensors get the slow per-parameter loop while a library may pick the fused one)."""
+    if implementation not in ADAMW_IMPLEMENTATIONS:
+        raise ValueError(f"AdamW implementation must be one of {ADAMW_IMPLEMENTATIONS}, got {implementation!r}")
+    return torch.optim.AdamW(params, fused=implementation == "fused", foreach=implementation == "foreach", **kwargs)
+
+
+def describe_optimizer(opt: torch.optim.Optimizer) -> str:
+    """The optimizer class and the implementation it runs, e.g. "torch.optim.AdamW(fused=True, foreach=False)"."""
+    flags = {k: opt.defaults.get(k) for k in ("fused", "foreach") if k in opt.defaults}
+    cls = type(opt)
+    return (
+        f"{cls.__module__.replace('.adamw', '')}.{cls.__qualname__}({', '.join(f'{k}={v}' for k, v in flags.items())})"
+    )
+
+
 def table(rows: list[dict], columns: list[str]) -> str:
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]

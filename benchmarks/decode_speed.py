@@ -12,12 +12,18 @@
     python benchmarks/decode_speed.py --sections a c --presets bench-18m
     python benchmarks/decode_speed.py --mtp-checkpoint runs/speedrun/base   # (d) on a pretrained model
     python benchmarks/decode_speed.py --sections e --qwen2-vocab 32768      # (e) with a smaller vocabulary
+
+Both sides are timed the same way: the prompt is prefilled (and its first token produced) before the clock starts,
+and the clock stops at the last token, so a figure is (new tokens - 1) / decode seconds. nanoseek's engine is
+stepped until the prompt is cached; transformers' `generate` runs once and a stopping criterion (called after
+every token) records when each token was produced. Each figure is the median of --repeats runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
 import tempfile
 import time
@@ -67,7 +73,16 @@ def weight_bytes_per_token(model) -> float:
     return total + config.hidden_size * 4  # one embedding row
 
 
+REPEATS = 3  # runs per figure (the median is reported); main() sets it from --repeats
+
+
 def ours_decode(model, prompts: list[list[int]], new_tokens: int, speculative: bool = False) -> tuple[float, Engine]:
+    """Median decode tokens/s over REPEATS runs (each on a fresh engine), and the last run's engine."""
+    runs = [_ours_decode_once(model, prompts, new_tokens, speculative) for _ in range(REPEATS)]
+    return statistics.median(r[0] for r in runs), runs[-1][1]
+
+
+def _ours_decode_once(model, prompts: list[list[int]], new_tokens: int, speculative: bool) -> tuple[float, Engine]:
     engine = Engine(model, speculative=speculative, max_step_tokens=4096)
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     engine.generate([p[:8] for p in prompts], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
@@ -85,19 +100,37 @@ def ours_decode(model, prompts: list[list[int]], new_tokens: int, speculative: b
 
 
 def theirs_decode(path: str, prompt: list[int], new_tokens: int, dtype=torch.float32) -> float:
+    """Median decode tokens/s of transformers' greedy `generate` over REPEATS runs, timed as ours_decode times the
+    engine: from the first generated token (prefill done) to the last, within one `generate` call."""
     import transformers
+
+    class TokenClock(transformers.StoppingCriteria):
+        """Never stops generation; records when each new token was appended (generate calls it per token)."""
+
+        def __init__(self):
+            self.times: list[float] = []
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.times.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     ids = torch.tensor([prompt])
+    rates = []
     with torch.inference_mode():
         model.generate(ids[:, :8], max_new_tokens=4, do_sample=False)
-        start = time.perf_counter()
-        model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
-        prefill = time.perf_counter() - start
-        start = time.perf_counter()
-        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        total = time.perf_counter() - start
-    return (new_tokens - 1) / max(total - prefill, 1e-9)
+        for _ in range(REPEATS):
+            clock = TokenClock()
+            out = model.generate(
+                ids,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                stopping_criteria=transformers.StoppingCriteriaList([clock]),
+            )
+            assert out.shape[1] - ids.shape[1] == new_tokens == len(clock.times), (out.shape, len(clock.times))
+            rates.append((new_tokens - 1) / (clock.times[-1] - clock.times[0]))
+    return statistics.median(rates)
 
 
 def section_a_b(presets: list[str], bandwidth: float, sections: set[str]) -> list[dict]:
@@ -249,12 +282,19 @@ def main() -> None:
     parser.add_argument("--mtp-checkpoint", help="a checkpoint with a trained MTP module for section d")
     parser.add_argument("--qwen2-vocab", type=int, default=QWEN2_0_5B["vocab_size"], help="vocabulary for (e)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported")
     args = parser.parse_args()
+    global REPEATS
+    REPEATS = args.repeats
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     sections = set(args.sections)
     bandwidth = read_bandwidth()
-    print(f"memory read bandwidth: {bandwidth / 1e9:.1f} GB/s; {args.threads} threads", flush=True)
+    print(
+        f"memory read bandwidth: {bandwidth / 1e9:.1f} GB/s; {args.threads} threads; every tok/s is the median of "
+        f"{REPEATS} runs, decode only (prefill and first token excluded) on both sides",
+        flush=True,
+    )
     if sections & {"a", "b"}:
         rows = section_a_b(args.presets, bandwidth, sections)
         print("\n(a, b) batch-1 greedy decode, nanoseek engine vs transformers generate (fp32):\n")

@@ -37,10 +37,21 @@ def nanoseek(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "nanoseek.cli", *args], check=True, capture_output=True)
 
 
-def pass1(model: Path, task: str, problems: int) -> float:
+def pass1(model: Path, task: str, problems: int, max_tokens: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "eval.json"
-        nanoseek("eval", str(model), "--tasks", task, "--n", str(problems), "--max-tokens", "120", "--json", str(out))
+        nanoseek(
+            "eval",
+            str(model),
+            "--tasks",
+            task,
+            "--n",
+            str(problems),
+            "--max-tokens",
+            str(max_tokens),
+            "--json",
+            str(out),
+        )
         return json.loads(out.read_text())[0]["pass1_greedy"]
 
 
@@ -51,12 +62,12 @@ def active_params(model: Path) -> int:
     return parameter_counts(ModelConfig.from_json(model / "config.json")).active
 
 
-def direct_only_student(run: Path, plan: dict, work: Path) -> Path:
+def direct_only_student(run: Path, plan: dict, task: str, work: Path) -> Path:
     """The speedrun's student base, pretrained the same way on the same problems with direct answers only."""
     from nanoseek.tasks import get_task
     from nanoseek.tasks.corpus import solution_documents
 
-    examples = get_task(plan["task"]).generate(plan["corpus_problems"], "train", seed=1)
+    examples = get_task(task.partition(":")[0]).generate(plan["corpus_problems"], "train", seed=1)
     corpus = work / "direct.jsonl"
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in solution_documents(examples, 0.0)))
     out = work / "student_direct"
@@ -87,10 +98,85 @@ def direct_only_student(run: Path, plan: dict, work: Path) -> Path:
     return out / "model"
 
 
+def rl_arm(plan: dict, task: str, init: Path, out: Path, budget: float, seed: int, problems: int) -> list[str]:
+    """`nanoseek rl` arguments for the RL arm: the speedrun's own GRPO recipe (Speedrun.stage_rl, read from the
+    run's plan: prompts, group, lr, max tokens, AdamW at a constant lr, no weight decay, T=1, no KL, GRPO
+    advantages), every setting spelled out so a change of the CLI's defaults cannot change it silently. Only the
+    length differs: the same wall clock as the distillation arm instead of plan["rl_steps"]. The run evaluates
+    itself on `problems` held-out problems before and after (outside the time budget)."""
+    return [
+        "rl",
+        "--init-from",
+        str(init),
+        "--out",
+        str(out),
+        "--recipe",
+        "r1-zero",
+        "--tasks",
+        task,
+        "--steps",
+        "100000",
+        "--time-budget",
+        str(budget),
+        "--prompts-per-step",
+        str(plan["rl_prompts"]),
+        "--group-size",
+        str(plan["rl_group"]),
+        "--max-tokens",
+        str(plan["max_tokens"]),
+        "--optimizer",
+        "adamw",
+        "--lr",
+        str(plan["rl_lr"]),
+        "--temperature",
+        "1.0",
+        "--advantage",
+        "grpo",
+        "--loss-agg",
+        "token",
+        "--kl-beta",
+        "0",
+        "--format-weight",
+        "0.1",
+        "--eval-every",
+        str(10**9),
+        "--eval-problems",
+        str(problems),
+        "--save-every",
+        str(10**9),
+        "--seed",
+        str(seed),
+        "--no-progress",
+    ]
+
+
+def rl_curve(run: Path) -> dict:
+    """The RL run's own record: steps taken, and reward / accuracy / format rate / response length of its first
+    and last steps, with its held-out pass@1 before and after (so a run that went wrong shows where)."""
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if r["kind"] == "rl"]
+    evals = [r for r in lines if r["kind"] == "eval"]
+    if not steps:
+        return {"steps": 0, "summary": "no RL step ran"}
+    head, tail = steps[: max(1, len(steps) // 5)], steps[-max(1, len(steps) // 5) :]
+
+    def mean(rows: list[dict], key: str) -> float:
+        return statistics.mean(r[key] for r in rows)
+
+    summary = ", ".join(
+        f"{key} {mean(head, key):.2f}->{mean(tail, key):.2f}"
+        for key in ("reward", "accuracy", "format_rate", "response_length")
+    )
+    if evals:
+        summary += f", pass@1 {evals[0]['pass1']:.3f}->{evals[-1]['pass1']:.3f}"
+    return {"steps": len(steps), "summary": summary}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a finished speedrun directory")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--task", help="task spec to compare on (default: the speedrun's, from stages.json's _plan)")
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--distill-problems", type=int, default=2000)
     parser.add_argument("--sft-steps", type=int, default=1000)
@@ -102,15 +188,15 @@ def main() -> None:
     if not (teacher / "config.json").exists() or not (student_base / "config.json").exists():
         raise SystemExit(f"{args.run} is not a finished speedrun (no rl/model or student_base/model in it)")
     plan = json.loads((args.run / "stages.json").read_text())["_plan"]
-    task = plan["task"]
-    teacher_pass = pass1(teacher, task, args.problems)
+    task = args.task or plan["task"]
+    teacher_pass = pass1(teacher, task, args.problems, plan["max_tokens"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.student_base:
             student_base = args.student_base
         elif not args.speedrun_student:
-            student_base = direct_only_student(args.run, plan, Path(tmp))
-        base = pass1(student_base, task, args.problems)
+            student_base = direct_only_student(args.run, plan, task, Path(tmp))
+        base = pass1(student_base, task, args.problems, plan["max_tokens"])
         print(f"  student base {student_base}: pass@1 {base:.3f}", flush=True)
         for seed in args.seeds:
             work = Path(tmp) / f"seed{seed}"
@@ -129,7 +215,7 @@ def main() -> None:
                 "--samples",
                 "2",
                 "--max-tokens",
-                "120",
+                str(plan["max_tokens"]),
                 "--seed",
                 str(seed),
                 "--no-progress",
@@ -166,40 +252,16 @@ def main() -> None:
                 "--no-progress",
             )
             budget = time.perf_counter() - start
-            nanoseek(
-                "rl",
-                "--init-from",
-                str(student_base),
-                "--out",
-                str(work / "rl"),
-                "--steps",
-                "100000",
-                "--time-budget",
-                str(budget),
-                "--tasks",
-                task,
-                "--prompts-per-step",
-                "16",
-                "--group-size",
-                "8",
-                "--max-tokens",
-                "120",
-                "--eval-every",
-                "100000",
-                "--eval-problems",
-                "8",
-                "--save-every",
-                "100000",
-                "--seed",
-                str(seed),
-                "--no-progress",
-            )
+            nanoseek(*rl_arm(plan, task, student_base, work / "rl", budget, seed, args.problems))
+            curve = rl_curve(work / "rl")
             rows.append(
                 {
                     "seed": seed,
                     "budget s": f"{budget:.0f}",
-                    "distilled student": pass1(work / "distilled", task, args.problems),
-                    "RL-only student": pass1(work / "rl", task, args.problems),
+                    "distilled student": pass1(work / "distilled", task, args.problems, plan["max_tokens"]),
+                    "RL-only student": pass1(work / "rl", task, args.problems, plan["max_tokens"]),
+                    "RL steps": curve["steps"],
+                    "RL run": curve["summary"],
                 }
             )
             print(f"  {rows[-1]}", flush=True)
@@ -212,7 +274,14 @@ def main() -> None:
         f"\nteacher (RL model) pass@1 {teacher_pass:.3f}; student ({share:.0%} of its active parameters) base"
         f" {base:.3f}; same wall-clock per seed:\n"
     )
-    print(table(rows, ["seed", "budget s", "distilled student", "RL-only student"]))
+    print(table(rows, ["seed", "budget s", "distilled student", "RL-only student", "RL steps", "RL run"]))
+    broken = [r["seed"] for r in rows[:-1] if r["RL-only student"] < base - 0.02]
+    if broken:  # a broken RL run is not a finding: say so instead of printing a ratio
+        print(
+            f"\nRL arm ended below its start (base {base:.3f}) for seeds {broken}: the RL run is broken, the table is "
+            "not a result. See each seed's RL curve above (reward, accuracy, format, length first -> last)."
+        )
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Training-step speed: nanoseek vs transformers' DeepseekV3ForCausalLM, same config, weights and batches.
 
 One step = forward + backward + AdamW update on a batch of 8 x 256 tokens (the foundation issue's bench config,
-~18M parameters). Prints tokens/s per setting, the ratio to transformers' fp32 and best settings, and MFU against
-the fp32 and bf16 matmul peaks measured in the same run. Losses over the timed steps show each setting still learns.
+~18M parameters). Both sides step the same optimizer: torch.optim.AdamW with the implementation of --adamw
+(fused by default; printed per setting). Prints tokens/s per setting, the ratio to transformers' fp32 and best
+settings, and MFU against the fp32 and bf16 matmul peaks measured in the same run. Losses over the timed steps
+show each setting still learns.
 
     python benchmarks/model_speed.py                 # all settings (compiles: a few minutes)
     python benchmarks/model_speed.py --quick         # eager settings only
@@ -17,7 +19,7 @@ import tempfile
 import warnings
 
 import torch
-from common import matmul_peak, table, timed
+from common import ADAMW_IMPLEMENTATIONS, adamw, describe_optimizer, matmul_peak, table, timed
 
 import nanoseek
 from nanoseek.config import preset
@@ -37,9 +39,9 @@ def make_batches(vocab: int, batch: int, seq: int, count: int = 4) -> list[tuple
     return out
 
 
-def ours_step(path: str, dtype: str, compile_: bool):
+def ours_step(path: str, dtype: str, compile_: bool, optimizer: str):
     model = nanoseek.from_pretrained(path, dtype=torch.float32).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
+    opt = adamw(model.parameters(), optimizer, lr=1e-3, weight_decay=0.1)
     forward = torch.compile(model) if compile_ else model
 
     def step(tokens, labels):
@@ -50,14 +52,14 @@ def ours_step(path: str, dtype: str, compile_: bool):
         opt.zero_grad(set_to_none=True)
         return loss.item()
 
-    return step
+    return step, opt
 
 
-def transformers_step(path: str, dtype: str, compile_: bool):
+def transformers_step(path: str, dtype: str, compile_: bool, optimizer: str):
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    opt = adamw(model.parameters(), optimizer, lr=1e-3, weight_decay=0.1)
     forward = torch.compile(model) if compile_ else model
 
     def step(tokens, labels):
@@ -69,7 +71,7 @@ def transformers_step(path: str, dtype: str, compile_: bool):
         opt.zero_grad(set_to_none=True)
         return loss.item()
 
-    return step
+    return step, opt
 
 
 def main() -> None:
@@ -81,6 +83,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quick", action="store_true", help="skip torch.compile settings")
+    parser.add_argument(
+        "--adamw", choices=ADAMW_IMPLEMENTATIONS, default="fused", help="the AdamW implementation both sides use"
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument(
         "--default-malloc",
@@ -116,7 +121,7 @@ def main() -> None:
             make = ours_step if impl == "nanoseek" else transformers_step
             name = f"{impl} {dtype}{' compile' if compile_ else ''}"
             try:
-                step = make(path, dtype, compile_)
+                step, opt = make(path, dtype, compile_, args.adamw)
                 cycle = itertools.cycle(batches)
                 seconds, losses = timed(lambda step=step, cycle=cycle: step(*next(cycle)), args.warmup, args.steps)
             except Exception as e:  # a setting the library cannot run is reported, not fatal
@@ -132,9 +137,10 @@ def main() -> None:
                     "MFU fp32": f"{tps * flops / peaks['fp32']:.1%}",
                     "MFU bf16": f"{tps * flops / peaks['bf16']:.1%}",
                     "loss first->last": f"{losses[0]:.3f}->{losses[-1]:.3f}",
+                    "optimizer": describe_optimizer(opt),
                 }
             )
-            print(f"  {name}: {tps:,.0f} tokens/s", flush=True)
+            print(f"  {name}: {tps:,.0f} tokens/s ({describe_optimizer(opt)})", flush=True)
     base = next(r["tokens/s"] for r in rows if r["setting"] == "transformers fp32")
     best_theirs = max(r["tokens/s"] for r in rows if r["impl"] == "transformers")
     for r in rows:
@@ -153,6 +159,7 @@ def main() -> None:
                 "MFU fp32",
                 "MFU bf16",
                 "loss first->last",
+                "optimizer",
             ],
         )
     )

@@ -3,6 +3,9 @@
 Speed is samples (completions generated and trained on) per second over the timed steps. Both sides start from
 the same checkpoint (a tiny model pretrained on the task, made here unless --model is given), sample G=8
 completions for each of 8 prompts per step with up to --max-tokens tokens, and take one optimizer step.
+TRL's GRPOConfig turns gradient checkpointing on by default (it saves memory on big models and costs ~20% of a
+step); TRL's docs recommend turning it off when the model fits, as this tiny one does, so it is off here (nanoseek
+does not checkpoint) and the setting is printed. `--gradient-checkpointing` measures TRL with it on.
 
     python benchmarks/rl_speed.py
     python benchmarks/rl_speed.py --model runs/speedrun/sft/model
@@ -25,13 +28,13 @@ from common import table
 warnings.filterwarnings("ignore")
 
 
-def base_model(work: Path) -> Path:
-    """A tiny model that already half-solves 3-digit addition (what RL starts from)."""
+def base_model(work: Path, task: str, steps: int) -> Path:
+    """A tiny model pretrained on the task's worked and direct solutions (what RL starts from)."""
     from nanoseek.tasks import get_task
     from nanoseek.tasks.corpus import solution_documents
     from nanoseek.tokenizer import Tokenizer
 
-    docs = solution_documents(get_task("addition").generate(20000, seed=1), 0.5, seed=1)
+    docs = solution_documents(get_task(task).generate(20000, seed=1), 0.5, seed=1)
     (work / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     Tokenizer.train([work / "corpus.jsonl"], 512).save_pretrained(work / "tok")
     subprocess.run(
@@ -49,7 +52,7 @@ def base_model(work: Path) -> Path:
             "--preset",
             "tiny",
             "--steps",
-            "600",
+            str(steps),
             "--batch-size",
             "16",
             "--seq-len",
@@ -81,6 +84,8 @@ def nanoseek_speed(model: Path, work: Path, args) -> float:
             str(args.prompts),
             "--group-size",
             str(args.group),
+            "--tasks",
+            args.task,
             "--max-tokens",
             str(args.max_tokens),
             "--eval-every",
@@ -109,7 +114,7 @@ def trl_speed(model: Path, args) -> float:
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(model)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    examples = get_task("addition").generate(args.prompts * (args.warmup + args.steps), seed=5)
+    examples = get_task(args.task).generate(args.prompts * (args.warmup + args.steps), seed=5)
     by_prompt = {}
     rows = []
     for ex in examples:
@@ -142,6 +147,7 @@ def trl_speed(model: Path, args) -> float:
         bf16=False,
         temperature=1.0,
         beta=0.0,
+        gradient_checkpointing=args.gradient_checkpointing,
         seed=0,
         dataloader_num_workers=0,
     )
@@ -153,6 +159,12 @@ def trl_speed(model: Path, args) -> float:
         processing_class=tokenizer,
         callbacks=[Timer()],
     )
+    checkpointing = getattr(trainer.model, "is_gradient_checkpointing", None)
+    print(
+        f"  TRL: gradient_checkpointing={trainer.args.gradient_checkpointing} (model: {checkpointing}), "
+        f"optim={trainer.args.optim}",
+        flush=True,
+    )
     trainer.train()
     timed = times[args.warmup - 1 :]  # from the end of the last warmup step to the end of the last step
     return (len(timed) - 1) * args.prompts * args.group / (timed[-1] - timed[0])
@@ -161,15 +173,22 @@ def trl_speed(model: Path, args) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="checkpoint to start from (default: train a tiny one, ~3 min)")
+    parser.add_argument("--task", default="addition", help="the task both sides train on (and the base model's)")
+    parser.add_argument("--base-steps", type=int, default=600, help="pretraining steps of the base made here")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=120)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="leave TRL's gradient checkpointing on (GRPOConfig's default; off by default here)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = args.model or base_model(work)
+        model = args.model or base_model(work, args.task, args.base_steps)
         ours = nanoseek_speed(model, work, args)
         print(f"  nanoseek rl: {ours:.1f} samples/s", flush=True)
         rows = [{"implementation": "nanoseek rl", "samples/s": f"{ours:.1f}"}]
@@ -182,9 +201,10 @@ def main() -> None:
             ]
         except Exception as e:
             rows.append({"implementation": f"TRL failed: {type(e).__name__}: {str(e)[:150]}", "samples/s": "-"})
+    checkpointing = "on" if args.gradient_checkpointing else "off"
     print(
         f"\nGRPO on CPU ({torch.get_num_threads()} threads), {args.prompts} prompts x G={args.group}, "
-        f"<= {args.max_tokens} new tokens:\n"
+        f"<= {args.max_tokens} new tokens; TRL gradient checkpointing {checkpointing}:\n"
     )
     print(table(rows, ["implementation", "samples/s"]))
 

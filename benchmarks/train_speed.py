@@ -1,10 +1,13 @@
 """End-to-end training speed: `nanoseek train` vs transformers' DeepseekV3ForCausalLM in a standard PyTorch loop.
 
-Same config, data (the same token shards), batch and optimizer (AdamW), each at its best CPU setting, in one run.
+Same config, data (the same token shards), batch and optimizer, each at its best CPU setting, in one run. The
+optimizer is the same object on both sides: nanoseek's build_optimizer (torch.optim.AdamW, fused where the build
+supports it, the same parameter groups, betas and weight decay), printed per side.
 nanoseek's figure is wall-clock over the timed steps with everything the trainer does: data loading, the MTP
 loss, bias updates, logging, a validation pass and a checkpoint. MFU is against the matmul peak measured here.
 
     python benchmarks/train_speed.py                       # bench-18m (and --presets bench-300m for the big one)
+    python benchmarks/train_speed.py --quick               # eager settings only
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import matmul_peak, table
+from common import describe_optimizer, matmul_peak, table
 
 from nanoseek.config import preset
 from nanoseek.model.sizes import flops_per_token, parameter_counts
 from nanoseek.runtime import keep_freed_memory
+from nanoseek.train.optim import OptimConfig, build_optimizer
 
 warnings.filterwarnings("ignore")
+# what `nanoseek train` builds from its default flags (--optimizer adamw --lr 3e-3 --weight-decay 0.1)
+OPTIM = OptimConfig(optimizer="adamw", lr=3e-3, weight_decay=0.1)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -77,6 +83,12 @@ def nanoseek_run(work: Path, name: str, tok: Path, shards: Path, args, compile_:
             "--save-every",
             str(args.warmup + args.steps // 2),
             "--no-progress",
+            "--optimizer",
+            OPTIM.optimizer,
+            "--lr",
+            str(OPTIM.lr),
+            "--weight-decay",
+            str(OPTIM.weight_decay),
             "--set",
             f"vocab_size={args.vocab_pad}",
         ]
@@ -90,6 +102,20 @@ def nanoseek_run(work: Path, name: str, tok: Path, shards: Path, args, compile_:
     return (last["step"] - first["step"]) * args.batch * args.seq / (last["time"] - first["time"])
 
 
+def optimizers(config) -> tuple[str, str]:
+    """(nanoseek's, transformers') optimizer as each side runs it: the one `nanoseek train` builds, and the one
+    transformers_run builds, described by class and implementation flags."""
+    import transformers
+
+    from nanoseek.model import build_model
+
+    ours = build_model(config, seed=0)
+    with tempfile.TemporaryDirectory() as path:
+        ours.save_pretrained(path)
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return describe_optimizer(build_optimizer(ours, OPTIM)), describe_optimizer(build_optimizer(theirs, OPTIM))
+
+
 def transformers_run(shards: Path, config, args, compile_: bool) -> float:
     import transformers
 
@@ -99,7 +125,7 @@ def transformers_run(shards: Path, config, args, compile_: bool) -> float:
     with tempfile.TemporaryDirectory() as path:
         build_model(config, seed=0).save_pretrained(path)
         model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
+    opt = build_optimizer(model, OPTIM)  # exactly what `nanoseek train` steps: same class, flags and groups
     forward = torch.compile(model) if compile_ else model
     loader = TokenLoader(shards, "train", batch_size=args.batch, seq_len=args.seq, seed=0)
     start = None
@@ -124,6 +150,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--vocab", type=int, default=8000, help="tokenizer size (the model vocab is --vocab-pad)")
     parser.add_argument("--vocab-pad", type=int, default=8192)
+    parser.add_argument("--quick", action="store_true", help="skip the torch.compile settings")
     args = parser.parse_args()
     keep_freed_memory()
     peak = matmul_peak(torch.float32)
@@ -136,6 +163,8 @@ def main() -> None:
             flops_ours = flops_per_token(config, args.seq, training=True, mtp=True)
             flops_theirs = flops_per_token(config.replace(num_nextn_predict_layers=0), args.seq, training=True)
             results = {}
+            ours_opt, theirs_opt = optimizers(config)
+            print(f"  {name} optimizer: nanoseek {ours_opt}; transformers {theirs_opt}", flush=True)
             settings = [
                 ("transformers fp32 (eager)", "transformers", False, flops_theirs),
                 ("transformers fp32 + compile", "transformers", True, flops_theirs),
@@ -145,6 +174,8 @@ def main() -> None:
                 ("nanoseek train fp32 + compile, no MTP", "nanoseek-no-mtp", True, flops_theirs),
             ]
             for label, impl, compile_, flops in settings:
+                if compile_ and args.quick:
+                    continue
                 try:
                     if impl.startswith("nanoseek"):
                         tps = nanoseek_run(work, name, tok, shards, args, compile_, mtp=impl == "nanoseek")
@@ -163,6 +194,7 @@ def main() -> None:
                         "setting": label,
                         "tokens/s": f"{tps:,.0f}",
                         "MFU (fp32 peak)": f"{tps * flops / peak:.1%}",
+                        "optimizer": ours_opt if impl.startswith("nanoseek") else theirs_opt,
                     }
                 )
             best_theirs = max((v for k, v in results.items() if k.startswith("transformers")), default=None)
@@ -176,7 +208,7 @@ def main() -> None:
                     }
                 )
     print(f"\nfp32 matmul peak {peak / 1e9:.0f} GFLOP/s; nanoseek's MFU counts its MTP module's work too\n")
-    print(table(rows, ["model", "setting", "tokens/s", "MFU (fp32 peak)"]))
+    print(table(rows, ["model", "setting", "tokens/s", "MFU (fp32 peak)", "optimizer"]))
 
 
 if __name__ == "__main__":

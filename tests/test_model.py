@@ -163,15 +163,44 @@ def test_sequence_balance_loss_is_minimal_for_uniform_routing_and_trains_the_rou
     assert model.moe_modules()[0].gate.weight.grad.abs().sum() > 0
 
 
+def _mtp_cross_entropy_by_hand(model, tokens: torch.Tensor, shift: int) -> list[torch.Tensor]:
+    """Each MTP depth k's cross entropy against tokens[i + k + shift], computed without the model's loss code.
+
+    Depth k (1-based) at position i reads depth k-1's state at i and the embedding of tokens[i + k]; with the
+    right shift (1) it predicts tokens[i + k + 1]. Causal attention makes every position independent of later
+    ones, so each depth runs on the prefix that has a target and the padding the model uses never matters.
+    """
+    import torch.nn.functional as F
+
+    seq = tokens.shape[1]
+    h = model.hidden_states(tokens)
+    losses = []
+    for depth in range(len(model.mtp_layers)):
+        k = depth + 1
+        h = model.mtp_hidden_states(depth, h[:, : seq - k], tokens[:, k:], torch.arange(seq - k))
+        logits = model.lm_head(h[:, : seq - k - shift])
+        targets = tokens[:, k + shift :]
+        losses.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)))
+    return losses
+
+
 def test_mtp_loss_targets_are_shifted_per_depth():
-    """With MTP weights copied so depth 1 is told the answer, its loss is what the shift implies."""
+    """Depth-k MTP predicts token i+k+1: its loss equals a hand-computed cross entropy on those targets, and not
+    the one on targets shifted one less or one more."""
     config = preset("nano", num_nextn_predict_layers=2)
-    model = build_model(config).train()
-    tokens = torch.randint(0, config.vocab_size, (2, 12))
+    model = build_model(config, seed=0).train()
+    tokens = torch.randint(0, config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     labels = tokens.roll(-1, dims=1)
     labels[:, -1] = IGNORE_INDEX
     out = model(tokens, labels=labels, mtp_weight=0.5)
     assert len(out.mtp) == 2
+    with torch.no_grad():
+        right = _mtp_cross_entropy_by_hand(model, tokens, shift=1)
+        wrong = [_mtp_cross_entropy_by_hand(model, tokens, shift=s) for s in (0, 2)]
+    for depth, loss in enumerate(out.mtp):
+        assert torch.allclose(loss, right[depth], atol=1e-5), (depth, loss, right[depth])
+        for other in wrong:  # a wrong shift is measurably different, so the comparison above can fail
+            assert (loss - other[depth]).abs() > 1e-3, (depth, loss, other[depth])
     expected = out.main + out.balance + 0.5 * torch.stack(out.mtp).mean()
     assert torch.allclose(out.loss, expected)
     out.loss.backward()

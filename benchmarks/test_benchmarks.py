@@ -1,0 +1,123 @@
+"""The benchmarks' own checks: the arms they compare are configured as they claim (fast), and each benchmark runs
+end to end at its smallest settings (slow: `make test-slow`; the figures of such runs mean nothing)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+# the RL arm may differ from the speedrun's RL stage only in these (where it writes, what it starts from, how
+# long it runs and how it evaluates itself); everything that shapes the updates must be the same
+RUN_LENGTH_AND_BOOKKEEPING = {
+    "out",
+    "init_from",
+    "steps",
+    "time_budget",
+    "eval_every",
+    "eval_problems",
+    "save_every",
+    "seed",
+    "threads",
+    "progress",
+    "resume",
+}
+
+
+def _speedrun_rl_config(plan, tmp_path: Path, monkeypatch):
+    """The RLConfig that the speedrun's rl stage builds for `plan` (captured instead of run)."""
+    import nanoseek.train.grpo as grpo
+    from nanoseek.speedrun import Speedrun
+
+    captured = []
+    monkeypatch.setattr(grpo, "rl", lambda config: captured.append(config) or tmp_path / "rl" / "model")
+    run = Speedrun(tmp_path / "speedrun", plan, progress=False)
+    run.record["sft"] = {"checkpoint": str(tmp_path / "sft" / "model")}
+    run.stage_rl()
+    return captured[0]
+
+
+@pytest.mark.parametrize("plan_name", ["cpu", "gpu"])
+@pytest.mark.parametrize("task", [None, "multiplication"])
+def test_distill_vs_rl_rl_arm_is_the_speedrun_recipe(plan_name, task, tmp_path, monkeypatch):
+    from distill_vs_rl import rl_arm
+
+    from nanoseek.speedrun import PLANS
+    from nanoseek.train.commands import rl_args, rl_config_from_args
+
+    plan = PLANS[plan_name]
+    if task:
+        plan = dataclasses.replace(plan, task=task)
+    ours = _speedrun_rl_config(plan, tmp_path, monkeypatch)
+    argv = rl_arm(dataclasses.asdict(plan), plan.task, tmp_path / "base", tmp_path / "arm", 150.0, 1, 40)
+    assert argv[0] == "rl"
+    parser = argparse.ArgumentParser()
+    rl_args(parser)
+    arm = rl_config_from_args(parser.parse_args(argv[1:]))
+    same = {f.name for f in dataclasses.fields(arm)} - RUN_LENGTH_AND_BOOKKEEPING
+    assert {k: getattr(arm, k) for k in same} == {k: getattr(ours, k) for k in same}
+    assert arm.tasks == [plan.task] and arm.time_budget == 150.0 and arm.eval_problems == 40
+
+
+def test_distill_vs_rl_parses_and_takes_the_task_from_the_plan_or_the_flag(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(HERE / "distill_vs_rl.py"), "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--task" in run.stdout and "--speedrun-student" in run.stdout
+    missing = subprocess.run(
+        [sys.executable, str(HERE / "distill_vs_rl.py"), "--run", str(tmp_path)], capture_output=True, text=True
+    )
+    assert missing.returncode != 0 and "not a finished speedrun" in missing.stderr
+
+
+def _smoke(script: str, flags: str, timeout: int = 900) -> str:
+    """Run benchmarks/`script` with `flags` (space-separated) on one thread; its stdout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    argv = [sys.executable, str(HERE / script), *flags.split()]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE.parent)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    return run.stdout
+
+
+@pytest.mark.slow
+def test_model_speed_runs_with_the_same_optimizer_on_both_sides():
+    out = _smoke(
+        "model_speed.py",
+        "--preset nano --quick --steps 1 --warmup 1 --batch 1 --seq 16 --threads 1",
+    )
+    lines = [line for line in out.splitlines() if "tokens/s (" in line]
+    assert len(lines) == 4 and all("torch.optim.AdamW(fused=True, foreach=False)" in line for line in lines), out
+
+
+@pytest.mark.slow
+def test_train_speed_runs_with_the_same_optimizer_on_both_sides():
+    out = _smoke(
+        "train_speed.py",
+        "--presets nano --quick --steps 2 --warmup 1 --batch 1 --seq 16 --vocab 300 --vocab-pad 512",
+    )
+    line = next(line for line in out.splitlines() if "optimizer: nanoseek" in line)
+    ours, theirs = line.split("optimizer: nanoseek ")[1].split("; transformers ")
+    assert ours == theirs and "AdamW(fused=True" in ours, line
+
+
+@pytest.mark.slow
+def test_decode_speed_reports_medians_timed_the_same_way():
+    out = _smoke("decode_speed.py", "--sections a --presets nano --repeats 2 --threads 1")
+    assert "median of 2 runs" in out and "transformers" in out, out
+
+
+@pytest.mark.slow
+def test_rl_speed_runs_with_trl_gradient_checkpointing_off():
+    pytest.importorskip("trl")
+    out = _smoke(
+        "rl_speed.py",
+        "--base-steps 5 --prompts 2 --group 2 --max-tokens 8 --steps 2 --warmup 1",
+    )
+    assert "TRL: gradient_checkpointing=False" in out and "gradient checkpointing off" in out, out
+    assert "TRL failed" not in out, out
