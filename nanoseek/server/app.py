@@ -11,7 +11,11 @@ Where this API differs from OpenAI's or DeepSeek's:
 - response_format {"type": "json_object"} adds a system instruction to reply with one JSON object; the output is
   not constrained or validated ({"type": "text"} is the default; json_schema is refused).
 - top_logprobs > 0 (and /v1/completions logprobs > 0) are refused: only the chosen tokens' logprobs exist.
-- tools are refused; frequency/presence penalties are accepted and ignored; other unknown fields are ignored.
+- tools, logit_bias and non-zero frequency/presence penalties are refused (0 and {} are accepted); other unknown
+  fields are ignored.
+- messages must not contain the tokenizer's added tokens or the chat template's role markers (400): they would
+  forge turns. Refused rather than stripped or escaped: the prompt reaches the engine as one string, so a marker
+  cannot be kept as plain text, and silently changing a client's text is worse than telling it.
 - model may be omitted (the served model); assistant messages may carry reasoning_content, which is dropped (as
   the chat template drops reasoning), where DeepSeek's API refuses it.
 - extensions from vLLM: top_k, min_p, ignore_eos.
@@ -21,9 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
 import math
+import re
 import threading
 import time
 import uuid
@@ -37,6 +44,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -47,6 +55,7 @@ from nanoseek.engine.sampling import SamplingParams
 from nanoseek.server.reasoning import ReasoningSplitter, prompt_opens_reasoning, reasoning_tokens
 from nanoseek.server.schemas import (
     GENERATION_RESPONSES,
+    MAX_PROMPTS,
     SSE,
     APIError,
     ChatCompletion,
@@ -59,7 +68,7 @@ from nanoseek.server.schemas import (
     describe_validation_errors,
     error_body,
 )
-from nanoseek.server.security import APIKeys, Guard, RateLimiter
+from nanoseek.server.security import APIKeys, Guard, RateLimiter, SameOrigin
 
 log = logging.getLogger("nanoseek.server")
 STATIC = Path(__file__).parent / "static"
@@ -70,6 +79,8 @@ MIN_LOGPROB = -9999.0  # JSON has no -inf
 # most likely token, which is what any top_p below its probability means.
 GREEDY_BELOW = 1e-5
 MIN_TOP_P = 1e-6
+# One sample without max_tokens must not hold a 128k context's whole cache; R1's long reasoning fits.
+DEFAULT_MAX_TOKENS_CAP = 16384
 
 
 @dataclass
@@ -80,9 +91,13 @@ class ServerConfig:
     rate_limit_rpm: int | None = None
     rate_limit_tpm: int | None = None
     max_body_bytes: int = 4 * 2**20
-    max_tokens_cap: int | None = None  # upper bound on generated tokens per sample (requests asking more: clamped)
+    # Upper bound on generated tokens per sample: requests asking more are clamped, requests without max_tokens
+    # get this many (or the rest of the context, when shorter). None or 0: no bound but the context.
+    max_tokens_cap: int | None = DEFAULT_MAX_TOKENS_CAP
     keepalive_seconds: float = 1.0  # SSE comment while a stream waits
     grace_seconds: float = 10.0  # on SIGTERM: how long running requests may finish before they are cancelled
+    allowed_origins: list[str] = field(default_factory=list)  # browser origins besides the server's own ("*": any)
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names besides localhost and IPs ("*": any)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,12 +168,15 @@ Event = tuple[int, StreamDelta, float | None]  # (choice index, delta, logprob o
 class Job:
     """The engine requests of one API request (one per prompt, n samples each), bridged to the event loop."""
 
-    def __init__(self, server: Server, engine: Any, prompts: list[list[int]], params: SamplingParams):
-        self.server, self.engine, self.n = server, engine, params.n
-        self.want_logprobs = params.logprobs
-        self.total = len(prompts) * params.n
+    def __init__(self, server: Server, engine: Any, prompts: list[list[int]], params: list[SamplingParams]):
+        self.server, self.engine, self.n = server, engine, params[0].n
+        self.want_logprobs = params[0].logprobs
+        self.total = len(prompts) * self.n
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        # Deltas handed to the loop (counted on the engine thread) and taken from the queue (on the loop): equal
+        # when none is in flight, i.e. scheduled with call_soon_threadsafe but not in the queue yet.
+        self.sent = self.received = 0
         self.finals: dict[int, Completion] = {}
         self.arrival = time.perf_counter()
         self.first_token: set[int] = set()
@@ -167,8 +185,8 @@ class Job:
         self._callbacks = [partial(self._on_delta, i) for i in range(len(prompts))]
         self.requests: list[Any] = []
         try:
-            for ids, callback in zip(prompts, self._callbacks):
-                self.requests.append(engine.submit(ids, params, on_delta=callback))
+            for ids, p, callback in zip(prompts, params, self._callbacks):
+                self.requests.append(engine.submit(ids, p, on_delta=callback))
         except Exception:
             self.cancel()
             raise
@@ -180,6 +198,7 @@ class Job:
         if self.want_logprobs and delta.token_ids and delta.completion is None:
             logprob = self._latest_logprob(self._callbacks[prompt_index], delta.index)
         self.server.metrics.observe(self, choice, delta, now)
+        self.sent += 1  # before it is scheduled, so the loop never sees it delivered before it is counted
         with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody is listening any more
             self.loop.call_soon_threadsafe(self.queue.put_nowait, (choice, delta, logprob))
 
@@ -203,14 +222,19 @@ class Job:
                     yield event
                 yield None
                 continue
+            self.received += 1
+            if event[0] in self.finals:  # already reported as finished (cannot happen while deltas are counted)
+                continue
             if event[1].completion is not None:
                 self.finals[event[0]] = event[1].completion
             yield event
 
     def _unreported(self) -> list[Event]:
         """Samples the engine finished without a delta (requests cancelled while queued, siblings of a sample
-        that ended before forking); only after the queue has been quiet for a tick, so nothing is in flight."""
-        if not self.queue.empty() or not all(r.done.is_set() for r in self.requests):
+        that ended before forking), once every delta the engine sent has been taken from the queue. The engine
+        sends a request's last delta before it sets `done`, so `done` is read first: a delta still in flight at
+        the tick (scheduled on the loop, not yet in the queue) is then always counted in `sent`, and waited for."""
+        if not all(r.done.is_set() for r in self.requests) or self.sent != self.received:
             return []
         events = []
         for i, request in enumerate(self.requests):
@@ -259,8 +283,8 @@ class Server:
         """Why generation is refused right now (None: it is not)."""
         if self.draining or self.closed:
             return "the server is shutting down; retry on another instance or later"
-        if self.load_error:
-            return f"the model failed to load ({self.load_error}); see the server log"
+        if self.load_error:  # the detail (paths, library messages) stays in the server log
+            return "the model failed to load; see the server log"
         if self.engine is None:
             return "the model is still loading; retry in a few seconds"
         if self.engine_stopped():
@@ -288,22 +312,34 @@ class Server:
         return self.config.model_name
 
     def admit(self, request: Request, engine: Any, prompts: list[list[int]], params: SamplingParams) -> Job:
-        """Backpressure, rate limits, then the engine (whose ValueError is a request that cannot fit)."""
-        waiting = engine.num_waiting
-        if waiting >= self.config.max_waiting:
+        """Backpressure (in sequences: prompts x n), rate limits, then the engine (whose ValueError is a request
+        that cannot fit)."""
+        sequences = len(prompts) * params.n
+        limit = self.config.max_waiting
+        if sequences > limit:
+            raise APIError(
+                400,
+                f"this request asks for {sequences} sequences (prompts x n), more than this server queues at once "
+                f"({limit}); send fewer prompts or a smaller n per request",
+                param="prompt" if len(prompts) > 1 else "n",
+                code="too_many_sequences",
+            )
+        waiting = self.waiting_sequences(engine)
+        if waiting + sequences > limit:
             raise APIError(
                 429,
-                f"the server is busy ({waiting} requests waiting); retry shortly",
+                f"the server is busy ({waiting} sequences waiting); retry shortly",
                 type="server_busy",
                 code="server_busy",
                 headers={"Retry-After": "1"},
             )
-        room = [params.max_tokens or max(1, engine.max_context - len(p)) for p in prompts]
+        per_prompt = [self._cap(engine, p, params) for p in prompts]
+        room = [q.max_tokens or max(1, engine.max_context - len(p)) for p, q in zip(prompts, per_prompt)]
         cost = sum(len(p) + params.n * r for p, r in zip(prompts, room))
         who = getattr(request.state, "api_key", None) or (request.client.host if request.client else "anonymous")
         self._charge(who, cost)
         try:
-            job = Job(self, engine, prompts, params)
+            job = Job(self, engine, prompts, per_prompt)
         except ValueError as e:
             self.limiter.refund(who, cost)
             code = "context_length_exceeded" if "context" in str(e) else None
@@ -311,6 +347,25 @@ class Server:
         job.who, job.charged = who, cost
         self.jobs.add(job)
         return job
+
+    def _cap(self, engine: Any, prompt: list[int], params: SamplingParams) -> SamplingParams:
+        """A request without max_tokens may generate up to the cap, or to the end of the context when that is
+        nearer (so a short context never turns a request without max_tokens into an error)."""
+        cap = self.config.max_tokens_cap
+        if params.max_tokens is not None or not cap or engine.max_context - len(prompt) <= cap:
+            return params
+        return dataclasses.replace(params, max_tokens=cap)
+
+    def waiting_sequences(self, engine: Any) -> int:
+        """Sequences of this server's requests the engine has not started: every engine request it holds that
+        is neither running nor finished counts its n samples (the engine's num_waiting counts requests)."""
+        running = {id(getattr(s, "request", s)) for s in list(getattr(engine, "running", ()))}
+        return sum(
+            r.params.n
+            for job in list(self.jobs)
+            for r in job.requests
+            if id(r) not in running and not r.done.is_set() and not any(r.completions)
+        )
 
     def _charge(self, who: str, cost: int) -> None:
         """Take one request and `cost` tokens from the caller's rate limits, or refuse with a 429."""
@@ -358,14 +413,38 @@ class Server:
 # request -> prompt and sampling parameters
 
 
-def control_tokens(tokenizer: Any) -> list[str]:
-    """Role and sequence markers a message must not contain (they would forge turns)."""
+REASONING_MARKERS = ("<think>", "</think>")  # allowed in assistant content: the template drops the reasoning
+_PROBE = "\ue000{}\ue000"  # private-use sentinels around probe messages
+
+
+@functools.lru_cache(maxsize=8)
+def control_tokens(tokenizer: Any) -> tuple[str, ...]:
+    """Text no message may contain, since it would forge a turn: every added token of the tokenizer, special or
+    not (R1-Distill's tokenizer adds <｜User｜> and <｜Assistant｜> without marking them special, yet they encode
+    as the role ids), and the tag-like markers the chat template writes around messages (found by rendering a
+    probe conversation), in case a template's markers are not tokens at all."""
     hf = getattr(tokenizer, "hf", None)
     if hf is not None:
-        return [t.content for t in hf.get_added_tokens_decoder().values() if t.special]
-    from nanoseek.tokenizer import SPECIAL_TOKENS
+        found = {t.content for t in hf.get_added_tokens_decoder().values() if t.content}
+    else:
+        from nanoseek.tokenizer import ADDED_TOKENS
 
-    return list(SPECIAL_TOKENS)
+        found = set(ADDED_TOKENS)
+    return tuple(sorted(found | _template_markers(tokenizer), key=len, reverse=True))
+
+
+def _template_markers(tokenizer: Any) -> set[str]:
+    probes = [("system", "s"), ("user", "u"), ("assistant", "a"), ("user", "v")]
+    for messages in (probes, probes[1:]):  # some templates refuse a system message
+        try:
+            text = tokenizer.apply_chat_template(
+                [{"role": r, "content": _PROBE.format(c)} for r, c in messages], add_generation_prompt=True
+            )
+        except Exception:  # a template that cannot render the probe: its added tokens still apply
+            continue
+        between = re.sub("\ue000[a-z]\ue000", "\n", text)
+        return set(re.findall(r"<[^<>\s]{1,64}>|\[/?[A-Z_]{2,16}\]", between))
+    return set()
 
 
 def render_chat(tokenizer: Any, body: ChatCompletionRequest) -> str:
@@ -376,13 +455,20 @@ def render_chat(tokenizer: Any, body: ChatCompletionRequest) -> str:
     markers = control_tokens(tokenizer)
     messages = []
     for i, message in enumerate(body.messages):
+        if message.content is None and message.role != "assistant":
+            raise APIError(
+                400,
+                f"messages[{i}].content must not be null in a {message.role} message",
+                param=f"messages[{i}].content",
+                code="invalid_content",
+            )
         text = message.text()
         for marker in markers:
-            if marker in text:
+            if marker in text and not (message.role == "assistant" and marker in REASONING_MARKERS):
                 raise APIError(
                     400,
-                    f"messages[{i}].content contains the control token {marker!r}; remove it "
-                    "(role markers cannot be sent as text)",
+                    f"messages[{i}].content contains {marker!r}, which this model's tokenizer or chat template "
+                    "uses as a control marker; remove it (a message cannot start a new turn)",
                     param=f"messages[{i}].content",
                     code="invalid_content",
                 )
@@ -395,13 +481,39 @@ def render_chat(tokenizer: Any, body: ChatCompletionRequest) -> str:
         raise APIError(400, str(e), param="messages") from None
 
 
+def check_unsupported(body: Any) -> None:
+    """Options this server does not implement are refused, never silently ignored; their neutral values (what
+    clients send by default) are accepted."""
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(body, name):
+            raise APIError(
+                400,
+                f"{name} is not supported by this server; send 0 or leave it out",
+                param=name,
+                code="unsupported_parameter",
+            )
+    for key in body.logit_bias or {}:
+        if not key.isdigit():
+            raise APIError(
+                400,
+                f"logit_bias keys must be token ids (integers as strings), got {key!r}",
+                param="logit_bias",
+                code="invalid_value",
+            )
+    if body.logit_bias:
+        raise APIError(
+            400, "logit_bias is not supported by this server", param="logit_bias", code="unsupported_parameter"
+        )
+
+
 def sampling_params(body: Any, max_tokens: int | None, config: ServerConfig, logprobs: bool) -> SamplingParams:
     temperature = 1.0 if body.temperature is None else body.temperature
     if temperature < GREEDY_BELOW:
         temperature = 0.0
-    if config.max_tokens_cap is not None:
-        max_tokens = min(max_tokens or config.max_tokens_cap, config.max_tokens_cap)
+    if config.max_tokens_cap and max_tokens is not None:  # (without max_tokens: Server._cap, per prompt)
+        max_tokens = min(max_tokens, config.max_tokens_cap)
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    check_unsupported(body)
     try:
         return SamplingParams(
             max_tokens=max_tokens,
@@ -419,13 +531,17 @@ def sampling_params(body: Any, max_tokens: int | None, config: ServerConfig, log
         raise APIError(400, str(e)) from None
 
 
-async def encode(engine: Any, prompt: str | list[int]) -> list[int]:
-    try:
-        if isinstance(prompt, str) and len(prompt) > 20_000:  # long texts: tokenize off the event loop
-            return await asyncio.to_thread(engine.encode, prompt)
-        return engine.encode(prompt)
-    except ValueError as e:
-        raise APIError(400, str(e), param="prompt") from None
+async def encode(engine: Any, prompts: list[str | list[int]]) -> list[list[int]]:
+    """Token ids of every prompt, computed in a worker thread: tokenizing long or many prompts must not stall the
+    event loop that serves everyone else."""
+
+    def run() -> list[list[int]]:
+        try:
+            return [engine.encode(p) for p in prompts]
+        except ValueError as e:
+            raise APIError(400, str(e), param="prompt") from None
+
+    return await asyncio.to_thread(run)
 
 
 def completion_prompts(prompt: Any) -> list[str | list[int]]:
@@ -435,6 +551,13 @@ def completion_prompts(prompt: Any) -> list[str | list[int]]:
         raise APIError(400, "prompt must not be an empty list", param="prompt")
     if isinstance(prompt[0], int):
         return [prompt]
+    if len(prompt) > MAX_PROMPTS:
+        raise APIError(
+            400,
+            f"at most {MAX_PROMPTS} prompts per request, got {len(prompt)}; send them in several requests",
+            param="prompt",
+            code="too_many_prompts",
+        )
     if any(isinstance(p, list) and not p for p in prompt):
         raise APIError(400, "token-id prompts must not be empty", param="prompt")
     return list(prompt)
@@ -753,7 +876,12 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
         strict_content_type=False,  # a body without Content-Type is read as JSON, as OpenAI's API does
     )
     app.state.server = server
+    # outermost last: the Host/Origin check, CORS for configured origins (preflights carry no API key), then keys
     app.add_middleware(Guard, keys=APIKeys(config.api_keys), max_body_bytes=config.max_body_bytes)
+    if config.allowed_origins:
+        origins = ["*"] if "*" in config.allowed_origins else [o.rstrip("/") for o in config.allowed_origins]
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(SameOrigin, allowed_origins=config.allowed_origins, allowed_hosts=config.allowed_hosts)
     _install_error_handlers(app)
     tick = config.keepalive_seconds
 
@@ -769,10 +897,10 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
             raise APIError(
                 400, "top_logprobs > 0 is not supported; logprobs=true gives the chosen tokens'", param="top_logprobs"
             )
-        prompt = render_chat(engine.tokenizer, body)
+        prompt = await asyncio.to_thread(render_chat, engine.tokenizer, body)  # scans and renders long texts
         max_tokens = body.max_completion_tokens or body.max_tokens
         params = sampling_params(body, max_tokens, config, bool(body.logprobs))
-        job = server.admit(request, engine, [await encode(engine, prompt)], params)
+        job = server.admit(request, engine, await encode(engine, [prompt]), params)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         ctx = ChatContext(
             f"chatcmpl-{uuid.uuid4().hex}",
@@ -802,8 +930,8 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
         model = server.check_model(body.model)
         _check_text_options(body)
         prompts = completion_prompts(body.prompt)
-        ids = [await encode(engine, p) for p in prompts]
         params = sampling_params(body, body.max_tokens, config, body.logprobs is not None)
+        ids = await encode(engine, prompts)
         job = server.admit(request, engine, ids, params)
         echo = [_prompt_text(engine, p) if body.echo else "" for p in prompts]
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -926,6 +1054,8 @@ def serve_main(args: Any) -> int:
     for name, value in (("--max-waiting", args.max_waiting), ("--max-body-bytes", args.max_body_bytes)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1")
+    if args.max_tokens_cap is not None and args.max_tokens_cap < 0:
+        raise ValueError("--max-tokens-cap must be at least 0 (0: no cap)")
     path = resolve_model_path(args.model)  # fail now, not in the loading thread, when it is not a checkpoint
     args.model = str(path)
     config = ServerConfig(
@@ -935,8 +1065,10 @@ def serve_main(args: Any) -> int:
         rate_limit_rpm=args.rate_limit_rpm,
         rate_limit_tpm=args.rate_limit_tpm,
         max_body_bytes=args.max_body_bytes,
-        max_tokens_cap=args.max_tokens_cap,
+        max_tokens_cap=args.max_tokens_cap or None,
         grace_seconds=args.grace_seconds,
+        allowed_origins=list(args.allow_origin),
+        allowed_hosts=[args.host, *args.allow_host],
     )
     if args.host not in LOOPBACK_HOSTS and not keys:
         log.warning("serving on %s without API keys: anyone who can reach it can use it (set --api-key)", args.host)
