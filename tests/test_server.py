@@ -750,7 +750,8 @@ def test_stream_drains_a_delta_in_flight_at_the_tick():
     import asyncio
 
     from nanoseek.engine.sampling import SamplingParams
-    from nanoseek.server.app import Job, Server, TextContext, TextStream, stream_events
+    from nanoseek.server.jobs import Job, Server
+    from nanoseek.server.responses import TextContext, TextStream, stream_events
 
     async def stream() -> list[str]:
         server = Server(lambda: None, ServerConfig())
