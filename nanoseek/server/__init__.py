@@ -16,11 +16,35 @@ def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", action="extend", nargs="+", default=[], metavar="KEY", help="accepted bearer keys")
     p.add_argument("--api-key-file", help="file with one accepted key per line (keeps keys out of `ps`)")
     p.add_argument("--model-name", help="the model id clients send (default: the checkpoint directory's name)")
-    p.add_argument("--max-waiting", type=int, default=256, help="queued requests before new ones get a 429")
+    p.add_argument("--max-waiting", type=int, default=256, help="queued sequences (prompts x n) before a 429")
     p.add_argument("--rate-limit-rpm", type=int, help="requests per minute per API key")
     p.add_argument("--rate-limit-tpm", type=int, help="tokens (prompt + n x max_tokens) per minute per API key")
     p.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="largest request body accepted")
-    p.add_argument("--max-tokens-cap", type=int, help="most tokens generated per sample (larger requests: clamped)")
+    p.add_argument(
+        "--max-tokens-cap",
+        type=int,
+        default=16384,
+        help="most tokens generated per sample: requests without max_tokens get this many (or the rest of the "
+        "context), larger ones are clamped (default: %(default)s; 0: no cap but the context)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="ORIGIN",
+        help="browser origins (e.g. http://localhost:3000, or *) allowed to call the API besides the server's own; "
+        "other cross-origin browser requests get a 403",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="HOST",
+        help="Host header names accepted besides localhost, IP addresses and --host (e.g. a DNS name behind a "
+        "proxy, or *); others get a 403 (DNS-rebinding protection)",
+    )
     p.add_argument("--grace-seconds", type=float, default=10.0, help="on SIGTERM: time running requests may finish")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_engine_args(p)

@@ -8,8 +8,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 MAX_N = 16  # samples per request
+MAX_PROMPTS = 64  # prompts per /v1/completions request
 MAX_STOP = 16  # stop strings per request (DeepSeek allows 16, OpenAI 4)
 MAX_STOP_CHARS = 200
 INT64 = 2**63
@@ -82,9 +84,11 @@ class TextPart(BaseModel):
 
 
 class Message(BaseModel):
-    model_config = _STRICT
+    # The schema asks for content, never null; an assistant message may still omit it (app.py refuses a missing
+    # or null content on the other roles).
+    model_config = ConfigDict(strict=True, extra="allow", json_schema_extra={"required": ["role", "content"]})
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart] | SkipJsonSchema[None] = None
     reasoning_content: str | None = None  # accepted on assistant turns and dropped, as the chat template does
     name: str | None = None
 
@@ -108,6 +112,7 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 PositiveInt = Annotated[int, Field(ge=1)]
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+ONLY_ZERO: dict[str, Any] = {"enum": [0]}  # accepted (clients send 0 by default), any other value is refused
 
 
 class _Sampling(BaseModel):
@@ -126,8 +131,11 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
-    frequency_penalty: Penalty | None = Field(None, description="accepted and ignored")
-    presence_penalty: Penalty | None = Field(None, description="accepted and ignored")
+    frequency_penalty: Penalty | None = Field(None, description="not supported: only 0", json_schema_extra=ONLY_ZERO)
+    presence_penalty: Penalty | None = Field(None, description="not supported: only 0", json_schema_extra=ONLY_ZERO)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        None, description="not supported: only {} (keys must be token ids)", json_schema_extra={"maxProperties": 0}
+    )
     user: str | None = None
 
 
@@ -141,7 +149,9 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description=f"a text, a token-id list, or a list of up to {MAX_PROMPTS} of either"
+    )
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     echo: bool = False
     best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None

@@ -1,7 +1,9 @@
-"""API keys, per-key rate limits (token buckets) and the request-body size limit."""
+"""API keys, per-key rate limits (token buckets), the request-body size limit, and the Host/Origin check that keeps
+web pages from using a local server."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import threading
@@ -9,6 +11,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from nanoseek.server.schemas import error_body
 
@@ -174,6 +177,80 @@ class Guard:
             if not message.get("more_body", False):
                 break
         await self.app(scope, _replay(bytes(body), receive), send)
+
+
+class SameOrigin:
+    """ASGI middleware, outermost: refuses (403) what a web page could make a browser send to this server.
+
+    - Host: must name localhost (or a *.localhost name), be an IP address, or be a configured name (the bound
+      --host, --allow-host). A DNS-rebinding page reaches the server under the attacker's own domain name, which
+      is none of these, so it can neither send requests nor read answers.
+    - Origin: a browser sends it on cross-site requests (a form post, a fetch); it must be the server's own
+      origin (the Host it was sent to, so the chat app at / keeps working) or a configured one (--allow-origin);
+      "null" (sandboxed frames, files) is refused. Clients that are not browsers send no Origin and pass.
+    - Sec-Fetch-Site: cross-site on anything but GET/HEAD/OPTIONS without an Origin is refused as well.
+    """
+
+    def __init__(self, app: Any, allowed_origins: Iterable[str] = (), allowed_hosts: Iterable[str] = ()):
+        self.app = app
+        self.origins = {o.strip().rstrip("/").lower() for o in allowed_origins}
+        hosts = {h.strip().lower().strip("[]") for h in allowed_hosts}
+        self.hosts = hosts - {"", "0.0.0.0", "::"}  # binding every interface names no host
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            refusal = self.refusal(dict(scope["headers"]), scope.get("method", "GET"))
+            if refusal is not None:
+                await _reject(send, 403, refusal)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, headers: dict[bytes, bytes], method: str) -> dict[str, Any] | None:
+        host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        if host and not self.host_allowed(host):
+            return error_body(
+                f"this server does not answer to the host name {host!r}; start it with --allow-host NAME to accept "
+                "it (names other than localhost and IP addresses are refused against DNS rebinding)",
+                type="permission_error",
+                code="host_not_allowed",
+            )
+        origin = headers.get(b"origin")
+        if origin is not None:
+            text = origin.decode("latin-1").strip().rstrip("/").lower()
+            if "*" in self.origins or text in self.origins or (host and _netloc(text) == host):
+                return None
+            return error_body(
+                f"requests from the web page at {text!r} are refused (cross-origin); start the server with "
+                "--allow-origin ORIGIN to allow that page",
+                type="permission_error",
+                code="origin_not_allowed",
+            )
+        if headers.get(b"sec-fetch-site") == b"cross-site" and method not in ("GET", "HEAD", "OPTIONS"):
+            return error_body(
+                "cross-site requests from web pages are refused", type="permission_error", code="origin_not_allowed"
+            )
+        return None
+
+    def host_allowed(self, host: str) -> bool:
+        try:
+            name = urlsplit(f"//{host}").hostname or ""
+        except ValueError:
+            return False
+        if "*" in self.hosts or name in self.hosts or name in LOOPBACK_HOSTS or name.endswith(".localhost"):
+            return True
+        try:
+            ipaddress.ip_address(name)  # an address is never a rebound name
+        except ValueError:
+            return False
+        return True
+
+
+def _netloc(origin: str) -> str | None:
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return None
+    return parts.netloc if parts.scheme in ("http", "https") else None
 
 
 def _auth_error(headers: dict[bytes, bytes]) -> dict[str, Any]:

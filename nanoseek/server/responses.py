@@ -1,0 +1,308 @@
+"""OpenAI response shaping: chat.completion and text_completion bodies, their streamed chunks (with
+reasoning_content split off and chosen-token logprobs), usage, and the SSE body of both endpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from nanoseek.engine.engine import StreamDelta
+from nanoseek.server.jobs import Job, Server
+from nanoseek.server.reasoning import ReasoningSplitter, reasoning_tokens
+from nanoseek.server.schemas import APIError, error_body
+
+log = logging.getLogger("nanoseek.server")
+MIN_LOGPROB = -9999.0  # JSON has no -inf
+
+
+def usage(job: Job, reasoning: int = 0) -> dict[str, Any]:
+    firsts = [job.finals[i * job.n] for i in range(len(job.requests)) if i * job.n in job.finals]
+    prompt = sum(c.prompt_tokens for c in firsts)
+    hit = sum(c.prompt_cache_hit_tokens for c in firsts)
+    completion = sum(len(c.token_ids) for c in job.finals.values())
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_cache_hit_tokens": hit,
+        "prompt_cache_miss_tokens": prompt - hit,
+        "prompt_tokens_details": {"cached_tokens": hit},
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
+
+
+def token_logprob(tokenizer: Any, token_id: int, logprob: float) -> dict[str, Any]:
+    data = tokenizer.token_bytes(token_id) if tokenizer is not None else b""
+    return {
+        "token": data.decode("utf-8", errors="replace"),
+        "logprob": max(float(logprob), MIN_LOGPROB),
+        "bytes": list(data),
+        "top_logprobs": [],
+    }
+
+
+def chat_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[float] | None) -> dict[str, Any]:
+    return {"content": [token_logprob(tokenizer, t, lp) for t, lp in zip(token_ids, logprobs or [])]}
+
+
+def _legacy_logprobs(entries: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+    """/v1/completions' logprobs shape, for the text starting at character `offset`."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": None,
+        "text_offset": offsets,
+    }
+
+
+def sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+ABORTED = APIError(
+    503, "the request was cancelled because the server is shutting down", type="server_error", code="aborted"
+)
+
+
+def _any_aborted(job: Job) -> bool:
+    return any(c.finish_reason == "abort" for c in job.finals.values())
+
+
+async def collect(job: Job, request: Request, tick: float) -> bool:
+    """Wait for every sample of a non-streaming request; False when the client left (the job is cancelled).
+    Checked every `tick` seconds, also while tokens keep coming."""
+    checked = time.monotonic()
+    async for _ in job.events(tick):
+        if time.monotonic() - checked >= tick:
+            checked = time.monotonic()
+            if await request.is_disconnected():
+                job.cancel()
+                return False
+    if _any_aborted(job):
+        raise ABORTED
+    return True
+
+
+CLIENT_GONE = 499  # nginx's "client closed request": nobody reads this response
+
+
+@dataclass
+class ChatContext:
+    id: str
+    model: str
+    created: int
+    opened: bool  # the prompt opened a <think> block
+    tokenizer: Any
+    include_usage: bool
+    logprobs: bool
+
+
+def _end_think_id(tokenizer: Any) -> int | None:
+    return tokenizer.token_to_id("</think>") if tokenizer is not None else None
+
+
+def chat_response(job: Job, ctx: ChatContext) -> dict[str, Any]:
+    choices, reasoning_total = [], 0
+    for index in range(job.total):
+        c = job.finals[index]
+        splitter = ReasoningSplitter(ctx.opened)
+        reasoning, content = splitter.split(c.text)
+        reasoning_total += reasoning_tokens(c.token_ids, _end_think_id(ctx.tokenizer), splitter)
+        reasoning_content = reasoning if splitter.reasoned else None
+        message = {"role": "assistant", "content": content, "reasoning_content": reasoning_content}
+        choices.append(
+            {
+                "index": index,
+                "message": message,
+                "logprobs": chat_logprobs(ctx.tokenizer, c.token_ids, c.logprobs) if ctx.logprobs else None,
+                "finish_reason": c.finish_reason,
+            }
+        )
+    head = {"id": ctx.id, "object": "chat.completion", "created": ctx.created, "model": ctx.model}
+    return {**head, "choices": choices, "usage": usage(job, reasoning_total)}
+
+
+class LogprobTracker:
+    """Chosen-token logprobs while streaming: per delta where the engine has them, the rest (the last token, or
+    all of them with an engine that cannot tell) from the final Completion."""
+
+    def __init__(self, tokenizer: Any, total: int):
+        self.tokenizer = tokenizer
+        self.pending: list[list[dict]] = [[] for _ in range(total)]  # entries not sent yet
+        self.streamed = [0] * total  # tokens whose entries came from deltas
+        self.live = [True] * total
+
+    def track(self, index: int, delta: StreamDelta, logprob: float | None) -> None:
+        c = delta.completion
+        if c is None:
+            if delta.token_ids and logprob is not None and self.live[index]:
+                self.pending[index].append(token_logprob(self.tokenizer, delta.token_ids[-1], logprob))
+                self.streamed[index] += 1
+            elif delta.token_ids:
+                self.live[index] = False
+            return
+        done = self.streamed[index]
+        for token_id, lp in zip(c.token_ids[done:], (c.logprobs or [])[done:]):
+            self.pending[index].append(token_logprob(self.tokenizer, token_id, lp))
+
+    def take(self, index: int) -> list[dict]:
+        entries, self.pending[index] = self.pending[index], []
+        return entries
+
+
+class ChatStream:
+    """Deltas -> chat.completion.chunk events: a role chunk, reasoning_content, content, the finish reason."""
+
+    def __init__(self, job: Job, ctx: ChatContext):
+        self.job, self.ctx = job, ctx
+        self.splitters = [ReasoningSplitter(ctx.opened) for _ in range(job.total)]
+        self.logprobs = LogprobTracker(ctx.tokenizer, job.total) if ctx.logprobs else None
+        self.reasoning = 0
+
+    def chunk(self, index: int, delta: dict, finish: str | None = None) -> str:
+        logprobs = None
+        if self.logprobs is not None and (self.logprobs.pending[index] or finish):
+            logprobs = {"content": self.logprobs.take(index)}
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return sse(_chunk_head(self.ctx, "chat.completion.chunk") | {"choices": [choice]})
+
+    def first(self) -> list[str]:
+        return [self.chunk(i, {"role": "assistant", "content": ""}) for i in range(self.job.total)]
+
+    def on_event(self, index: int, delta: StreamDelta, logprob: float | None) -> list[str]:
+        splitter, c = self.splitters[index], delta.completion
+        if self.logprobs is not None:
+            self.logprobs.track(index, delta, logprob)
+        reasoning, content = splitter.feed(delta.text)
+        if c is not None:
+            r, t = splitter.finish()
+            reasoning, content = reasoning + r, content + t
+            self.reasoning += reasoning_tokens(c.token_ids, _end_think_id(self.ctx.tokenizer), splitter)
+        out = []
+        if reasoning:
+            out.append(self.chunk(index, {"content": None, "reasoning_content": reasoning}))
+        if content:
+            out.append(self.chunk(index, {"content": content, "reasoning_content": None}))
+        if c is not None:
+            out.append(self.chunk(index, {}, c.finish_reason))
+        return out
+
+    def usage_chunk(self) -> str:
+        return sse(_chunk_head(self.ctx, "chat.completion.chunk", usage(self.job, self.reasoning)) | {"choices": []})
+
+
+def _chunk_head(ctx: Any, kind: str, usage: dict | None = None) -> dict[str, Any]:
+    head = {"id": ctx.id, "object": kind, "created": ctx.created, "model": ctx.model}
+    if ctx.include_usage:  # OpenAI: every chunk has "usage", null until the last one
+        head["usage"] = usage
+    return head
+
+
+@dataclass
+class TextContext:
+    id: str
+    model: str
+    created: int
+    tokenizer: Any
+    include_usage: bool
+    logprobs: bool
+    echo: list[str]  # per prompt: the prompt text when echo=true, else ""
+
+
+class TextStream:
+    """Deltas -> text_completion chunks."""
+
+    def __init__(self, job: Job, ctx: TextContext):
+        self.job, self.ctx = job, ctx
+        self.logprobs = LogprobTracker(ctx.tokenizer, job.total) if ctx.logprobs else None
+        self.offsets = [len(ctx.echo[i // job.n]) for i in range(job.total)]
+
+    def chunk(self, index: int, text: str, finish: str | None = None) -> str:
+        logprobs = None
+        if self.logprobs is not None and (self.logprobs.pending[index] or finish):
+            entries = self.logprobs.take(index)
+            logprobs = _legacy_logprobs(entries, self.offsets[index])
+            self.offsets[index] += sum(len(e["token"]) for e in entries)
+        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+        return sse(_chunk_head(self.ctx, "text_completion") | {"choices": [choice]})
+
+    def first(self) -> list[str]:
+        echo = [self.ctx.echo[i // self.job.n] for i in range(self.job.total)]
+        return [self.chunk(i, text) for i, text in enumerate(echo) if text]
+
+    def on_event(self, index: int, delta: StreamDelta, logprob: float | None) -> list[str]:
+        if self.logprobs is not None:
+            self.logprobs.track(index, delta, logprob)
+        out = [self.chunk(index, delta.text)] if delta.text else []
+        if delta.completion is not None:
+            out.append(self.chunk(index, "", delta.completion.finish_reason))
+        return out
+
+    def usage_chunk(self) -> str:
+        return sse(_chunk_head(self.ctx, "text_completion", usage(self.job)) | {"choices": []})
+
+
+async def stream_events(server: Server, job: Job, render: ChatStream | TextStream, tick: float) -> AsyncIterator[str]:
+    """The SSE body of both endpoints: keep-alive comments while nothing happens (the client sees the request is
+    alive, and the server notices a client that left), an error event if the request is aborted."""
+    try:
+        for line in render.first():
+            yield line
+        async for event in job.events(tick):
+            if event is None:
+                yield ": keep-alive\n\n"
+                continue
+            index, delta, logprob = event
+            if delta.finish_reason == "abort":
+                yield sse(ABORTED.body())
+                return
+            for line in render.on_event(index, delta, logprob):
+                yield line
+        if render.ctx.include_usage:
+            yield render.usage_chunk()
+        yield "data: [DONE]\n\n"
+    except APIError as e:
+        yield sse(e.body())
+    except Exception as e:  # the headers are sent: the error can only go in the stream
+        log.exception("streaming failed")
+        yield sse(error_body(f"internal error ({type(e).__name__}); see the server log", type="server_error"))
+    finally:
+        server.release(job)
+
+
+class EventStream(StreamingResponse):
+    """An SSE response that always ends its job, also when the client left before the body started."""
+
+    def __init__(self, body: AsyncIterator[str], on_close: Callable[[], None]):
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(body, media_type="text/event-stream", headers=headers)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            self.on_close()
+
+
+def text_response(job: Job, ctx: TextContext) -> dict[str, Any]:
+    choices = []
+    for index in range(job.total):
+        c, echo = job.finals[index], ctx.echo[index // job.n]
+        entries = [token_logprob(ctx.tokenizer, t, lp) for t, lp in zip(c.token_ids, c.logprobs or [])]
+        logprobs = _legacy_logprobs(entries, len(echo)) if ctx.logprobs else None
+        choices.append({"index": index, "text": echo + c.text, "logprobs": logprobs, "finish_reason": c.finish_reason})
+    head = {"id": ctx.id, "object": "text_completion", "created": ctx.created, "model": ctx.model}
+    return {**head, "choices": choices, "usage": usage(job)}

@@ -1,0 +1,243 @@
+"""The FastAPI app: the OpenAI-compatible routes (DeepSeek API flavour) over one engine, the browser chat app at
+`/`, and every error in OpenAI's shape.
+
+Where this API differs from OpenAI's or DeepSeek's:
+- response_format {"type": "json_object"} adds a system instruction to reply with one JSON object; the output is
+  not constrained or validated ({"type": "text"} is the default; json_schema is refused).
+- top_logprobs > 0 (and /v1/completions logprobs > 0) are refused: only the chosen tokens' logprobs exist.
+- tools, logit_bias and non-zero frequency/presence penalties are refused (0 and {} are accepted); other unknown
+  fields are ignored.
+- messages must not contain the tokenizer's added tokens or the chat template's role markers (400): they would
+  forge turns. Refused rather than stripped or escaped: the prompt reaches the engine as one string, so a marker
+  cannot be kept as plain text, and silently changing a client's text is worse than telling it.
+- model may be omitted (the served model); assistant messages may carry reasoning_content, which is dropped (as
+  the chat template drops reasoning), where DeepSeek's API refuses it.
+- extensions from vLLM: top_k, min_p, ignore_eos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nanoseek.server.jobs import Server, ServerConfig
+from nanoseek.server.prompts import (
+    check_text_options,
+    completion_prompts,
+    encode,
+    prompt_text,
+    render_chat,
+    sampling_params,
+)
+from nanoseek.server.reasoning import prompt_opens_reasoning
+from nanoseek.server.responses import (
+    CLIENT_GONE,
+    ChatContext,
+    ChatStream,
+    EventStream,
+    TextContext,
+    TextStream,
+    chat_response,
+    collect,
+    stream_events,
+    text_response,
+)
+from nanoseek.server.schemas import (
+    GENERATION_RESPONSES,
+    SSE,
+    APIError,
+    ChatCompletion,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    TextCompletion,
+    describe_validation_errors,
+    error_body,
+)
+from nanoseek.server.security import APIKeys, Guard, SameOrigin
+
+log = logging.getLogger("nanoseek.server")
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = None) -> FastAPI:
+    """The FastAPI app; `load_engine` runs in a background thread at startup."""
+    config = config or ServerConfig()
+    server = Server(load_engine, config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        server.start_loading()
+        yield
+        server.close()
+
+    app = FastAPI(
+        title="nanoseek",
+        version="0.1.0",
+        summary="OpenAI-compatible API (DeepSeek flavour)",
+        lifespan=lifespan,
+        strict_content_type=False,  # a body without Content-Type is read as JSON, as OpenAI's API does
+    )
+    app.state.server = server
+    # outermost last: the Host/Origin check, CORS for configured origins (preflights carry no API key), then keys
+    app.add_middleware(Guard, keys=APIKeys(config.api_keys), max_body_bytes=config.max_body_bytes)
+    if config.allowed_origins:
+        origins = ["*"] if "*" in config.allowed_origins else [o.rstrip("/") for o in config.allowed_origins]
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(SameOrigin, allowed_origins=config.allowed_origins, allowed_hosts=config.allowed_hosts)
+    _install_error_handlers(app)
+    tick = config.keepalive_seconds
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletion,
+        responses={**GENERATION_RESPONSES, 200: {"content": SSE}},
+    )
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        engine = server.ready()
+        model = server.check_model(body.model)
+        if body.top_logprobs:
+            raise APIError(
+                400, "top_logprobs > 0 is not supported; logprobs=true gives the chosen tokens'", param="top_logprobs"
+            )
+        prompt = await asyncio.to_thread(render_chat, engine.tokenizer, body)  # scans and renders long texts
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        params = sampling_params(body, max_tokens, config, bool(body.logprobs))
+        job = server.admit(request, engine, await encode(engine, [prompt]), params)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        ctx = ChatContext(
+            f"chatcmpl-{uuid.uuid4().hex}",
+            model,
+            int(time.time()),
+            prompt_opens_reasoning(prompt),
+            engine.tokenizer,
+            include_usage,
+            bool(body.logprobs),
+        )
+        if body.stream:
+            return EventStream(stream_events(server, job, ChatStream(job, ctx), tick), partial(server.release, job))
+        try:
+            if not await collect(job, request, tick):
+                return Response(status_code=CLIENT_GONE)
+            return JSONResponse(chat_response(job, ctx))
+        finally:
+            server.release(job)
+
+    @app.post(
+        "/v1/completions",
+        response_model=TextCompletion,
+        responses={**GENERATION_RESPONSES, 200: {"content": SSE}},
+    )
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        engine = server.ready()
+        model = server.check_model(body.model)
+        check_text_options(body)
+        prompts = completion_prompts(body.prompt)
+        params = sampling_params(body, body.max_tokens, config, body.logprobs is not None)
+        ids = await encode(engine, prompts)
+        job = server.admit(request, engine, ids, params)
+        echo = [prompt_text(engine, p) if body.echo else "" for p in prompts]
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        ctx = TextContext(
+            f"cmpl-{uuid.uuid4().hex}",
+            model,
+            int(time.time()),
+            engine.tokenizer,
+            include_usage,
+            body.logprobs is not None,
+            echo,
+        )
+        if body.stream:
+            return EventStream(stream_events(server, job, TextStream(job, ctx), tick), partial(server.release, job))
+        try:
+            if not await collect(job, request, tick):
+                return Response(status_code=CLIENT_GONE)
+            return JSONResponse(text_response(job, ctx))
+        finally:
+            server.release(job)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(server)]}
+
+    @app.get("/v1/models/{model}", response_model=ModelCard, responses={404: {"model": ErrorResponse}})
+    async def model_info(model: str) -> dict[str, Any]:
+        server.check_model(model)
+        return _model_card(server)
+
+    @app.get("/health", responses={503: {"model": ErrorResponse}})
+    async def health() -> Response:
+        reason = server.unavailable()
+        if reason:
+            return JSONResponse(error_body(reason, type="server_error", code="unavailable"), status_code=503)
+        return JSONResponse({"status": "ok", "model": config.model_name})
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _model_card(server: Server) -> dict[str, Any]:
+    engine = server.engine
+    return {
+        "id": server.config.model_name,
+        "object": "model",
+        "created": server.created,
+        "owned_by": "nanoseek",
+        "max_model_len": getattr(engine, "max_context", None) if engine is not None else None,
+    }
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's shape; a bad request is never a 5xx."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        message, param = describe_validation_errors(list(e.errors()))
+        return JSONResponse(error_body(message, param=param, code="invalid_value"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        method, path = request.method, request.url.path
+        if e.status_code == 404:
+            message = f"Invalid URL ({method} {path})"
+        elif e.status_code == 405:
+            message = f"{method} is not allowed on {path} (allowed: {(e.headers or {}).get('Allow', '?')})"
+        else:
+            message = str(e.detail)
+        kind = "invalid_request_error" if e.status_code < 500 else "server_error"
+        return JSONResponse(error_body(message, type=kind), status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, e: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        body = error_body(f"internal server error ({type(e).__name__}); see the server log", type="server_error")
+        return JSONResponse(body, status_code=500)
