@@ -172,10 +172,12 @@ class Tokenizer:
         tok: HFTokenizer,
         chat_template: str = CHAT_TEMPLATE,
         model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
-        special_tokens: dict[str, str] | None = None,
+        special_tokens: dict[str, str | None] | None = None,
     ) -> None:
         special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, **(special_tokens or {})}
-        missing = [special[k] for k in ("bos_token", "eos_token") if tok.token_to_id(special[k]) is None]
+        # bos_token None: the model has no BOS (Qwen2.5's tokenizer_config.json says "bos_token": null)
+        required = [special[k] for k in ("bos_token", "eos_token") if special[k] is not None]
+        missing = [t for t in required if tok.token_to_id(t) is None]
         if missing:
             raise TokenizerError(f"tokenizer lacks its bos/eos tokens {missing}")
         if tok.token_to_id(special["pad_token"]) is None:
@@ -251,6 +253,8 @@ class Tokenizer:
             except json.JSONDecodeError as e:
                 raise TokenizerError(f"{config_file} is not valid JSON: {e}") from e
         special = {k: _token_content(config[k]) for k in ("bos_token", "eos_token", "pad_token") if config.get(k)}
+        if "bos_token" in config and config["bos_token"] is None:
+            special["bos_token"] = None  # as transformers reads it: no BOS, so encode(add_bos=True) adds none
         return cls(
             tok,
             chat_template=_read_chat_template(file.parent, config),
@@ -275,7 +279,8 @@ class Tokenizer:
         }
         _write_atomic(path / "tokenizer.json", self.hf.to_str(pretty=True))
         _write_atomic(path / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
-        _write_atomic(path / "special_tokens_map.json", json.dumps(special, indent=2, ensure_ascii=False))
+        present = {k: v for k, v in special.items() if v is not None}  # the config keeps "bos_token": null
+        _write_atomic(path / "special_tokens_map.json", json.dumps(present, indent=2, ensure_ascii=False))
 
     # --- ids
 
@@ -284,8 +289,9 @@ class Tokenizer:
         return self.hf.get_vocab_size(with_added_tokens=True)
 
     @property
-    def bos_id(self) -> int:
-        return self.hf.token_to_id(self.special_tokens["bos_token"])
+    def bos_id(self) -> int | None:
+        bos = self.special_tokens["bos_token"]
+        return None if bos is None else self.hf.token_to_id(bos)
 
     @property
     def eos_id(self) -> int:
@@ -327,13 +333,18 @@ class Tokenizer:
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         ids = self.hf.encode(text, add_special_tokens=False).ids
-        return [self.bos_id, *ids] if add_bos else ids
+        return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
 
     def encode_batch(self, texts: Sequence[str], add_bos: bool = False) -> list[list[int]]:
         """Encode many texts at once (the Rust side uses all cores)."""
         encodings = self.hf.encode_batch_fast(list(texts), add_special_tokens=False)
-        prefix = [self.bos_id] if add_bos else []
+        prefix = [self.bos_id] if add_bos and self.bos_id is not None else []
         return [prefix + e.ids for e in encodings]
+
+    def known_ids(self) -> list[int]:
+        """Every id this tokenizer can decode. A model's vocab_size may be larger (DeepSeek-V3's and Qwen2.5's
+        embeddings are padded past their tokenizers), and ids may even have holes below vocab_size."""
+        return sorted(set(self.hf.get_vocab(with_added_tokens=True).values()))
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -378,6 +389,8 @@ class Tokenizer:
         import jinja2
 
         messages = normalize_messages(messages)
+        # unset special tokens stay undefined, as in transformers: a template's {{ bos_token }} renders nothing
+        defined = {k: v for k, v in self.special_tokens.items() if v is not None}
         try:
             return _compile_template(self.chat_template).render(
                 messages=messages,
@@ -385,7 +398,7 @@ class Tokenizer:
                 documents=None,
                 add_generation_prompt=add_generation_prompt,
                 keep_reasoning=keep_reasoning,
-                **self.special_tokens,
+                **defined,
             )
         except jinja2.exceptions.TemplateError as e:
             raise ValueError(f"chat template: {e}") from e

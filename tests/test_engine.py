@@ -175,14 +175,15 @@ def test_text_prompts_stop_strings_and_streaming(served):
     assert "".join(d.text for d in deltas) == done.text
     assert done.text == engine.tokenizer.decode(done.token_ids)
     assert deltas[-1].completion is done and deltas[-1].finish_reason == "length"
-    # a stop string cut out of that same text ends generation there
-    cut = done.text[len(done.text) // 2 : len(done.text) // 2 + 3]
-    if cut.strip():
-        stopped = engine.generate(
-            ["the answer is"], SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, stop=[cut])
-        )[0]
-        assert stopped.finish_reason == "stop" and cut not in stopped.text
-        assert done.text.startswith(stopped.text)
+    # a stop string cut out of that same text (from its second half, not blank) ends generation at its first
+    # occurrence; always checked, whatever text the model writes
+    assert len(done.text) >= 10
+    middle = range(len(done.text) // 2, len(done.text) - 3)
+    cut = next(done.text[i : i + 3] for i in middle if done.text[i : i + 3].strip())
+    stopped = engine.generate(
+        ["the answer is"], SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, stop=[cut])
+    )[0]
+    assert stopped.finish_reason == "stop" and stopped.text == done.text[: done.text.index(cut)]
     # a stop token id ends generation too
     first = done.token_ids[3]
     by_id = engine.generate(
@@ -254,6 +255,32 @@ def test_speculative_sampling_runs_and_respects_limits(trained):
         Engine(random_model(random_config(4, num_nextn_predict_layers=0)), speculative=True)
 
 
+def test_speculative_sampling_draws_from_the_target_distribution():
+    """Draft ~ q, then the acceptance test against p: the first token must be distributed as p (the filtered target
+    of the first row), and the bonus token after an accepted draft as the second row's. A wrong acceptance rule
+    (always accepting, resampling from p instead of max(p - q, 0), ...) moves them by far more than the bound."""
+    from nanoseek.engine.sampling import filtered_probs
+    from nanoseek.engine.speculative import propose, verify
+
+    params = SamplingParams(temperature=0.8, top_k=5)
+    target = torch.tensor([[2.0, 0.5, -1.0, 1.0, 0.0, -0.5], [0.0, 1.5, 1.0, -1.0, 0.5, 2.0]])
+    draft = torch.tensor([0.5, 1.8, 0.0, 1.0, -1.0, 0.8])  # disagrees with the target: ~40% of drafts accepted
+    p = filtered_probs(target, [params] * 2)
+    g = torch.Generator().manual_seed(0)
+    draws = 8000
+    first, bonus = torch.zeros(6), torch.zeros(6)
+    for _ in range(draws):
+        proposed, q = propose(draft, params, g)
+        tokens, _ = verify(target, proposed, q, params, g)
+        first[tokens[0]] += 1
+        if len(tokens) == 2:
+            bonus[tokens[1]] += 1
+    assert 0.2 * draws < bonus.sum() < 0.8 * draws  # both branches (accept, reject) were exercised
+    assert (first / draws - p[0]).abs().sum() / 2 < 0.025  # total variation distance
+    assert (bonus / bonus.sum() - p[1]).abs().sum() / 2 < 0.035
+    assert first[p[0] == 0].sum() == 0 and bonus[p[1] == 0].sum() == 0  # nothing top-k filtered out
+
+
 def test_int8_keeps_a_trained_model_close(trained):
     import copy
 
@@ -298,6 +325,87 @@ def test_a_failing_step_aborts_its_requests_and_the_loop_keeps_serving():
     finally:
         engine.stop()
     assert engine.cache.free_blocks() == engine.cache.num_blocks - 1
+
+
+def test_int8_quantizes_each_row_alone_so_batch_neighbours_cannot_change_it():
+    """One request's int8 output must not depend on what else is in the batch (another user's large activation)."""
+    from nanoseek.engine.quant import Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 40)
+    quantized = Int8Linear(linear)
+    x = torch.randn(2, 96)
+    loud = torch.randn(1, 96) * 300 + 50  # another request: very different magnitude, offset
+    alone = quantized(x)
+    assert torch.equal(quantized(torch.cat([x[:1], loud, x[1:]]))[[0, 2]], alone)
+    assert torch.equal(quantized(torch.cat([loud, x]).unsqueeze(0))[0, 1:], alone)
+    assert torch.equal(quantized(x[1:]), alone[1:])
+    assert (alone - linear(x)).abs().max() < 0.05 * linear(x).abs().max()  # and still close to float
+
+
+def _padded_vocab_engine(path, **kwargs) -> Engine:
+    """A checkpoint whose vocab_size exceeds its tokenizer's (as DeepSeek-V3's 129,280 does), with the padding ids'
+    logits forced far above all others, in the main head and so in the MTP drafts that share it."""
+    from helpers import tiny_tokenizer
+
+    size = tiny_tokenizer().vocab_size
+    engine = Engine.from_pretrained(str(tiny_checkpoint(path, vocab_size=size + 7)), **kwargs)
+    head = engine.model.lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    biased.weight = head.weight
+    with torch.no_grad():
+        biased.bias.zero_()
+        biased.bias[size:] = 1e4
+    engine.model.lm_head = biased
+    return engine
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_ids_past_the_tokenizer_are_never_sampled(tmp_path, speculative):
+    engine = _padded_vocab_engine(tmp_path, speculative=speculative)
+    size = engine.tokenizer.vocab_size
+    assert engine.model.config.vocab_size == size + 7
+    greedy = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=True)
+    sampled = SamplingParams(max_tokens=12, temperature=1.5, seed=1, ignore_eos=True)
+    for params in (greedy, sampled):
+        out = engine.generate(["the answer is", "what is 2 + 2"], params)
+        for c in out:
+            assert c.finish_reason == "length" and len(c.token_ids) == 12
+            assert max(c.token_ids) < size and c.text == engine.tokenizer.decode(c.token_ids)
+    assert all(lp <= 0 for lp in engine.generate(["sum"], greedy)[0].logprobs)
+    assert engine.stats["drafted"] > 0 if speculative else engine.stats["drafted"] == 0  # drafts were checked too
+
+
+def test_one_failing_sequence_ends_alone_and_the_batch_goes_on():
+    model = random_model(random_config(2, max_position_embeddings=256), 2)
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    expected = Engine(model).generate([[3, 4, 5], [7, 8, 9, 10]], params)
+    engine = Engine(model)
+    seen = []
+
+    def broken(delta):  # e.g. a server callback that fails for this one request
+        seen.append(delta)
+        if len(seen) == 3:
+            raise RuntimeError("injected failure")
+
+    bad = engine.submit([3, 4, 5], params, on_delta=broken)
+    good = engine.submit([7, 8, 9, 10], params, on_delta=lambda d: None)
+    while engine.has_work():
+        engine.step()
+    assert bad.done.is_set() and bad.completions[0].finish_reason == "error"
+    assert bad.completions[0].token_ids == expected[0].token_ids[:3]
+    assert good.completions[0].token_ids == expected[1].token_ids and good.completions[0].finish_reason == "length"
+    assert engine.cache.free_blocks() == engine.cache.num_blocks - 1
+    # in the background loop too: the failing request ends with "error", its neighbour is unaffected
+    seen.clear()
+    engine.start()
+    try:
+        bad = engine.submit([3, 4, 5], params, on_delta=broken)
+        good = engine.submit([7, 8, 9, 10], params)
+        assert bad.done.wait(10) and good.done.wait(10)
+        assert bad.completions[0].finish_reason == "error" and good.completions[0].token_ids == expected[1].token_ids
+    finally:
+        engine.stop()
 
 
 def test_the_top_level_api_of_the_readme(tmp_path):

@@ -13,13 +13,12 @@ import itertools
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import torch
 
 from nanoseek.engine.cache import CacheFull, LatentCache, Segment
+from nanoseek.engine.records import Completion, Request, Sequence, StreamDelta, Work
 from nanoseek.engine.sampling import SamplingParams, make_generator, sample
 from nanoseek.engine.speculative import propose, verify
 from nanoseek.model import DeepseekV3ForCausalLM
@@ -27,96 +26,6 @@ from nanoseek.model import DeepseekV3ForCausalLM
 # The default cache's memory cap. Released models declare 128k+ contexts: four of them would need 64 GB of cache
 # for an 8B Llama; 2 GiB holds 16k tokens of it (74k of the 1.5B Qwen, 30k of DeepSeek-V3's latents).
 DEFAULT_CACHE_BYTES = 2 * 1024**3
-
-
-@dataclass
-class Completion:
-    """One generated sample: the engine's only result type."""
-
-    token_ids: list[int]  # generated ids (without the EOS / stop token that ended generation)
-    text: str
-    finish_reason: str  # "stop" (EOS, stop token or stop string), "length" (max_tokens or context), "abort"
-    prompt_tokens: int
-    prompt_cache_hit_tokens: int
-    index: int = 0  # which of the request's n samples
-    logprobs: list[float] | None = None
-
-    @property
-    def prompt_cache_miss_tokens(self) -> int:
-        return self.prompt_tokens - self.prompt_cache_hit_tokens
-
-
-@dataclass
-class StreamDelta:
-    """New output of one sample since the last delta (what a streaming client receives)."""
-
-    index: int
-    text: str
-    token_ids: list[int]
-    finish_reason: str | None = None
-    completion: Completion | None = None  # set on the last delta
-
-
-class Request:
-    def __init__(
-        self,
-        request_id: int,
-        prompt: list[int],
-        params: SamplingParams,
-        on_delta: Callable[[StreamDelta], None] | None = None,
-    ):
-        self.id, self.prompt, self.params, self.on_delta = request_id, prompt, params, on_delta
-        self.completions: list[Completion | None] = [None] * params.n
-        self.done = threading.Event()
-        self.cancelled = False
-        self.arrival = time.perf_counter()
-
-    def cancel(self) -> None:
-        """Stop generating; the engine frees the request's cache at its next step."""
-        self.cancelled = True
-
-    def finished(self) -> bool:
-        return all(c is not None for c in self.completions)
-
-
-@dataclass
-class Sequence:
-    request: Request
-    index: int
-    tokens: list[int]  # prompt + generated; all but possibly the last have their latents in the cache
-    generator: torch.Generator
-    decoder: object | None
-    num_cached: int = 0
-    blocks: list[int] = field(default_factory=list)
-    hashes: list[bytes] = field(default_factory=list)  # prefix hashes of the registered full blocks
-    generated: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0  # characters of text already streamed
-    hit_tokens: int = 0
-    finish_reason: str | None = None
-    forked: bool = False  # n > 1: siblings are created once the prompt is processed
-    speculate: bool = False  # draft with the MTP module and verify (n == 1 requests of an MTP model)
-    draft: list[int] = field(default_factory=list)
-    draft_probs: torch.Tensor | None = None  # the draft distribution, when sampling (for the acceptance test)
-
-    @property
-    def salt(self) -> bytes:
-        """Prefix-cache namespace: blocks of speculating sequences also hold the MTP layer's entries."""
-        return b"mtp" if self.speculate else b""
-
-
-@dataclass
-class Work:
-    """What one sequence feeds to a step: its uncached tokens, then its draft tokens."""
-
-    seq: Sequence
-    start: int  # position of the first fed token
-    fed: list[int]
-    draft: list[int]
-    completes: bool  # reaches the end of the sequence's known tokens, so its logits decide new tokens
-    row: int = 0  # first row of this work in the step's flat batch
-    valid: int = 0  # fed rows that turned out part of the sequence (drafts past the first rejection are not)
 
 
 class Engine:
@@ -156,6 +65,9 @@ class Engine:
             device=self.device,
         )
         self.eos_ids = _as_list(config.eos_token_id)
+        # ids the model can emit but its tokenizer cannot decode (DeepSeek-V3 and Qwen2.5 pad the embedding past
+        # the tokenizer): their logits are masked for every choice (sampled, greedy, drafted), so none is ever made
+        self.undecodable = _undecodable(tokenizer, config.vocab_size, self.device)
         self.waiting: list[Request] = []
         self.running: list[Sequence] = []
         self._ids = itertools.count()
@@ -200,7 +112,8 @@ class Engine:
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("this engine has no tokenizer: pass prompts as lists of token ids")
-            return self.tokenizer.encode(prompt, add_bos=not prompt.startswith(self._bos_text()))
+            bos = self.tokenizer.bos_id  # None: this model has no BOS (Qwen2.5)
+            return self.tokenizer.encode(prompt, add_bos=bos is not None and not prompt.startswith(self._bos_text()))
         if not prompt or not all(isinstance(t, int) and 0 <= t < self.model.config.vocab_size for t in prompt):
             raise ValueError(
                 f"a token-id prompt must be a non-empty list of ids in [0, {self.model.config.vocab_size})"
@@ -417,8 +330,12 @@ class Engine:
             torch.tensor([ids], device=self.device), torch.tensor([positions], device=self.device), self.cache
         )[0]
         rows = torch.tensor(logit_rows, device=self.device, dtype=torch.long)
-        logits = self.model.lm_head(hidden.index_select(0, rows)).float() if logit_rows else hidden.new_empty(0)
+        logits = self._logits(hidden.index_select(0, rows)) if logit_rows else hidden.new_empty(0)
         return hidden, logits
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.model.lm_head(hidden).float()
+        return logits if self.undecodable is None else logits.masked_fill_(self.undecodable, float("-inf"))
 
     def _register(self, seq: Sequence) -> None:
         """Offer newly completed full blocks to the prefix cache."""
@@ -440,24 +357,26 @@ class Engine:
             work.valid = len(work.fed) - len(work.draft)
             if not work.completes:
                 continue
+            first, row = row, row + len(work.draft) + 1
             if work.draft:
-                tokens, logprobs = verify(
-                    logits[row : row + len(work.draft) + 1],
-                    work.draft,
-                    seq.draft_probs,
-                    seq.request.params,
-                    seq.generator,
-                )
+                try:
+                    tokens, logprobs = verify(
+                        logits[first:row], work.draft, seq.draft_probs, seq.request.params, seq.generator
+                    )
+                except Exception:
+                    self._fail(seq)
+                    continue
                 self.stats["drafted"] += len(work.draft)
                 self.stats["accepted"] += len(tokens) - 1
                 work.valid += len(tokens) - 1
                 verified.append((work, tokens, logprobs))
             else:
-                plain.append((seq, row))
+                plain.append((seq, first))
                 if seq.forked:  # n > 1: the prompt is done; the other samples share its cache from here
-                    plain.extend((sibling, row) for sibling in self._fork(seq, work.start + work.valid))
-            row += len(work.draft) + 1
+                    plain.extend((sibling, first) for sibling in self._fork(seq, work.start + work.valid))
         for work in batch:
+            if work.seq.finish_reason is not None:
+                continue  # its verification failed: finished, its blocks already released
             work.seq.num_cached = work.start + work.valid
             work.seq.draft, work.seq.draft_probs = [], None
             self._register(work.seq)
@@ -473,6 +392,23 @@ class Engine:
                 if work.seq.finish_reason is not None:
                     break
                 self._append(work.seq, token, logprob)
+
+    def _append(self, seq: Sequence, token: int, logprob: float) -> None:
+        """Add a token; what fails here (detokenizing, a stream callback) ends this sequence only, not the step."""
+        try:
+            self._add_token(seq, token, logprob)
+        except Exception:
+            self._fail(seq)
+
+    def _fail(self, seq: Sequence) -> None:
+        logging.getLogger("nanoseek.engine").exception("sequence of request %d failed", seq.request.id)
+        seq.decoder = None  # it may be what failed; the text so far stands
+        try:
+            self._finish(seq, "error")
+        except Exception:  # the request's callback failed again: it gets no delta, but its caller is released
+            logging.getLogger("nanoseek.engine").exception("request %d: error delta failed", seq.request.id)
+            if seq.request.finished():
+                seq.request.done.set()
 
     def _fork(self, seq: Sequence, num_cached: int) -> list[Sequence]:
         seq.forked = False
@@ -517,12 +453,12 @@ class Engine:
         drafting = [i for i, w in enumerate(batch) if w.completes and w.seq.finish_reason is None]
         if not drafting:
             return
-        logits = self.model.lm_head(mtp.index_select(0, torch.tensor([last[i] for i in drafting], device=device)))
-        for i, row_logits in zip(drafting, logits.float()):
+        logits = self._logits(mtp.index_select(0, torch.tensor([last[i] for i in drafting], device=device)))
+        for i, row_logits in zip(drafting, logits):
             seq = batch[i].seq
             seq.draft, seq.draft_probs = propose(row_logits, seq.request.params, seq.generator)
 
-    def _append(self, seq: Sequence, token: int, logprob: float) -> None:
+    def _add_token(self, seq: Sequence, token: int, logprob: float) -> None:
         params = seq.request.params
         self.stats["generated_tokens"] += 1
         if (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids:
@@ -600,6 +536,15 @@ def _as_list(value) -> list[int]:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _undecodable(tokenizer, vocab_size: int, device: torch.device) -> torch.Tensor | None:
+    """[vocab_size] bool, True at ids the tokenizer cannot decode; None when it decodes all of them."""
+    if tokenizer is None:
+        return None
+    known = torch.zeros(vocab_size, dtype=torch.bool)
+    known[[i for i in tokenizer.known_ids() if i < vocab_size]] = True
+    return None if bool(known.all()) else (~known).to(device)
 
 
 def _load_tokenizer(path: str):

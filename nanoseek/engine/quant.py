@@ -1,14 +1,14 @@
-"""int8 inference on CPU: int8 weights (per output channel), activations quantized per call.
+"""int8 inference on CPU: int8 weights (per output channel), activations quantized per row (token).
 
 Decoding one token is a matrix-vector product per weight: it reads every weight once and does little else, so
 speed is bytes. FBGEMM's dynamic int8 linear reads 1 byte per weight instead of 4 and runs 3-4x faster than float32
 on this project's reference CPU for matrices of a few hundred thousand weights and up. PyTorch's weight-only int8
 kernel (`_weight_int8pack_mm`), which would keep activations in float, measured 4x *slower* than float32 there, so
-activations are quantized too (per call, to 8 bits): the accuracy cost is measured by the tests and benchmarks.
+activations are quantized too (per token, to 8 bits): the accuracy cost is measured by the tests and benchmarks.
 
-Quantized: every large nn.Linear of any family, biases included (GQA's q/k/v biases are added by the kernel in
-float), the output head, and the routed experts. Not quantized: the router (routing decisions stay float32),
-kv_b_proj (the absorbed attention uses its weight directly), norms, embeddings, and matrices below
+Quantized: every large nn.Linear of any family (biases, such as GQA's q/k/v biases, stay float and are added
+after the kernel), the output head, and the routed experts. Not quantized: the router (routing decisions stay
+float32), kv_b_proj (the absorbed attention uses its weight directly), norms, embeddings, and matrices below
 `min_weights`, where the int8 kernel's fixed cost is larger than the bytes it saves.
 
 Memory: about 1 byte per quantized weight plus the embedding at the load dtype, e.g. DeepSeek-R1-Distill-Qwen-1.5B
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -40,7 +41,12 @@ def _has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
 
 
-def pack_int8(weight: torch.Tensor, bias: torch.Tensor | None = None):
+class PackedInt8(NamedTuple):
+    weight: object  # FBGEMM's packed int8 weight, without bias
+    sums: torch.Tensor  # [out] row sums of the int8 weight (dequantized): what a shift of every input adds
+
+
+def pack_int8(weight: torch.Tensor) -> PackedInt8:
     """weight [out, in] float -> FBGEMM packed int8 weight (symmetric, one scale per output row)."""
     w = weight.detach().float()
     scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
@@ -50,12 +56,25 @@ def pack_int8(weight: torch.Tensor, bias: torch.Tensor | None = None):
     ):  # PyTorch marks quantized tensors deprecated; FBGEMM's kernels are still the fast path
         warnings.simplefilter("ignore", UserWarning)
         q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
-    return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.detach().float())
+    return PackedInt8(torch.ops.quantized.linear_prepack(q, None), q.dequantize().sum(dim=1))
 
 
-def int8_linear(x: torch.Tensor, packed) -> torch.Tensor:
-    rows = x.reshape(-1, x.shape[-1]).float().contiguous()
-    out = torch.ops.quantized.linear_dynamic(rows, packed, not _has_vnni())
+def int8_linear(x: torch.Tensor, packed: PackedInt8, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] @ the int8 weight (+ bias, in float), each row (token) quantized with its own range.
+
+    FBGEMM's dynamic kernel takes one range for the whole input, so a request's output would depend on the other
+    requests in its batch (one large activation coarsens everyone's). Each row is mapped affinely onto [-1, 1]
+    (x = center + half * x'), and two fixed rows of -1 and +1 pin the kernel's range there: every row is
+    quantized over its own [min, max], whatever its neighbours. Then W x = half * (W x') + center * sum(W), and
+    the bias is added in float after that, so it is kept out of the packed weight."""
+    rows = x.reshape(-1, x.shape[-1]).float()
+    lo, hi = rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True)
+    center, half = (hi + lo) / 2, ((hi - lo) / 2).clamp(min=1e-30)
+    pin = rows.new_tensor([[-1.0], [1.0]]).expand(2, rows.shape[1])
+    unit = torch.ops.quantized.linear_dynamic(torch.cat([(rows - center) / half, pin]), packed.weight, not _has_vnni())
+    out = unit[:-2] * half + center * packed.sums
+    if bias is not None:
+        out = out + bias
     return out.view(*x.shape[:-1], out.shape[-1]).to(x.dtype)
 
 
@@ -63,11 +82,12 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = pack_int8(linear.weight, linear.bias)
+        self.packed = pack_int8(linear.weight)
+        self.bias = None if linear.bias is None else linear.bias.detach().float().clone()
         self.weight_bytes = linear.weight.numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return int8_linear(x, self.packed)
+        return int8_linear(x, self.packed, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
