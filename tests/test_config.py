@@ -5,80 +5,51 @@ import json
 import pytest
 import torch
 
-from nanoseek.config import ModelConfig, preset
+from nanoseek.config import PRESETS, RELEASED_CONFIGS, ModelConfig, preset
 from nanoseek.model import DeepseekV3ForCausalLM
 from nanoseek.model.rope import rope_frequencies, softmax_scale
 from nanoseek.model.sizes import flops_per_token, latent_cache_bytes_per_token, parameter_counts
 
-# As published in deepseek-ai/DeepSeek-V3's config.json (transformers 4.x era, with DeepSeek's own extra keys).
-DEEPSEEK_V3_RELEASE = {
-    "architectures": ["DeepseekV3ForCausalLM"],
-    "attention_bias": False,
-    "attention_dropout": 0.0,
-    "auto_map": {"AutoConfig": "configuration_deepseek.DeepseekV3Config"},
-    "aux_loss_alpha": 0.001,
-    "bos_token_id": 0,
-    "eos_token_id": 1,
-    "ep_size": 1,
-    "first_k_dense_replace": 3,
-    "hidden_act": "silu",
-    "hidden_size": 7168,
-    "initializer_range": 0.02,
-    "intermediate_size": 18432,
-    "kv_lora_rank": 512,
-    "max_position_embeddings": 163840,
-    "model_type": "deepseek_v3",
-    "moe_intermediate_size": 2048,
-    "moe_layer_freq": 1,
-    "n_group": 8,
-    "n_routed_experts": 256,
-    "n_shared_experts": 1,
-    "norm_topk_prob": True,
-    "num_attention_heads": 128,
-    "num_experts_per_tok": 8,
-    "num_hidden_layers": 61,
-    "num_key_value_heads": 128,
-    "num_nextn_predict_layers": 1,
-    "q_lora_rank": 1536,
-    "qk_nope_head_dim": 128,
-    "qk_rope_head_dim": 64,
-    "quantization_config": {
-        "activation_scheme": "dynamic",
-        "fmt": "e4m3",
-        "quant_method": "fp8",
-        "weight_block_size": [128, 128],
-    },
-    "rms_norm_eps": 1e-06,
-    "rope_scaling": {
-        "beta_fast": 32,
-        "beta_slow": 1,
-        "factor": 40,
-        "mscale": 1.0,
-        "mscale_all_dim": 1.0,
-        "original_max_position_embeddings": 4096,
-        "type": "yarn",
-    },
-    "rope_theta": 10000,
-    "routed_scaling_factor": 2.5,
-    "scoring_func": "sigmoid",
-    "seq_aux": True,
-    "tie_word_embeddings": False,
-    "topk_group": 4,
-    "topk_method": "noaux_tc",
-    "torch_dtype": "bfloat16",
-    "transformers_version": "4.33.1",
-    "use_cache": True,
-    "v_head_dim": 128,
-    "vocab_size": 129280,
-}
+# The released shapes ship as their hubs' config.json files (nanoseek/configs/), read as a checkpoint's would be.
+# deepseek-ai/DeepSeek-V3's: transformers 4.x era, with DeepSeek's own extra keys (FP8 quantization_config...).
+DEEPSEEK_V3_RELEASE = json.loads((RELEASED_CONFIGS / "deepseek-v3.json").read_text())
 
 
 def test_reads_deepseek_release_config():
+    assert DEEPSEEK_V3_RELEASE["quantization_config"]["fmt"] == "e4m3" and DEEPSEEK_V3_RELEASE["ep_size"] == 1
+    assert (
+        DEEPSEEK_V3_RELEASE["rope_scaling"]["type"] == "yarn" and "rope_type" not in DEEPSEEK_V3_RELEASE["rope_scaling"]
+    )
     config = ModelConfig.from_dict(DEEPSEEK_V3_RELEASE)
-    assert config.num_nextn_predict_layers == 1
+    assert config.num_nextn_predict_layers == 1 and config.extra == {}
     assert config.is_yarn and config.rope_scaling["factor"] == 40
     assert config.rope_scaling["rope_type"] == "yarn"
-    assert config == preset("deepseek-v3").replace(extra={}, seq_aux=True)
+    assert (config.hidden_size, config.num_hidden_layers, config.n_routed_experts, config.q_lora_rank) == (
+        7168,
+        61,
+        256,
+        1536,
+    )
+    assert config == preset("deepseek-v3")
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_round_trips_and_released_ones_write_their_release(name):
+    config = preset(name)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    assert preset(name, num_hidden_layers=5).num_hidden_layers == 5
+    release = RELEASED_CONFIGS / f"{name}.json"
+    if release.exists():  # every architecture key we write agrees with the published file
+        published, written = json.loads(release.read_text()), config.to_dict()
+        same = [k for k in published if k in written and not k.startswith("rope_") and k != "architectures"]
+        assert len(same) > 15 and all(written[k] == published[k] for k in same), name
+
+
+def test_info_reads_a_released_config_json(capsys):
+    from nanoseek.cli import main
+
+    assert main(["info", "deepseek-v2-lite", "--json"]) == 0
+    assert 15.6e9 < json.loads(capsys.readouterr().out)["parameters"]["total"] < 15.8e9
 
 
 def test_reads_transformers_5_config():
