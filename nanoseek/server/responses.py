@@ -75,8 +75,19 @@ ABORTED = APIError(
 )
 
 
+# The engine ends a sequence with "error" when something failed for it alone (the rest of the batch goes on); the
+# client gets a 500 for that request, never a completion that looks normal.
+FAILED = APIError(
+    500, "generation failed for this request; see the server log", type="server_error", code="generation_failed"
+)
+
+
 def _any_aborted(job: Job) -> bool:
     return any(c.finish_reason == "abort" for c in job.finals.values())
+
+
+def _any_failed(job: Job) -> bool:
+    return any(c.finish_reason == "error" for c in job.finals.values())
 
 
 async def collect(job: Job, request: Request, tick: float) -> bool:
@@ -91,6 +102,8 @@ async def collect(job: Job, request: Request, tick: float) -> bool:
                 return False
     if _any_aborted(job):
         raise ABORTED
+    if _any_failed(job):
+        raise FAILED
     return True
 
 
@@ -264,8 +277,8 @@ async def stream_events(server: Server, job: Job, render: ChatStream | TextStrea
                 yield ": keep-alive\n\n"
                 continue
             index, delta, logprob = event
-            if delta.finish_reason == "abort":
-                yield sse(ABORTED.body())
+            if delta.finish_reason in ("abort", "error"):
+                yield sse((ABORTED if delta.finish_reason == "abort" else FAILED).body())
                 return
             for line in render.on_event(index, delta, logprob):
                 yield line

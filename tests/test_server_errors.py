@@ -1,0 +1,53 @@
+"""A sequence the engine fails alone (finish_reason "error") reaches its client as a 500 or an error event, and
+the requests beside it still get their normal answers."""
+
+import httpx2 as httpx
+import pytest
+from helpers import tiny_checkpoint
+from test_server import USER, assert_error, run_server, sse_data
+
+from nanoseek.engine import Engine
+
+POISON = 7  # max_tokens value that marks the request whose sequence fails
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+    def load():
+        engine = Engine.from_pretrained(str(checkpoint))
+        add_token = engine._add_token
+
+        def failing(seq, token, logprob):
+            if seq.request.params.max_tokens == POISON and len(seq.generated) == 2:
+                raise RuntimeError("this sequence's detokenizer broke")
+            add_token(seq, token, logprob)
+
+        engine._add_token = failing
+        return engine
+
+    with run_server(load) as (base, _):
+        yield base
+
+
+def _body(max_tokens, stream=False):
+    return {"model": "tiny", "messages": USER, "max_tokens": max_tokens, "temperature": 0, "stream": stream,
+            "ignore_eos": True}  # fmt: skip
+
+
+def test_a_failed_sequence_is_a_500_and_its_neighbours_finish(served):
+    assert_error(httpx.post(f"{served}/v1/chat/completions", json=_body(POISON), timeout=60), 500, "generation_failed")
+    ok = httpx.post(f"{served}/v1/chat/completions", json=_body(5), timeout=60)
+    assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_failed_stream_ends_with_an_error_event_not_done(served):
+    with httpx.stream("POST", f"{served}/v1/chat/completions", json=_body(POISON, True), timeout=60) as response:
+        assert response.status_code == 200
+        lines = list(response.iter_lines())
+    assert "data: [DONE]" not in lines
+    with httpx.stream("POST", f"{served}/v1/chat/completions", json=_body(POISON, True), timeout=60) as response:
+        events = sse_data(response)
+    assert events[-1]["error"]["code"] == "generation_failed"
+    assert not any(c.get("finish_reason") == "error" for e in events for c in e.get("choices", []))
