@@ -8,7 +8,7 @@ tokenizer directory that `transformers.AutoTokenizer` opens with the same ids.
   DeepSeek-R1's tokenizer.json, so `decode(..., skip_special_tokens=True)` keeps the reasoning markers that
   reasoning parsers look for.
 
-Chat format (DeepSeek-R1's template, with one addition)::
+Chat format (DeepSeek-R1's template, with the additions listed at CHAT_TEMPLATE: tools, the thinking switch)::
 
     {bos}{system}<｜User｜>{user}<｜Assistant｜>{answer}<｜end▁of▁sentence｜>...<｜Assistant｜><think>\\n
 
@@ -19,9 +19,8 @@ assistant message's reasoning, taken from its `reasoning_content` field and writ
 `<think>\\n{reasoning}\\n</think>\\n\\n{content}`, which is exactly what the model generates after the prompt.
 
 `Tokenizer.from_pretrained` also opens released tokenizer directories (R1-Distill-Qwen/Llama, V2, V3...): their
-bos/eos/pad tokens and chat template come from their tokenizer_config.json (or chat_template.jinja), and the
-template renders as transformers renders it (sandboxed Jinja, trim_blocks/lstrip_blocks, raise_exception,
-strftime_now, tojson).
+bos/eos/pad tokens and chat template come from tokenizer_config.json (or chat_template.jinja), rendered as
+transformers does (sandboxed Jinja, trim_blocks/lstrip_blocks, raise_exception, strftime_now, tojson).
 """
 
 from __future__ import annotations
@@ -50,39 +49,72 @@ THINK = "<think>"
 END_THINK = "</think>"
 SPECIAL_TOKENS = (BOS, EOS, PAD, USER, ASSISTANT)  # control tokens: special, skipped by skip_special_tokens
 ADDED_TOKENS = (*SPECIAL_TOKENS, THINK, END_THINK)  # ids 0..6 in a trained tokenizer
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_MODEL_MAX_LENGTH = 131072  # DeepSeek-V3's context length
 _MIN_VOCAB = 256 + len(ADDED_TOKENS)  # every byte plus the added tokens
 
-# DeepSeek-R1's template (system prompts joined by blank lines, previous turns' reasoning dropped, generation
-# prompt "<｜Assistant｜><think>\n"), without tool calls, plus `keep_reasoning` for training examples. Every line
-# starts with a whitespace-stripping tag, so it renders the same with or without trim_blocks/lstrip_blocks.
+# DeepSeek-R1's template (system prompts joined by blank lines, earlier reasoning dropped, generation prompt
+# "<｜Assistant｜><think>\n") plus `keep_reasoning` (training), `thinking`/`enable_thinking=false` (closes the think
+# block: "<think>\n\n</think>\n\n") and `tools`: V3.1's tool block with R1's call shape, calls and results as R1
+# writes them (server/tools.py), but every assistant message opens with <｜Assistant｜> (also after tool results) and
+# keeps its reasoning in a turn that called tools (DeepSeek's API rule). Lines start with whitespace-stripping tags.
 CHAT_TEMPLATE = r"""{%- if add_generation_prompt is not defined %}{% set add_generation_prompt = false %}{% endif %}
 {%- if keep_reasoning is not defined %}{% set keep_reasoning = false %}{% endif %}
-{%- set ns = namespace(system_prompt='', first=true) %}
+{%- if thinking is not defined %}{% set thinking = enable_thinking if enable_thinking is defined else true %}{% endif %}
+{%- set ns = namespace(system_prompt='', first=true, tool_turn=false, outputs=false, tools='') %}
 {%- for message in messages if message['role'] == 'system' %}
 {%- if ns.first %}{% set ns.system_prompt = message['content'] %}{% set ns.first = false %}
 {%- else %}{% set ns.system_prompt = ns.system_prompt + '\n\n' + message['content'] %}{% endif %}
 {%- endfor %}
+{%- if tools %}
+{%- set ns.tools = '## Tools\nYou have access to the following tools:\n' %}
+{%- for tool in tools %}
+{%- set f = tool['function'] %}
+{%- set ns.tools = ns.tools + '\n### ' + f['name'] + '\nDescription: ' + (f['description'] or '')
+    + '\n\nParameters: ' + (f['parameters'] or {}) | tojson + '\n' %}
+{%- endfor %}
+{%- set ns.tools = ns.tools + '\nIMPORTANT: ALWAYS adhere to this exact format for tool use:\n<｜tool▁calls▁begin｜>'
+    + '<｜tool▁call▁begin｜>function<｜tool▁sep｜>tool_call_name\n```json\ntool_call_arguments\n```<｜tool▁call▁end｜>'
+    + '{additional_tool_calls}<｜tool▁calls▁end｜>\n\nWhere:\n- `tool_call_name` must be an exact match to one of the '
+    + 'available tools\n- `tool_call_arguments` must be valid JSON that strictly follows the tool\'s Parameters '
+    + 'Schema\n- For multiple tool calls, chain them with a newline as separator' %}
+{%- set ns.system_prompt = ns.system_prompt + ('\n\n' if ns.system_prompt else '') + ns.tools %}
+{%- endif %}
 {{- bos_token + ns.system_prompt }}
 {%- for message in messages %}
+{%- if message['role'] in ('user', 'assistant') and ns.outputs %}
+{{- '<｜tool▁outputs▁end｜>' }}{% set ns.outputs = false %}{% endif %}
 {%- if message['role'] == 'user' %}
+{%- set ns.tool_turn = false %}
 {{- '<｜User｜>' + message['content'] }}
 {%- elif message['role'] == 'assistant' %}
-{%- set content = message['content'] %}
-{%- if keep_reasoning and loop.last %}
-{%- if message['reasoning_content'] is defined %}
+{%- if message['tool_calls'] %}{% set ns.tool_turn = true %}{% endif %}
+{%- set content = message['content'] or '' %}
+{%- if ((keep_reasoning and loop.last) or ns.tool_turn) and message['reasoning_content'] is defined %}
 {%- set content = '<think>\n' + message['reasoning_content'] + '\n</think>\n\n' + content %}
-{%- endif %}
-{%- elif '</think>' in content %}
+{%- elif not (keep_reasoning and loop.last) and '</think>' in content %}
 {%- set content = content.split('</think>')[-1] %}
 {%- endif %}
-{{- '<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>' }}
+{{- '<｜Assistant｜>' + content }}
+{%- if message['tool_calls'] %}
+{{- '<｜tool▁calls▁begin｜>' }}
+{%- for call in message['tool_calls'] %}
+{{- ('' if loop.first else '\n') + '<｜tool▁call▁begin｜>function<｜tool▁sep｜>' + call['function']['name']
+    + '\n```json\n' + call['function']['arguments'] + '\n```<｜tool▁call▁end｜>' }}
+{%- endfor %}
+{{- '<｜tool▁calls▁end｜>' }}
+{%- endif %}
+{{- '<｜end▁of▁sentence｜>' }}
+{%- elif message['role'] == 'tool' %}
+{{- ('' if ns.outputs else '<｜tool▁outputs▁begin｜>') + '<｜tool▁output▁begin｜>' + message['content']
+    + '<｜tool▁output▁end｜>' }}
+{%- set ns.outputs = true %}
 {%- elif message['role'] != 'system' %}
 {{- raise_exception('unknown role: ' + message['role']) }}
 {%- endif %}
 {%- endfor %}
-{%- if add_generation_prompt %}{{ '<｜Assistant｜><think>\n' }}{% endif %}"""
+{%- if ns.outputs %}{{ '<｜tool▁outputs▁end｜>' }}{% endif %}
+{%- if add_generation_prompt %}{{ '<｜Assistant｜><think>\n' + ('' if thinking else '\n</think>\n\n') }}{% endif %}"""
 
 _REASONING_ALIASES = ("reasoning_content", "thinking", "reasoning")  # names transformers folds into the first
 
@@ -130,6 +162,9 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
         role = message.get("role")
         if role not in ROLES:
             raise ValueError(f"message {i} has unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        if role == "assistant" and message.get("tool_calls"):
+            message["content"] = message.get("content", "")
+            message["tool_calls"] = [_tool_call(i, call) for call in message["tool_calls"]]
         if not isinstance(message.get("content"), str):
             raise ValueError(f"message {i} ({role}) has no string 'content'")
         reasoning = next((message[k] for k in _REASONING_ALIASES if k in message), None)
@@ -139,6 +174,16 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
             message["reasoning_content"] = reasoning
         out.append(message)
     return out
+
+
+def _tool_call(i: int, call: Any) -> dict[str, Any]:
+    """An OpenAI tool call with its arguments as a JSON string (an object is serialised)."""
+    f = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+        raise ValueError(f"message {i} has a tool call without a function name")
+    args = f.get("arguments", "{}")
+    args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+    return {**call, "type": "function", "function": {"name": f["name"], "arguments": args}}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -378,13 +423,16 @@ class Tokenizer:
         messages: Sequence[dict[str, Any]],
         add_generation_prompt: bool = True,
         keep_reasoning: bool = False,
+        tools: Sequence[dict[str, Any]] | None = None,
+        **template_kwargs: Any,
     ) -> str:
         """Render a conversation as `transformers`' apply_chat_template(..., tokenize=False) does, with this
         tokenizer's template (the checkpoint's own when loaded from one) and special tokens.
 
         add_generation_prompt: end with "<｜Assistant｜><think>\\n" (the prompt for a new answer).
         keep_reasoning: keep the final assistant message's reasoning (`reasoning_content`) for training; without
-        it, every assistant message keeps only its text after "</think>", as DeepSeek-R1 does.
+        it, every assistant message keeps only its text after "</think>", as DeepSeek-R1 does. tools (OpenAI's
+        definitions) and template_kwargs (e.g. thinking=False) go to the template.
         """
         import jinja2
 
@@ -394,7 +442,8 @@ class Tokenizer:
         try:
             return _compile_template(self.chat_template).render(
                 messages=messages,
-                tools=None,
+                **template_kwargs,
+                tools=list(tools) if tools else None,
                 documents=None,
                 add_generation_prompt=add_generation_prompt,
                 keep_reasoning=keep_reasoning,
@@ -404,26 +453,26 @@ class Tokenizer:
             raise ValueError(f"chat template: {e}") from e
 
     def render_training_example(
-        self, messages: Sequence[dict[str, Any]], last_turn_only: bool = False
+        self, messages: Sequence[dict[str, Any]], last_turn_only: bool = False, tools: Sequence[dict] | None = None
     ) -> tuple[list[int], list[int]]:
         """(ids, loss_mask) of a conversation for supervised fine-tuning.
 
         The text is the chat template with keep_reasoning=True and no generation prompt, so the final assistant
         turn keeps its reasoning while earlier ones are shown as they will be at inference (answer only). The mask
         is 1 on every token after an "<｜Assistant｜>" marker up to and including its closing EOS (reasoning,
-        answer, EOS) and 0 elsewhere (BOS, system, user turns, role markers). `last_turn_only` learns only the
-        final assistant turn. Raises ValueError for malformed messages or ones with nothing to learn.
+        answer, tool calls, EOS) and 0 elsewhere (BOS, system, tools, user turns, tool results, role markers).
+        `last_turn_only` learns only the final turn. Raises ValueError for malformed messages or nothing to learn.
         """
         messages = normalize_messages(messages)
         n_assistant = sum(m["role"] == "assistant" for m in messages)
         if n_assistant == 0:
             raise ValueError("conversation has no assistant message to learn from")
         for i, message in enumerate(messages):
-            for field in ("content", "reasoning_content"):
-                for token in SPECIAL_TOKENS:
-                    if token in message.get(field, ""):
-                        raise ValueError(f"message {i} {field} contains the control token {token!r}")
-        ids = self.encode(self.apply_chat_template(messages, add_generation_prompt=False, keep_reasoning=True))
+            for field, token in [(f, t) for f in ("content", "reasoning_content") for t in SPECIAL_TOKENS]:
+                if token in message.get(field, "") or token in json.dumps(message.get("tool_calls", "")):
+                    raise ValueError(f"message {i} {field} contains the control token {token!r}")
+        text = self.apply_chat_template(messages, add_generation_prompt=False, keep_reasoning=True, tools=tools)
+        ids = self.encode(text)
         mask, inside, spans = [0] * len(ids), False, []
         for pos, token_id in enumerate(ids):
             if token_id == self.assistant_id:

@@ -631,7 +631,9 @@ def test_fuzz_openapi_schema_no_server_errors(checkpoint):
         print(f"fuzz: {len(seen)} requests, {sum(s >= 500 for s in seen)} 5xx, {sum(s < 300 for s in seen)} 2xx")
         assert len(seen) >= 500
         assert not failures, "\n".join(failures[:5])
-        assert sum(s < 300 for s in seen) > 100  # the valid half really ran generation
+        # the valid half really ran generation (fewer than half of it: rules the schema cannot say, such as "a tool
+        # message answers an assistant's tool_calls" or "only the last message may be a prefix", make 400s)
+        assert sum(s < 300 for s in seen) > 50
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -649,6 +651,8 @@ def test_terminal_chat_against_the_server(scripted):
     assert session.system == "be terse" and session.history == []
     session.handle("/help")
     assert "/clear" in out.getvalue()
+    session.handle("/think off")  # the server's thinking switch: everything comes back as the answer
+    assert session.ask("again?") == "step one\n</think>\n\nThe answer is 4." and not session.options.thinking
     assert session.handle("/exit") is False
 
 

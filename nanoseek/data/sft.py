@@ -33,8 +33,9 @@ Example = tuple[list[int], list[int]]  # (ids, loss_mask)
 
 
 def sft_examples(jsonl_path: str | os.PathLike, tokenizer: Tokenizer, last_turn_only: bool = False) -> list[Example]:
-    """(ids, loss_mask) for each `{"messages": [...]}` line of a chat JSONL file (see
-    `Tokenizer.render_training_example`); errors name the file and line."""
+    """(ids, loss_mask) for each `{"messages": [...], "tools": [...]}` line of a chat JSONL file (OpenAI's chat
+    shape: assistant `tool_calls`, `tool` messages with results; see `Tokenizer.render_training_example`); errors
+    name the file and line."""
     if not os.path.isfile(jsonl_path):
         raise FileNotFoundError(f"SFT file {jsonl_path} does not exist")
     examples = []
@@ -43,7 +44,8 @@ def sft_examples(jsonl_path: str | os.PathLike, tokenizer: Tokenizer, last_turn_
         if "messages" not in record:
             raise ValueError(f"{where}: no 'messages' list (keys: {', '.join(record)})")
         try:
-            examples.append(tokenizer.render_training_example(record["messages"], last_turn_only=last_turn_only))
+            tools = record.get("tools")  # OpenAI tool definitions, shown in the system prompt
+            examples.append(tokenizer.render_training_example(record["messages"], last_turn_only, tools=tools))
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from e
     if not examples:

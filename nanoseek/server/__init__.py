@@ -68,6 +68,7 @@ def chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.6, help="DeepSeek recommends 0.6 for R1 models")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int)
+    p.add_argument("--no-think", action="store_true", help="thinking off (switch in the chat with /think on|off)")
     add_engine_args(p)
 
 

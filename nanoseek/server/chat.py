@@ -22,6 +22,7 @@ from nanoseek.server.reasoning import ReasoningSplitter, prompt_opens_reasoning
 HELP = """commands:
   /clear         forget the conversation
   /system TEXT   set the system prompt (/system alone removes it) and start over
+  /think on|off  switch reasoning on or off (off: the prompt closes the think block)
   /help          this help
   /exit          leave (or Ctrl-D); Ctrl-C stops an answer"""
 
@@ -35,6 +36,7 @@ class Options:
     temperature: float = 0.6
     top_p: float = 0.95
     seed: int | None = None
+    thinking: bool = True  # off: the prompt closes the think block, as DeepSeek's thinking {"type": "disabled"}
 
 
 class Backend(Protocol):
@@ -56,14 +58,17 @@ class EngineBackend:
 
     def stream(self, messages: list[dict[str, str]], options: Options) -> Iterator[Piece]:
         from nanoseek.engine import SamplingParams
+        from nanoseek.server.prompts import close_think
 
-        prompt = self.engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        template = self.engine.tokenizer.apply_chat_template
+        prompt = template(messages, add_generation_prompt=True, thinking=options.thinking)
+        prompt = prompt if options.thinking else close_think(prompt)
         params = SamplingParams(
             max_tokens=options.max_tokens, temperature=options.temperature, top_p=options.top_p, seed=options.seed
         )
         deltas: queue.Queue = queue.Queue()
         request = self.engine.submit(prompt, params, on_delta=deltas.put)
-        splitter = ReasoningSplitter(prompt_opens_reasoning(prompt))
+        splitter = ReasoningSplitter(prompt_opens_reasoning(prompt), options.thinking)
         try:
             while True:
                 delta = deltas.get()
@@ -107,6 +112,7 @@ class OpenAIBackend:
             temperature=options.temperature,
             top_p=options.top_p,
             seed=options.seed,
+            extra_body=None if options.thinking else {"thinking": {"type": "disabled"}},
         )
         try:
             for chunk in stream:
@@ -156,6 +162,9 @@ class ChatSession:
             self.system = rest.strip() or None
             self.history.clear()
             self._say(f"(system prompt {'set' if self.system else 'removed'}; conversation cleared)")
+        elif name == "/think" and rest.strip() in ("on", "off"):
+            self.options.thinking = rest.strip() == "on"
+            self._say(f"(thinking {rest.strip()})")
         elif name == "/help":
             self._say(HELP)
         else:
@@ -236,7 +245,7 @@ def chat_main(args: argparse.Namespace) -> int:
         from nanoseek.engine.commands import load_engine
 
         backend = EngineBackend(load_engine(args))
-    options = Options(args.max_tokens, args.temperature, args.top_p, args.seed)
+    options = Options(args.max_tokens, args.temperature, args.top_p, args.seed, not args.no_think)
     session = ChatSession(backend, options, sys.stdout, args.system, tty=sys.stdout.isatty())
     _enable_line_editing()
     try:

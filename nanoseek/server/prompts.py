@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from nanoseek.engine.sampling import SamplingParams
+from nanoseek.server.constraints import Constraint
 from nanoseek.server.jobs import ServerConfig
+from nanoseek.server.reasoning import prompt_opens_reasoning
 from nanoseek.server.schemas import MAX_PROMPTS, APIError, ChatCompletionRequest, CompletionRequest
+from nanoseek.server.tools import MARKERS as TOOL_MARKERS
+from nanoseek.server.tools import ToolFormat, detect_format, template_renders_tools, tool_description
 
 JSON_HINT = "Reply with one valid JSON object and nothing else."
 # Sampling guards (the engine computes in float32): a temperature this small is greedy (as in vLLM; dividing
@@ -54,38 +60,221 @@ def _template_markers(tokenizer: Any) -> set[str]:
     return set()
 
 
-def render_chat(tokenizer: Any, body: ChatCompletionRequest) -> str:
-    if tokenizer is None:
-        raise APIError(400, "this checkpoint has no tokenizer, so it cannot serve chat; use /v1/completions with ids")
-    if body.tools:
-        raise APIError(400, "tools (function calling) are not supported by this server", param="tools")
-    markers = control_tokens(tokenizer)
-    messages = []
-    for i, message in enumerate(body.messages):
-        if message.content is None and message.role != "assistant":
+RESERVED_KWARGS = {
+    "messages",
+    "tools",
+    "documents",
+    "add_generation_prompt",
+    "keep_reasoning",
+    "bos_token",
+    "eos_token",
+    "pad_token",
+    "thinking",
+    "enable_thinking",
+}  # set by the server, not by a client
+TEMPLATE_KWARGS_THINKING = ("thinking", "enable_thinking")  # vLLM/SGLang's chat_template_kwargs switches
+
+
+@dataclass
+class ChatPrompt:
+    """A chat request rendered for the engine, with what reading its output needs."""
+
+    text: str
+    thinking: bool  # reasoning is returned (False: the prompt closed the think block, all output is content)
+    opened: bool  # the output starts inside a think block
+    tool_format: ToolFormat | None = None  # parse tool calls (None: no tools, or tool_choice "none")
+    prefill: str = ""  # output text the prompt already holds (a forced tool call's opening), parsed first
+    max_calls: int | None = None  # 1 with parallel_tool_calls=false
+    constraint: Constraint | None = None  # what constrained decoding must enforce (see constraints.py)
+
+
+def resolve_thinking(body: ChatCompletionRequest) -> bool:
+    """DeepSeek's `thinking` wins, then reasoning_effort "none", then chat_template_kwargs; default on."""
+    if body.thinking is not None:
+        return body.thinking.type == "enabled"
+    if body.reasoning_effort == "none":
+        return False
+    for key in TEMPLATE_KWARGS_THINKING:
+        value = (body.chat_template_kwargs or {}).get(key)
+        if value is not None:
+            if not isinstance(value, bool):
+                raise APIError(400, f"chat_template_kwargs.{key} must be a boolean", param="chat_template_kwargs")
+            return value
+    return True
+
+
+def _template_kwargs(body: ChatCompletionRequest, thinking: bool) -> dict[str, Any]:
+    extra = dict(body.chat_template_kwargs or {})
+    for key in extra:
+        if key in RESERVED_KWARGS - set(TEMPLATE_KWARGS_THINKING):
+            raise APIError(
+                400, f"chat_template_kwargs may not set {key!r}", param="chat_template_kwargs", code="invalid_value"
+            )
+    return {**extra, "thinking": thinking, "enable_thinking": thinking}
+
+
+def _check_text(text: str, markers: tuple[str, ...], param: str, allowed: tuple[str, ...] = ()) -> None:
+    for marker in markers:
+        if marker in text and marker not in allowed:
             raise APIError(
                 400,
-                f"messages[{i}].content must not be null in a {message.role} message",
-                param=f"messages[{i}].content",
+                f"{param} contains {marker!r}, which this model's tokenizer or chat template uses as a control "
+                "marker; remove it (a message cannot start a new turn)",
+                param=param,
                 code="invalid_content",
             )
+
+
+def _tool_turns(messages: list[Any]) -> set[int]:
+    """Indices of the assistant messages in a user turn that called tools: DeepSeek's API keeps their
+    reasoning_content in the context (api-docs.deepseek.com/guides/thinking_mode, "tool calls"); the reasoning of
+    other turns is dropped."""
+    keep, turn = set(), []
+    for i, m in enumerate([*messages, None]):
+        if m is None or m.role == "user":
+            if any(messages[j].tool_calls for j in turn):
+                keep.update(turn)
+            turn = []
+        elif m.role == "assistant":
+            turn.append(i)
+    return keep
+
+
+def _messages(body: ChatCompletionRequest, markers: tuple[str, ...]) -> list[dict[str, Any]]:
+    keep_reasoning = _tool_turns(body.messages)
+    out = []
+    for i, message in enumerate(body.messages):
+        where = f"messages[{i}]"
+        if message.content is None and not (message.role == "assistant"):
+            raise APIError(
+                400,
+                f"{where}.content must not be null in a {message.role} message",
+                param=f"{where}.content",
+                code="invalid_content",
+            )
+        if message.prefix and (message.role != "assistant" or i != len(body.messages) - 1):
+            raise APIError(
+                400,
+                "only the last message may have prefix: true, and it must be an assistant one",
+                param=f"{where}.prefix",
+            )
+        if message.role == "tool" and (
+            i == 0
+            or body.messages[i - 1].role not in ("assistant", "tool")
+            or (body.messages[i - 1].role == "assistant" and not body.messages[i - 1].tool_calls)
+        ):
+            raise APIError(
+                400, f"{where}: a tool message must answer an assistant message's tool_calls", param=f"{where}.role"
+            )
+        if message.tool_calls and message.role != "assistant":
+            raise APIError(400, f"{where}: only assistant messages carry tool_calls", param=f"{where}.tool_calls")
         text = message.text()
-        for marker in markers:
-            if marker in text and not (message.role == "assistant" and marker in REASONING_MARKERS):
-                raise APIError(
-                    400,
-                    f"messages[{i}].content contains {marker!r}, which this model's tokenizer or chat template "
-                    "uses as a control marker; remove it (a message cannot start a new turn)",
-                    param=f"messages[{i}].content",
-                    code="invalid_content",
+        _check_text(text, markers, f"{where}.content", REASONING_MARKERS if message.role == "assistant" else ())
+        item: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role, "content": text}
+        if message.role == "tool":
+            item["tool_call_id"] = message.tool_call_id
+        if message.tool_calls:
+            calls = []
+            for j, call in enumerate(message.tool_calls):
+                args = call.function.arguments
+                args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+                _check_text(args, markers, f"{where}.tool_calls[{j}].function.arguments")
+                calls.append(
+                    {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": args}}
                 )
-        messages.append({"role": "system" if message.role == "developer" else message.role, "content": text})
+            item["tool_calls"] = calls
+        if message.reasoning_content is not None and (i in keep_reasoning or message.prefix):
+            _check_text(message.reasoning_content, markers, f"{where}.reasoning_content")
+            item["reasoning_content"] = message.reasoning_content
+        out.append(item)
+    return out
+
+
+def _tools(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]], str | None]:
+    """(tool definitions to show the model, the forced tool's name, "" for any: required)."""
+    choice = body.tool_choice
+    tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+    names = [t["function"]["name"] for t in tools]
+    if len(set(names)) != len(names):
+        raise APIError(400, "tools must have distinct function names", param="tools")
+    if choice is None or choice == "none" or choice == "auto":
+        return ([] if choice == "none" else tools), None
+    if not tools:
+        raise APIError(400, "tool_choice requires tools", param="tool_choice")
+    if choice == "required":
+        return tools, ""
+    if choice.function.name not in names:
+        raise APIError(
+            400, f"tool_choice names {choice.function.name!r}, which is not in tools", param="tool_choice.function"
+        )
+    return [t for t in tools if t["function"]["name"] == choice.function.name], choice.function.name
+
+
+def close_think(prompt: str) -> str:
+    """The prompt with an open think block closed (thinking disabled), as R1's format writes an empty one."""
+    if prompt.endswith("<think>\n"):
+        return prompt + "\n</think>\n\n"
+    if prompt.endswith("<think>"):
+        return prompt + "\n\n</think>\n\n"
+    return prompt
+
+
+def render_chat(tokenizer: Any, body: ChatCompletionRequest) -> ChatPrompt:
+    if tokenizer is None:
+        raise APIError(400, "this checkpoint has no tokenizer, so it cannot serve chat; use /v1/completions with ids")
+    thinking = resolve_thinking(body)
+    kwargs = _template_kwargs(body, thinking)
+    tools, forced = _tools(body)
+    markers = tuple(dict.fromkeys((*control_tokens(tokenizer), *TOOL_MARKERS)))
+    _check_text(json.dumps(tools, ensure_ascii=False), markers, "tools")
+    messages = _messages(body, markers)
+    prefix = messages.pop() if body.messages[-1].prefix else None
+    if prefix is not None and forced is not None:
+        raise APIError(400, "a prefix message cannot be combined with a forced tool_choice", param="tool_choice")
+    fmt = detect_format(getattr(tokenizer, "chat_template", "") or "") if tools else None
+    template = getattr(tokenizer, "chat_template", "") or ""
+    if tools and not template_renders_tools(template):  # DeepSeek's templates leave the tool block to the caller
+        messages.append({"role": "system", "content": tool_description(fmt, tools)})
+    constraint = None
     if body.response_format is not None and body.response_format.type == "json_object":
         messages.append({"role": "system", "content": JSON_HINT})  # the template joins every system message
+        constraint = Constraint("json_object")
     try:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools or None, **kwargs)
     except ValueError as e:
         raise APIError(400, str(e), param="messages") from None
+    except TypeError:  # a tokenizer without tools/kwargs (a test stub)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    if not thinking or forced is not None:
+        text, thinking = close_think(text), False
+    prompt = ChatPrompt(text, thinking, prompt_opens_reasoning(text) and thinking, fmt)
+    if body.parallel_tool_calls is False:
+        prompt.max_calls = 1
+    if forced is not None and fmt is not None:
+        # The opening of the call is written into the prompt: the model can only go on with the arguments (whose
+        # schema constrained decoding will enforce; until then they are whatever the model writes).
+        prompt.prefill = fmt.opening(forced or None)
+        prompt.text += prompt.prefill
+        prompt.constraint = Constraint("tool_call", tools=tools, tool_format=fmt.name, name=forced or None)
+    elif constraint is not None:
+        prompt.constraint = constraint
+    if prefix is not None:
+        _continue(prompt, prefix)
+    return prompt
+
+
+def _continue(prompt: ChatPrompt, prefix: dict[str, Any]) -> None:
+    """Chat prefix completion: the output continues the last assistant message (its reasoning, when thinking)."""
+    reasoning, content = prefix.get("reasoning_content"), prefix.get("content") or ""
+    if prompt.opened and reasoning is not None:
+        prompt.text += reasoning
+        if content:
+            prompt.text += "\n</think>\n\n" + content
+            prompt.opened = False
+        return
+    if prompt.opened:
+        prompt.text, prompt.opened, prompt.thinking = close_think(prompt.text), False, False
+    prompt.text += content
 
 
 def check_unsupported(body: Any) -> None:
@@ -171,14 +360,36 @@ def completion_prompts(prompt: Any) -> list[str | list[int]]:
 
 
 def check_text_options(body: CompletionRequest) -> None:
-    if body.suffix:
-        raise APIError(400, "suffix (insertion) is not supported by this server", param="suffix")
+    if body.suffix is not None and body.echo:
+        raise APIError(400, "echo cannot be combined with suffix (fill-in-the-middle)", param="echo")
     if body.best_of is not None and body.best_of != body.n:
         raise APIError(400, "best_of must equal n here (every sample is returned)", param="best_of")
     if body.logprobs:
         raise APIError(400, "logprobs > 0 (top alternatives) is not supported; logprobs=0 gives the chosen tokens'")
     if body.echo and body.logprobs is not None:
         raise APIError(400, "echo with logprobs is not supported (prompt logprobs are not computed)", param="echo")
+
+
+FIM_TOKENS = ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>")  # DeepSeek-Coder/V2/V3's FIM tokens
+
+
+def fim_prompts(tokenizer: Any, prompts: list[str | list[int]], suffix: str | None) -> list[str | list[int]]:
+    """Fill in the middle: `<｜fim▁begin｜>{prompt}<｜fim▁hole｜>{suffix}<｜fim▁end｜>` (prefix-suffix-middle, as
+    DeepSeek-Coder's README and DeepSeek's /beta/completions use it); the output is the middle."""
+    if suffix is None:
+        return prompts
+    if tokenizer is None or any(tokenizer.token_to_id(t) is None for t in FIM_TOKENS):
+        raise APIError(
+            400,
+            "suffix (fill-in-the-middle) needs a tokenizer with the FIM tokens "
+            f"{', '.join(FIM_TOKENS)}; this model's has none",
+            param="suffix",
+            code="unsupported_parameter",
+        )
+    if any(not isinstance(p, str) for p in prompts):
+        raise APIError(400, "suffix needs text prompts, not token ids", param="prompt")
+    begin, hole, end = FIM_TOKENS
+    return [f"{begin}{p}{hole}{suffix}{end}" for p in prompts]
 
 
 def prompt_text(engine: Any, prompt: str | list[int]) -> str:

@@ -21,9 +21,10 @@ THINK, END_THINK = "<think>", "</think>"
 class ReasoningSplitter:
     """feed(text) -> (reasoning delta, content delta); finish() returns what was held back at the end."""
 
-    def __init__(self, opened: bool = True):
+    def __init__(self, opened: bool = True, thinking: bool = True):
         self.opened = opened  # the prompt opened a <think> block: output starts as reasoning
-        self.mode = "start"  # start (a leading <think> may follow), reasoning, content
+        # start (a leading <think> may follow), reasoning, content; thinking disabled: everything is content
+        self.mode = "start" if thinking else "content"
         self.closed = False  # saw </think>
         self._held = ""
         self._started = {"reasoning": False, "content": False}

@@ -15,8 +15,10 @@ from fastapi.responses import StreamingResponse
 
 from nanoseek.engine.engine import StreamDelta
 from nanoseek.server.jobs import Job, Server
+from nanoseek.server.prompts import ChatPrompt
 from nanoseek.server.reasoning import ReasoningSplitter, reasoning_tokens
 from nanoseek.server.schemas import APIError, error_body
+from nanoseek.server.tools import Event, ToolCallParser, collect_calls, new_call_id
 
 log = logging.getLogger("nanoseek.server")
 MIN_LOGPROB = -9999.0  # JSON has no -inf
@@ -115,31 +117,72 @@ class ChatContext:
     id: str
     model: str
     created: int
-    opened: bool  # the prompt opened a <think> block
+    prompt: ChatPrompt  # how the prompt ends (an open think block, a forced call's opening) and the tool format
     tokenizer: Any
     include_usage: bool
     logprobs: bool
+
+
+class ChatOutput:
+    """One sample's text, chunk by chunk -> (reasoning, events: content and tool-call pieces, tools.py). Both
+    stages hold back what the next chunk may change, so the result does not depend on how the text is split."""
+
+    def __init__(self, prompt: ChatPrompt):
+        self.splitter = ReasoningSplitter(prompt.opened, prompt.thinking)
+        self.parser = ToolCallParser(prompt.tool_format, prompt.max_calls) if prompt.tool_format else None
+        self.pending = prompt.prefill  # output the prompt already holds: read before the first chunk
+
+    def feed(self, text: str) -> tuple[str, list[Event]]:
+        text, self.pending = self.pending + text, ""
+        reasoning, content = self.splitter.feed(text)
+        return reasoning, self._events(content)
+
+    def finish(self) -> tuple[str, list[Event]]:
+        r1, events = self.feed("")
+        r2, content = self.splitter.finish()
+        events += self._events(content)
+        if self.parser is not None:
+            events += self.parser.finish()
+        return r1 + r2, events
+
+    def _events(self, content: str) -> list[Event]:
+        if self.parser is None:
+            return [("content", content)] if content else []
+        return self.parser.feed(content)
 
 
 def _end_think_id(tokenizer: Any) -> int | None:
     return tokenizer.token_to_id("</think>") if tokenizer is not None else None
 
 
+def _reasoning_tokens(ctx: ChatContext, c: Any, splitter: ReasoningSplitter) -> int:
+    return reasoning_tokens(c.token_ids, _end_think_id(ctx.tokenizer), splitter) if ctx.prompt.thinking else 0
+
+
+def _finish_reason(reason: str, called: bool) -> str:
+    return "tool_calls" if called and reason == "stop" else reason
+
+
 def chat_response(job: Job, ctx: ChatContext) -> dict[str, Any]:
     choices, reasoning_total = [], 0
     for index in range(job.total):
         c = job.finals[index]
-        splitter = ReasoningSplitter(ctx.opened)
-        reasoning, content = splitter.split(c.text)
-        reasoning_total += reasoning_tokens(c.token_ids, _end_think_id(ctx.tokenizer), splitter)
-        reasoning_content = reasoning if splitter.reasoned else None
+        output = ChatOutput(ctx.prompt)
+        r1, events = output.feed(c.text)
+        r2, rest = output.finish()
+        content, calls = collect_calls(events + rest)
+        reasoning_total += _reasoning_tokens(ctx, c, output.splitter)
+        reasoning_content = r1 + r2 if output.splitter.reasoned else None
         message = {"role": "assistant", "content": content, "reasoning_content": reasoning_content}
+        if calls:
+            message["content"] = content or None
+            message["tool_calls"] = calls
         choices.append(
             {
                 "index": index,
                 "message": message,
                 "logprobs": chat_logprobs(ctx.tokenizer, c.token_ids, c.logprobs) if ctx.logprobs else None,
-                "finish_reason": c.finish_reason,
+                "finish_reason": _finish_reason(c.finish_reason, bool(calls)),
             }
         )
     head = {"id": ctx.id, "object": "chat.completion", "created": ctx.created, "model": ctx.model}
@@ -175,11 +218,13 @@ class LogprobTracker:
 
 
 class ChatStream:
-    """Deltas -> chat.completion.chunk events: a role chunk, reasoning_content, content, the finish reason."""
+    """Deltas -> chat.completion.chunk events: a role chunk, reasoning_content, content, tool_calls pieces (the
+    name with a new id, then arguments), the finish reason."""
 
     def __init__(self, job: Job, ctx: ChatContext):
         self.job, self.ctx = job, ctx
-        self.splitters = [ReasoningSplitter(ctx.opened) for _ in range(job.total)]
+        self.outputs = [ChatOutput(ctx.prompt) for _ in range(job.total)]
+        self.called = [False] * job.total
         self.logprobs = LogprobTracker(ctx.tokenizer, job.total) if ctx.logprobs else None
         self.reasoning = 0
 
@@ -194,21 +239,36 @@ class ChatStream:
         return [self.chunk(i, {"role": "assistant", "content": ""}) for i in range(self.job.total)]
 
     def on_event(self, index: int, delta: StreamDelta, logprob: float | None) -> list[str]:
-        splitter, c = self.splitters[index], delta.completion
+        output, c = self.outputs[index], delta.completion
         if self.logprobs is not None:
             self.logprobs.track(index, delta, logprob)
-        reasoning, content = splitter.feed(delta.text)
+        reasoning, events = output.feed(delta.text)
         if c is not None:
-            r, t = splitter.finish()
-            reasoning, content = reasoning + r, content + t
-            self.reasoning += reasoning_tokens(c.token_ids, _end_think_id(self.ctx.tokenizer), splitter)
+            r, more = output.finish()
+            reasoning, events = reasoning + r, events + more
+            self.reasoning += _reasoning_tokens(self.ctx, c, output.splitter)
         out = []
         if reasoning:
             out.append(self.chunk(index, {"content": None, "reasoning_content": reasoning}))
-        if content:
-            out.append(self.chunk(index, {"content": content, "reasoning_content": None}))
+        content = ""
+        for event in [*events, ("end",)]:
+            if event[0] == "content":
+                content += event[1]
+                continue
+            if content:
+                out.append(self.chunk(index, {"content": content, "reasoning_content": None}))
+                content = ""
+            if event[0] == "name":
+                self.called[index] = True
+                call = {"index": event[1], "id": new_call_id(), "type": "function"}
+                call["function"] = {"name": event[2], "arguments": ""}
+                out.append(self.chunk(index, {"tool_calls": [call]}))
+            elif event[0] == "args":
+                out.append(
+                    self.chunk(index, {"tool_calls": [{"index": event[1], "function": {"arguments": event[2]}}]})
+                )
         if c is not None:
-            out.append(self.chunk(index, {}, c.finish_reason))
+            out.append(self.chunk(index, {}, _finish_reason(c.finish_reason, self.called[index])))
         return out
 
     def usage_chunk(self) -> str:

@@ -3,15 +3,22 @@
 
 Where this API differs from OpenAI's or DeepSeek's:
 - response_format {"type": "json_object"} adds a system instruction to reply with one JSON object; the output is
-  not constrained or validated ({"type": "text"} is the default; json_schema is refused).
+  not constrained or validated yet ({"type": "text"} is the default; json_schema is refused). The constraint is
+  already computed and handed to the engine (constraints.py) for when it can enforce it.
+- tools (tools.py): a forced tool_choice (required, a named function) writes the call's opening into the prompt,
+  so a call of that function always comes back; its arguments are whatever the model writes until constrained
+  decoding validates them. Thinking is switched with DeepSeek's `thinking`, reasoning_effort "none" or
+  chat_template_kwargs; FIM (suffix) and chat prefix completion are served on /v1 and on DeepSeek's /beta paths;
+  Anthropic's Messages API at /anthropic/v1/messages (anthropic.py).
 - top_logprobs > 0 (and /v1/completions logprobs > 0) are refused: only the chosen tokens' logprobs exist.
-- tools, logit_bias and non-zero frequency/presence penalties are refused (0 and {} are accepted); other unknown
+- logit_bias and non-zero frequency/presence penalties are refused (0 and {} are accepted); other unknown
   fields are ignored.
 - messages must not contain the tokenizer's added tokens or the chat template's role markers (400): they would
   forge turns. Refused rather than stripped or escaped: the prompt reaches the engine as one string, so a marker
   cannot be kept as plain text, and silently changing a client's text is worse than telling it.
-- model may be omitted (the served model); assistant messages may carry reasoning_content, which is dropped (as
-  the chat template drops reasoning), where DeepSeek's API refuses it.
+- model may be omitted (the served model); assistant messages may carry reasoning_content, kept in a turn that
+  called tools and dropped elsewhere (DeepSeek's rule; its API refuses a missing one in thinking tool turns, this
+  server does not). `user`/`user_id` (with the API key) name the prefix-cache namespace (constraints.py).
 - extensions from vLLM: top_k, min_p, ignore_eos.
 """
 
@@ -35,16 +42,18 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nanoseek.server.anthropic import MessagesRequest, MessageStream, chat_request, message_response, stream_messages
+from nanoseek.server.constraints import cache_salt, with_extensions
 from nanoseek.server.jobs import Server, ServerConfig
 from nanoseek.server.prompts import (
     check_text_options,
     completion_prompts,
     encode,
+    fim_prompts,
     prompt_text,
     render_chat,
     sampling_params,
 )
-from nanoseek.server.reasoning import prompt_opens_reasoning
 from nanoseek.server.responses import (
     CLIENT_GONE,
     ChatContext,
@@ -120,13 +129,14 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
         prompt = await asyncio.to_thread(render_chat, engine.tokenizer, body)  # scans and renders long texts
         max_tokens = body.max_completion_tokens or body.max_tokens
         params = sampling_params(body, max_tokens, config, bool(body.logprobs))
-        job = server.admit(request, engine, await encode(engine, [prompt]), params)
+        params = with_extensions(params, prompt.constraint, request_salt(request, body))
+        job = server.admit(request, engine, await encode(engine, [prompt.text]), params)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         ctx = ChatContext(
             f"chatcmpl-{uuid.uuid4().hex}",
             model,
             int(time.time()),
-            prompt_opens_reasoning(prompt),
+            prompt,
             engine.tokenizer,
             include_usage,
             bool(body.logprobs),
@@ -149,8 +159,9 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
         engine = server.ready()
         model = server.check_model(body.model)
         check_text_options(body)
-        prompts = completion_prompts(body.prompt)
+        prompts = fim_prompts(engine.tokenizer, completion_prompts(body.prompt), body.suffix)
         params = sampling_params(body, body.max_tokens, config, body.logprobs is not None)
+        params = with_extensions(params, None, request_salt(request, body))
         ids = await encode(engine, prompts)
         job = server.admit(request, engine, ids, params)
         echo = [prompt_text(engine, p) if body.echo else "" for p in prompts]
@@ -172,6 +183,30 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
             return JSONResponse(text_response(job, ctx))
         finally:
             server.release(job)
+
+    @app.post("/anthropic/v1/messages", include_in_schema=False)
+    async def anthropic_messages(body: MessagesRequest, request: Request) -> Response:
+        engine = server.ready()
+        model = server.check_model(body.model)
+        chat = chat_request(body)
+        prompt = await asyncio.to_thread(render_chat, engine.tokenizer, chat)
+        params = sampling_params(chat, chat.max_tokens, config, False)
+        params = with_extensions(params, prompt.constraint, request_salt(request, chat))
+        job = server.admit(request, engine, await encode(engine, [prompt.text]), params)
+        message_id = f"msg_{uuid.uuid4().hex[:24]}"
+        if body.stream:
+            stream = MessageStream(job, prompt, model, message_id)
+            return EventStream(stream_messages(server, job, stream, tick), partial(server.release, job))
+        try:
+            if not await collect(job, request, tick):
+                return Response(status_code=CLIENT_GONE)
+            return JSONResponse(message_response(job, prompt, model, message_id))
+        finally:
+            server.release(job)
+
+    # DeepSeek's beta paths (chat prefix completion, FIM): the same endpoints here
+    app.add_api_route("/beta/chat/completions", chat_completions, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/beta/completions", completions, methods=["POST"], include_in_schema=False)
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> dict[str, Any]:
@@ -199,6 +234,11 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def request_salt(request: Request, body: Any) -> bytes:
+    """The prefix-cache namespace of this request (constraints.cache_salt): its API key and user id."""
+    return cache_salt(getattr(request.state, "api_key", None), body.user_id or body.user)
 
 
 def _model_card(server: Server) -> dict[str, Any]:

@@ -83,14 +83,64 @@ class TextPart(BaseModel):
     text: str
 
 
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+
+
+class FunctionCall(BaseModel):
+    model_config = _STRICT
+    name: ToolName
+    arguments: str | dict[str, Any] = "{}"  # a JSON string (OpenAI), or an object
+
+
+class ToolCall(BaseModel):
+    model_config = _STRICT
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDef(BaseModel):
+    model_config = _STRICT
+    name: ToolName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = _STRICT
+    name: ToolName
+
+
+class NamedToolChoice(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class Thinking(BaseModel):
+    model_config = _STRICT
+    type: Literal["enabled", "disabled"]
+
+
 class Message(BaseModel):
     # The schema asks for content, never null; an assistant message may still omit it (app.py refuses a missing
     # or null content on the other roles).
     model_config = ConfigDict(strict=True, extra="allow", json_schema_extra={"required": ["role", "content"]})
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | SkipJsonSchema[None] = None
-    reasoning_content: str | None = None  # accepted on assistant turns and dropped, as the chat template does
+    # assistant turns: kept within a turn that called tools, dropped elsewhere (DeepSeek's rule, prompts.py)
+    reasoning_content: str | None = None
     name: str | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=128)] | None = None  # assistant
+    tool_call_id: str | None = None  # tool
+    prefix: bool | None = None  # the last assistant message: generation continues its text (DeepSeek beta)
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -100,7 +150,7 @@ class Message(BaseModel):
 
 class ResponseFormat(BaseModel):
     model_config = _STRICT
-    type: Literal["text", "json_object"]
+    type: Literal["text", "json_object"]  # json_schema: with constrained decoding (constraints.py)
 
 
 class StreamOptions(BaseModel):
@@ -136,7 +186,8 @@ class _Sampling(BaseModel):
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
         None, description="not supported: only {} (keys must be token ids)", json_schema_extra={"maxProperties": 0}
     )
-    user: str | None = None
+    user: Annotated[str, Field(max_length=256)] | None = None
+    user_id: Annotated[str, Field(max_length=256)] | None = None  # DeepSeek's name for `user`
 
 
 class ChatCompletionRequest(_Sampling):
@@ -145,7 +196,12 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool | None = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    thinking: Thinking | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max", "ultra"] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 class CompletionRequest(_Sampling):
@@ -205,6 +261,7 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"]
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):

@@ -148,8 +148,12 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if self.keys.enabled and scope["path"].startswith("/v1/"):
+        if scope["path"].startswith(ANTHROPIC_PREFIX):  # its clients read Anthropic's error shape
+            send = _anthropic_errors(send)
+        if self.keys.enabled and scope["path"].startswith(PROTECTED):
             key = self.keys.match(headers.get(b"authorization", b""))
+            if key is None and b"x-api-key" in headers:  # Anthropic's header (its SDK sends no Bearer)
+                key = self.keys.match(b"Bearer " + headers[b"x-api-key"])
             if key is None:
                 await _reject(send, 401, _auth_error(headers), {"www-authenticate": "Bearer"})
                 return
@@ -253,8 +257,53 @@ def _netloc(origin: str) -> str | None:
     return parts.netloc if parts.scheme in ("http", "https") else None
 
 
+PROTECTED = ("/v1/", "/beta/", "/anthropic/")  # paths that need an API key when keys are set
+ANTHROPIC_PREFIX = "/anthropic/"
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+}
+
+
+def anthropic_error(status: int, message: str) -> dict[str, Any]:
+    """Anthropic's error body: {"type": "error", "error": {"type": ..., "message": ...}}."""
+    kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def _anthropic_errors(send: Any) -> Any:
+    """send() that rewrites OpenAI-shaped JSON error responses (from anywhere in the app) into Anthropic's shape."""
+    start: dict | None = None
+
+    async def wrapped(message: dict) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            start = message  # held until the body shows whether it is a JSON error
+            return
+        if message["type"] == "http.response.body" and start is not None:
+            held, start = start, None
+            try:
+                error = json.loads(message.get("body", b""))["error"]
+                data = json.dumps(anthropic_error(held["status"], error["message"])).encode()
+                headers = [(k, v) for k, v in held["headers"] if k.lower() != b"content-length"]
+                held = {**held, "headers": [*headers, (b"content-length", str(len(data)).encode())]}
+                message = {**message, "body": data, "more_body": False}
+            except (ValueError, KeyError, TypeError):
+                pass
+            await send(held)
+        await send(message)
+
+    return wrapped
+
+
 def _auth_error(headers: dict[bytes, bytes]) -> dict[str, Any]:
-    if b"authorization" not in headers:
+    if b"authorization" not in headers and b"x-api-key" not in headers:
         message = "no API key: send it in an 'Authorization: Bearer YOUR_KEY' header"
     else:
         message = "incorrect API key"

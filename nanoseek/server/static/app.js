@@ -29,12 +29,15 @@ const settings = {
   // empty: no limit but the context (a fixed default could exceed a small model's context)
   maxTokens: () => ($("max-tokens").value ? Math.max(1, Math.floor(Number($("max-tokens").value))) : null),
   apiKey: () => $("api-key").value.trim(),
+  thinking: () => $("thinking").checked, // off: DeepSeek's thinking {"type": "disabled"}, no reasoning
 };
 
 function initSettings() {
   $("temperature").value = store.get("temperature", 0.6);
   $("max-tokens").value = store.get("maxTokens", "") ?? "";
   $("api-key").value = store.get("apiKey", "");
+  $("thinking").checked = store.get("thinking", true);
+  $("thinking").addEventListener("change", () => store.set("thinking", settings.thinking()));
   const showTemperature = () => ($("temperature-value").textContent = settings.temperature().toFixed(2));
   showTemperature();
   $("temperature").addEventListener("input", () => {
@@ -308,6 +311,7 @@ async function answer(conversation) {
   try {
     const body = { messages: history, stream: true, temperature: settings.temperature() };
     if (settings.maxTokens()) body.max_tokens = settings.maxTokens();
+    body.thinking = { type: settings.thinking() ? "enabled" : "disabled" };
     if (state.model) body.model = state.model;
     const response = await fetch("/v1/chat/completions", {
       method: "POST",

@@ -1,0 +1,87 @@
+"""The Anthropic Messages API at /anthropic/v1/messages, driven by the official `anthropic` SDK against a live
+server with a scripted engine (exact reasoning, text and tool-call output)."""
+
+from __future__ import annotations
+
+import anthropic
+import httpx2 as httpx
+import pytest
+from test_server import run_server
+from test_tools import REASONED_CALL, scripted
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather of a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with run_server(lambda: scripted(REASONED_CALL), api_keys=["sk-test"]) as (base, app):
+        yield base, app
+
+
+def sdk(base: str, key: str = "sk-test") -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=f"{base}/anthropic", api_key=key, max_retries=0, timeout=60)
+
+
+def test_messages_with_thinking_text_and_tool_use(server):
+    base, _ = server
+    m = sdk(base).messages.create(model="tiny", max_tokens=400, messages=ASK, tools=[WEATHER])
+    assert [b.type for b in m.content] == ["thinking", "text", "tool_use"]
+    assert m.content[0].thinking == "Need the tool." and m.content[1].text == "Let me check."
+    assert m.content[2].name == "get_weather" and m.content[2].input == {"city": "Paris"}
+    assert m.stop_reason == "tool_use" and m.role == "assistant" and m.usage.output_tokens > 0
+
+
+def test_stream_gives_the_same_message(server):
+    base, _ = server
+    with sdk(base).messages.stream(model="tiny", max_tokens=400, messages=ASK, tools=[WEATHER]) as stream:
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text", "tool_use"]
+    assert final.content[2].input == {"city": "Paris"} and final.stop_reason == "tool_use"
+    assert final.content[0].thinking == "Need the tool." and final.content[1].text == "Let me check."
+
+
+def test_tool_results_thinking_off_and_auth(server):
+    base, _ = server
+    history = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "Paris"}}],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "18C"}]},
+    ]
+    m = sdk(base).messages.create(
+        model="tiny", max_tokens=400, messages=history, tools=[WEATHER], thinking={"type": "disabled"}
+    )
+    assert m.content[0].type == "text" and m.content[0].text.startswith("Need the tool.")
+    # the bearer header works as well as x-api-key; a wrong key is a 401 in Anthropic's shape
+    r = httpx.post(
+        f"{base}/anthropic/v1/messages",
+        json={"max_tokens": 8, "messages": ASK},
+        headers={"Authorization": "Bearer sk-test"},
+    )
+    assert r.status_code == 200, r.text
+    for path in ("/beta/completions", "/beta/chat/completions"):  # DeepSeek's beta paths need the key too
+        assert httpx.post(f"{base}{path}", json={"prompt": "x", "messages": ASK}).status_code == 401
+    with pytest.raises(anthropic.AuthenticationError) as e:
+        sdk(base, key="wrong").messages.create(model="tiny", max_tokens=8, messages=ASK)
+    assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "authentication_error"
+
+
+def test_errors_have_anthropic_shape(server):
+    base, _ = server
+    with pytest.raises(anthropic.BadRequestError) as e:
+        sdk(base).messages.create(
+            model="tiny", max_tokens=8, messages=[{"role": "user", "content": [{"type": "image", "source": {}}]}]
+        )
+    assert e.value.body["error"]["type"] == "invalid_request_error" and "image" in e.value.body["error"]["message"]
+    r = httpx.post(f"{base}/anthropic/v1/messages", json={"messages": ASK}, headers={"x-api-key": "sk-test"})
+    assert r.status_code == 400 and r.json()["type"] == "error" and "max_tokens" in r.json()["error"]["message"]
+    with pytest.raises(anthropic.NotFoundError) as e:
+        sdk(base).messages.create(model="other", max_tokens=8, messages=ASK)
+    assert e.value.body["error"]["type"] == "not_found_error"
