@@ -51,3 +51,19 @@ def test_a_failed_stream_ends_with_an_error_event_not_done(served):
         events = sse_data(response)
     assert events[-1]["error"]["code"] == "generation_failed"
     assert not any(c.get("finish_reason") == "error" for e in events for c in e.get("choices", []))
+
+
+def test_prefix_cache_is_shared_only_between_requests_of_the_same_user(tmp_path):
+    from nanoseek.engine import SamplingParams
+
+    engine = Engine.from_pretrained(str(tiny_checkpoint(tmp_path)), block_size=4)
+    prompt = list(range(5, 40))
+
+    def hits(salt: bytes) -> int:
+        params = SamplingParams(max_tokens=2, temperature=0, cache_salt=salt)
+        return engine.generate([prompt], params)[0].prompt_cache_hit_tokens
+
+    assert hits(b"alice") == 0
+    assert hits(b"alice") > 0  # the same user reuses its cached prompt
+    assert hits(b"bob") == 0  # another user never does
+    assert hits(b"") == 0

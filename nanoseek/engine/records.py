@@ -88,8 +88,9 @@ class Sequence:
 
     @property
     def salt(self) -> bytes:
-        """Prefix-cache namespace: blocks of speculating sequences also hold the MTP layer's entries."""
-        return b"mtp" if self.speculate else b""
+        """Prefix-cache namespace: the request's own (one user's requests never reuse another's cached prompt,
+        as DeepSeek isolates users), and blocks of speculating sequences also hold the MTP layer's entries."""
+        return (b"mtp" if self.speculate else b"") + self.request.params.cache_salt
 
 
 @dataclass

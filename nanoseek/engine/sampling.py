@@ -22,6 +22,7 @@ class SamplingParams:
     n: int = 1  # samples per prompt
     logprobs: bool = False  # return the log-probability of each chosen token
     ignore_eos: bool = False
+    cache_salt: bytes = b""  # prefix-cache namespace: cached prompt blocks are shared only under the same salt
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

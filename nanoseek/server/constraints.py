@@ -1,15 +1,11 @@
 """What the server asks of the engine beyond sampling: an output constraint (the hook for constrained decoding)
 and a prefix-cache namespace per user.
 
-Neither exists in the engine yet. The server already computes both and hands them over as two extra fields of
-`SamplingParams`: when the engine's SamplingParams gains fields of these names they are filled directly; until
-then `RequestParams` (a SamplingParams subclass the engine treats as its base class) carries them, so the engine
-side only has to start reading them:
+`cache_salt` is the engine's own SamplingParams field (a prefix-cache namespace). The constraint does not exist in
+the engine yet: until the engine's SamplingParams gains a `constraint` field, `RequestParams` (a SamplingParams
+subclass the engine treats as its base class) carries it, so the engine side only has to start reading it:
 - `constraint` (a `Constraint` or None): compile it to a grammar once per request and mask each sequence's
   logits in the one sampling path (nanoseek/engine/sampling.py), batched with unconstrained rows.
-- `cache_salt` (bytes): mix it into the sequence's prefix-cache namespace (`Sequence.salt` in
-  nanoseek/engine/engine.py, which already separates MTP blocks), so blocks are shared only between requests
-  with the same salt.
 """
 
 from __future__ import annotations
@@ -42,7 +38,6 @@ class Constraint:
 @dataclass
 class RequestParams(SamplingParams):
     constraint: Constraint | None = None
-    cache_salt: bytes = b""
 
 
 _ENGINE_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
@@ -53,8 +48,11 @@ def with_extensions(params: SamplingParams, constraint: Constraint | None, cache
     if constraint is None and not cache_salt:
         return params
     values = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-    values.update(constraint=constraint, cache_salt=cache_salt)
-    if {"constraint", "cache_salt"} <= _ENGINE_FIELDS:
+    values["cache_salt"] = cache_salt
+    if constraint is None:
+        return SamplingParams(**values)
+    values["constraint"] = constraint
+    if "constraint" in _ENGINE_FIELDS:
         return SamplingParams(**values)
     return RequestParams(**values)
 
