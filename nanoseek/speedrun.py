@@ -42,27 +42,32 @@ class Plan:
 
     task: str = "multiplication"  # 2-digit x 2-digit: unlearnable directly at this size, learnable worked
     seed: int = 0  # every stage's randomness; the held-out problems do not depend on it
-    corpus_problems: int = 3600  # of the ~3,690 two-digit training problems (the rest of the 4,095 are held out)
+    corpus_problems: int = 3600  # capped by the task's training split (~3,690 of the 4,095 two-digit products)
     worked_fraction: float = 0.2  # base corpus: mostly direct answers, a few worked: a base that rarely reasons
     vocab_size: int = 512
     teacher_preset: str = "tiny"
     base_steps: int = 1000
     batch_size: int = 16
     seq_len: int = 256
+    # Muon (as Moonlight trained DeepSeek-V3's architecture) for every pretraining and distillation stage: with
+    # AdamW the tiny teacher executes the worked product on 12.5% of held-out problems after 1,000 steps, with
+    # Muon on 94.5% (measured on a worked-only corpus); RL keeps AdamW at a small lr.
+    optimizer: str = "muon"
     base_lr: float = 3e-3
+    mtp_weight: float = 0.3  # DeepSeek-V3's lambda; the base's MTP head drafts for speculative decoding
     sft_traces: int = 300
     sft_steps: int = 40  # chat SFT in the pretraining mix: the chat model, not a weakened one
     rl_steps: int = 20
     rl_prompts: int = 16
     rl_group: int = 8
     rl_lr: float = 1e-4
-    max_tokens: int = 160  # a worked two-digit product is ~120 tokens
+    max_tokens: int = 192  # a worked two-digit product is ~170 tokens
     distill_problems: int = 800
     distill_samples: int = 2
     student_preset: str = "tiny-student"
     student_base_steps: int = 1500  # the student is pretrained on the same corpus first, as R1-Distill's were
     student_steps: int = 300
-    student_lr: float = 3e-3  # Muon, no MTP loss: learns a new trace format far faster than AdamW (measured)
+    student_lr: float = 3e-3
     eval_problems: int = 200
     threads: int | None = None
     torchrun: int = 0  # processes per node for the training stages (0: in-process)
@@ -161,7 +166,7 @@ class Speedrun:
 
         data = self.out / "data"
         data.mkdir(exist_ok=True)
-        examples = get_task(self.plan.task).generate(self.plan.corpus_problems, "train", seed=self._seed(1))
+        examples = get_task(self.plan.task).generate(self.plan.corpus_problems, "train", self._seed(1), at_most=True)
         docs = solution_documents(examples, self.plan.worked_fraction, seed=self._seed(1))
         _write_jsonl(data / "corpus.jsonl", [{"text": d} for d in docs])
         return {"corpus": str(data / "corpus.jsonl"), "documents": len(docs)}
@@ -186,7 +191,8 @@ class Speedrun:
             steps=p.base_steps,
             batch_size=p.batch_size,
             seq_len=p.seq_len,
-            optim=OptimConfig(lr=p.base_lr),
+            optim=OptimConfig(optimizer=p.optimizer, lr=p.base_lr),
+            mtp_weight=p.mtp_weight,
             eval_every=max(p.base_steps // 4, 1),
             save_every=max(p.base_steps // 2, 1),
             seed=self._seed(0),
@@ -222,7 +228,7 @@ class Speedrun:
             batch_size=8,
             seq_len=p.seq_len,
             optim=OptimConfig(lr=1e-3, weight_decay=0.0, schedule="cosine"),
-            mtp_weight=0.3,
+            mtp_weight=p.mtp_weight,
             eval_every=10**9,
             save_every=10**9,
             seed=self._seed(2),
@@ -272,7 +278,8 @@ class Speedrun:
             steps=p.student_base_steps,
             batch_size=p.batch_size,
             seq_len=p.seq_len,
-            optim=OptimConfig(lr=p.base_lr),
+            optim=OptimConfig(optimizer=p.optimizer, lr=p.base_lr),
+            mtp_weight=0.0,  # the student never drafts: its MTP loss would only slow it down
             eval_every=max(p.student_base_steps // 2, 1),
             save_every=10**9,
             seed=self._seed(5),
@@ -309,7 +316,7 @@ class Speedrun:
             batch_size=p.batch_size,
             seq_len=p.seq_len,
             optim=OptimConfig(
-                optimizer="muon", lr=p.student_lr, weight_decay=0.0, schedule="cosine", warmup_fraction=0.02
+                optimizer=p.optimizer, lr=p.student_lr, weight_decay=0.0, schedule="cosine", warmup_fraction=0.02
             ),
             mtp_weight=0.0,
             eval_every=max(p.student_steps // 4, 1),
