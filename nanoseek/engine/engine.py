@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from nanoseek.engine.cache import CacheFull, LatentCache, Segment
+from nanoseek.engine.grammar import GrammarCompiler, mask_logits
 from nanoseek.engine.records import Completion, Request, Sequence, StreamDelta, Work
 from nanoseek.engine.sampling import SamplingParams, make_generator, sample
 from nanoseek.engine.speculative import propose, verify
@@ -68,6 +69,7 @@ class Engine:
         # ids the model can emit but its tokenizer cannot decode (DeepSeek-V3 and Qwen2.5 pad the embedding past
         # the tokenizer): their logits are masked for every choice (sampled, greedy, drafted), so none is ever made
         self.undecodable = _undecodable(tokenizer, config.vocab_size, self.device)
+        self.grammars = GrammarCompiler(tokenizer, config.vocab_size, self.eos_ids)  # constrained decoding
         self.waiting: list[Request] = []
         self.running: list[Sequence] = []
         self._ids = itertools.count()
@@ -144,7 +146,10 @@ class Engine:
         params = params or SamplingParams()
         ids = self.encode(prompt)
         self.validate(ids, params)
+        # compiled here, so a schema the grammar cannot take is the caller's ValueError, before any work
+        grammar = self.grammars.compile(params.constraint) if params.constraint is not None else None
         request = Request(next(self._ids), ids, params, on_delta)
+        request.grammar = grammar
         self._inbox.put(request)
         self._wake.set()
         return request
@@ -259,7 +264,9 @@ class Engine:
                 make_generator(request.params.seed, "cpu"),
                 self._decoder(),
                 forked=request.params.n > 1,
-                speculate=self.speculative and request.params.n == 1,
+                # constrained sequences do not speculate: drafts would need the grammar's mask at every position
+                speculate=self.speculative and request.params.n == 1 and request.grammar is None,
+                grammar=request.grammar,
             )
             # reuse cached latents of the prompt's prefix (never all of it: the last token must run for its logits)
             seq.blocks = self.cache.match_prefix(request.prompt[: len(request.prompt) - 1], seq.salt)
@@ -382,9 +389,9 @@ class Engine:
             self._register(work.seq)
         if plain:
             index = torch.tensor([r for _, r in plain], device=logits.device)
-            tokens, logprobs = sample(
-                logits.index_select(0, index), [s.request.params for s, _ in plain], [s.generator for s, _ in plain]
-            )
+            rows = logits.index_select(0, index)
+            mask_logits(rows, [s.grammar for s, _ in plain])  # constrained rows: only what their grammar allows
+            tokens, logprobs = sample(rows, [s.request.params for s, _ in plain], [s.generator for s, _ in plain])
             for (seq, _), token, logprob in zip(plain, tokens.tolist(), logprobs.tolist()):
                 self._append(seq, token, logprob)
         for work, tokens, logprobs in verified:
@@ -423,6 +430,7 @@ class Engine:
                 self._decoder(),
                 num_cached=num_cached,
                 hit_tokens=seq.hit_tokens,
+                grammar=seq.grammar.fork() if seq.grammar is not None else None,  # each sample its own position
             )
             sibling.blocks = self.cache.fork(seq.blocks, num_cached)
             sibling.hashes = list(seq.hashes)
@@ -461,6 +469,11 @@ class Engine:
     def _add_token(self, seq: Sequence, token: int, logprob: float) -> None:
         params = seq.request.params
         self.stats["generated_tokens"] += 1
+        if seq.grammar is not None:
+            seq.grammar.accept(token)
+            if token in self.eos_ids:  # the grammar allows EOS only where it is complete: it ends the output
+                self._finish(seq, "stop")
+                return
         if (token in self.eos_ids and not params.ignore_eos) or token in params.stop_token_ids:
             self._finish(seq, "stop")
             return
@@ -479,7 +492,9 @@ class Engine:
                 self._finish(seq, "stop")
                 return
         out_of_room = len(seq.tokens) >= min(self.max_context, self.cache.capacity_tokens)
-        if out_of_room or (params.max_tokens is not None and len(seq.generated) >= params.max_tokens):
+        if seq.grammar is not None and seq.grammar.done:  # nothing but EOS could follow: done, without a step for it
+            self._finish(seq, "stop")
+        elif out_of_room or (params.max_tokens is not None and len(seq.generated) >= params.max_tokens):
             self._finish(seq, "length")
         else:
             self._emit(seq)

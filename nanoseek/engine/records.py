@@ -55,6 +55,7 @@ class Request:
         self.completions: list[Completion | None] = [None] * params.n
         self.done = threading.Event()
         self.cancelled = False
+        self.grammar = None  # the compiled constraint (a grammar.Matcher each sequence copies), if there is one
         self.arrival = time.perf_counter()
 
     def cancel(self) -> None:
@@ -85,6 +86,7 @@ class Sequence:
     speculate: bool = False  # draft with the MTP module and verify (n == 1 requests of an MTP model)
     draft: list[int] = field(default_factory=list)
     draft_probs: torch.Tensor | None = None  # the draft distribution, when sampling (for the acceptance test)
+    grammar: object | None = None  # a grammar.Matcher: where a constrained sequence stands in its grammar
 
     @property
     def salt(self) -> bytes:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from nanoseek.engine.grammar import Constraint
+
 
 @dataclass
 class SamplingParams:
@@ -23,6 +25,7 @@ class SamplingParams:
     logprobs: bool = False  # return the log-probability of each chosen token
     ignore_eos: bool = False
     cache_salt: bytes = b""  # prefix-cache namespace: cached prompt blocks are shared only under the same salt
+    constraint: Constraint | None = None  # what the output must be (JSON, a schema, a tool call): engine/grammar.py
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -40,6 +43,10 @@ class SamplingParams:
             (all(isinstance(s, str) and s for s in self.stop), "stop must be a list of non-empty strings"),
             (all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids must be token ids"),
             (self.seed is None or isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
+            (
+                self.constraint is None or isinstance(self.constraint, Constraint),
+                f"constraint must be a Constraint, got {type(self.constraint).__name__}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

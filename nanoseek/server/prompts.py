@@ -231,14 +231,15 @@ def render_chat(tokenizer: Any, body: ChatCompletionRequest) -> ChatPrompt:
     prefix = messages.pop() if body.messages[-1].prefix else None
     if prefix is not None and forced is not None:
         raise APIError(400, "a prefix message cannot be combined with a forced tool_choice", param="tool_choice")
+    json_format = body.response_format if body.response_format and body.response_format.type != "text" else None
+    if prefix is not None and json_format is not None:  # the grammar would start over in the middle of the text
+        raise APIError(400, "a prefix message cannot be combined with a JSON response_format", param="response_format")
     fmt = detect_format(getattr(tokenizer, "chat_template", "") or "") if tools else None
     template = getattr(tokenizer, "chat_template", "") or ""
     if tools and not template_renders_tools(template):  # DeepSeek's templates leave the tool block to the caller
         messages.append({"role": "system", "content": tool_description(fmt, tools)})
-    constraint = None
-    if body.response_format is not None and body.response_format.type == "json_object":
+    if json_format is not None and json_format.type == "json_object":
         messages.append({"role": "system", "content": JSON_HINT})  # the template joins every system message
-        constraint = Constraint("json_object")
     try:
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools or None, **kwargs)
     except ValueError as e:
@@ -251,13 +252,17 @@ def render_chat(tokenizer: Any, body: ChatCompletionRequest) -> ChatPrompt:
     if body.parallel_tool_calls is False:
         prompt.max_calls = 1
     if forced is not None and fmt is not None:
-        # The opening of the call is written into the prompt: the model can only go on with the arguments (whose
-        # schema constrained decoding will enforce; until then they are whatever the model writes).
+        # The opening of the call is written into the prompt: the model goes on with the arguments, which
+        # constrained decoding keeps valid against the function's schema, then the call's end.
         prompt.prefill = fmt.opening(forced or None)
         prompt.text += prompt.prefill
         prompt.constraint = Constraint("tool_call", tools=tools, tool_format=fmt.name, name=forced or None)
-    elif constraint is not None:
-        prompt.constraint = constraint
+    elif json_format is not None:
+        # a reasoning model thinks first (free text up to </think>), then writes the JSON, as deepseek-reasoner does
+        spec = json_format.json_schema
+        schema = (spec.schema_ or {}) if spec is not None else None
+        strict = bool(spec is not None and spec.strict)
+        prompt.constraint = Constraint(json_format.type, schema, strict=strict, reasoning=prompt.opened)
     if prefix is not None:
         _continue(prompt, prefix)
     return prompt

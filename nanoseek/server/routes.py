@@ -2,14 +2,16 @@
 `/`, and every error in OpenAI's shape.
 
 Where this API differs from OpenAI's or DeepSeek's:
-- response_format {"type": "json_object"} adds a system instruction to reply with one JSON object; the output is
-  not constrained or validated yet ({"type": "text"} is the default; json_schema is refused). The constraint is
-  already computed and handed to the engine (constraints.py) for when it can enforce it.
+- response_format {"type": "json_object"} (which also adds a system instruction to reply with one JSON object)
+  and {"type": "json_schema", "json_schema": {"schema": ..., "strict": ...}} are enforced by constrained decoding
+  (nanoseek/engine/grammar.py): the output is JSON (valid against the schema) unless max_tokens cuts it off
+  (finish_reason "length"). A reasoning model thinks freely first; the JSON is the content after </think>. With
+  strict, a schema keyword the grammar cannot enforce is a 400 rather than ignored.
 - tools (tools.py): a forced tool_choice (required, a named function) writes the call's opening into the prompt,
-  so a call of that function always comes back; its arguments are whatever the model writes until constrained
-  decoding validates them. Thinking is switched with DeepSeek's `thinking`, reasoning_effort "none" or
-  chat_template_kwargs; FIM (suffix) and chat prefix completion are served on /v1 and on DeepSeek's /beta paths;
-  Anthropic's Messages API at /anthropic/v1/messages (anthropic.py).
+  and constrained decoding keeps the arguments valid against the function's parameters schema. Thinking is
+  switched with DeepSeek's `thinking`, reasoning_effort "none" or chat_template_kwargs; FIM (suffix) and chat
+  prefix completion are served on /v1 and on DeepSeek's /beta paths; Anthropic's Messages API at
+  /anthropic/v1/messages (anthropic.py).
 - top_logprobs > 0 (and /v1/completions logprobs > 0) are refused: only the chosen tokens' logprobs exist.
 - logit_bias and non-zero frequency/presence penalties are refused (0 and {} are accepted); other unknown
   fields are ignored.

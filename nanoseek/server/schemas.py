@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 MAX_N = 16  # samples per request
@@ -148,9 +148,26 @@ class Message(BaseModel):
         return self.content or ""
 
 
+class JSONSchemaFormat(BaseModel):
+    """OpenAI's response_format.json_schema: the output is JSON valid against `schema` (constrained decoding)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # none: any JSON
+    strict: bool | None = None  # true: a schema keyword the grammar cannot enforce is a 400, not ignored
+
+
 class ResponseFormat(BaseModel):
     model_config = _STRICT
-    type: Literal["text", "json_object"]  # json_schema: with constrained decoding (constraints.py)
+    type: Literal["text", "json_object", "json_schema"]  # both JSON types are enforced by constrained decoding
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError('response_format needs "json_schema" exactly when its type is "json_schema"')
+        return self
 
 
 class StreamOptions(BaseModel):
