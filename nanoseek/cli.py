@@ -194,7 +194,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def commands() -> list[Command]:
-    from nanoseek import server, speedrun, tokenizer
+    from nanoseek import server, speedrun, tokenizer_commands
     from nanoseek.engine import commands as engine_commands
     from nanoseek.eval import commands as eval_commands
     from nanoseek.train import commands as train_commands
@@ -203,7 +203,7 @@ def commands() -> list[Command]:
     return [
         ("info", "parameter counts, FLOPs and cache size of a preset or checkpoint", _info_args, _info),
         ("init", "write a randomly initialised checkpoint from a preset", _init_args, _init),
-        tokenizer.COMMAND,
+        tokenizer_commands.COMMAND,
         *train_commands.COMMANDS,
         plot.COMMAND,
         engine_commands.COMMAND,

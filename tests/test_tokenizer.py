@@ -22,9 +22,8 @@ from nanoseek.tokenizer import (
     USER,
     Tokenizer,
     TokenizerError,
-    tokenizer_args,
-    tokenizer_main,
 )
+from nanoseek.tokenizer_commands import tokenizer_args, tokenizer_main
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "ran", "away", "über", "naïve", "café", "日本語", "数字"]
 WORDS += ["テキスト", "😀", "🎉", "👩‍💻", "Привет", "مرحبا", "x", "=", "+", "plus", "answer", "is", "\n"]
