@@ -271,7 +271,8 @@ def test_torchrun_two_processes_match_one(workspace, tmp_path, optimizer):
 
 
 def _parse(argv: list[str]):
-    from nanoseek.cli import build_parser, config_from_args
+    from nanoseek.cli import build_parser
+    from nanoseek.configargs import config_from_args
 
     return config_from_args(build_parser().parse_args(argv))
 
@@ -322,7 +323,7 @@ def _every_field_changed():
 @pytest.mark.parametrize("command", list(_every_field_changed()))
 def test_every_run_config_round_trips_through_its_command_line(command):
     """The flags are derived from the config dataclasses: parse(command_line(c)) == c, for every field."""
-    from nanoseek.cli import _walk
+    from nanoseek.configargs import _walk
     from nanoseek.train.commands import command_line
 
     config, minimal = _every_field_changed()[command]

@@ -1,5 +1,5 @@
 """`nanoseek train`, `sft`, `rl`, `distill` and `export`. A run command's flags are its config dataclass's fields
-(`nanoseek.cli.add_config_args`), so a field cannot be added to the config and forgotten by the command line."""
+(`nanoseek.configargs.add_config_args`), so a field cannot be added to the config and forgotten by the command line."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from nanoseek.cli import add_config_args, config_argv, config_from_args
+from nanoseek.configargs import add_config_args, config_argv, config_from_args
 from nanoseek.train.distill import GenerateConfig
 from nanoseek.train.grpo import RLConfig
 from nanoseek.train.trainer import TrainConfig

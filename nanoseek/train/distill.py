@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanoseek.cli import arg
+from nanoseek.configargs import arg
 from nanoseek.eval.evaluate import load_examples, response
 from nanoseek.tasks import Example, reward
 

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nanoseek.cli import arg
+from nanoseek.configargs import arg
 from nanoseek.engine import Engine, SamplingParams
 from nanoseek.eval.evaluate import chat_prompt, evaluate, load_examples, response
 from nanoseek.runtime import keep_freed_memory

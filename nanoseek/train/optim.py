@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nanoseek.cli import arg
+from nanoseek.configargs import arg
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("wsd", "cosine", "constant")

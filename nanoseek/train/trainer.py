@@ -23,8 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nanoseek.cli import arg
 from nanoseek.config import ModelConfig, preset
+from nanoseek.configargs import arg
 from nanoseek.model import IGNORE_INDEX, DeepseekV3ForCausalLM, LossOutput, build_model, cross_entropy
 from nanoseek.model.sizes import flops_per_token, parameter_counts
 from nanoseek.runtime import keep_freed_memory, matmul_peak
