@@ -26,11 +26,15 @@ import numpy as np
 import torch
 
 KINDS = ("json_object", "json_schema", "tool_call")
-TOOL_FORMATS = ("v3", "v31")
+TOOL_FORMATS = ("v3", "v31", "dsv32", "dsv4")
 # Markers of DeepSeek's tool-call formats (the same strings as nanoseek/server/tools.py, which the engine must not
 # import): a call ends with CALL_END, the calls block with CALLS_END; V3.1 puts SEP between a name and its arguments.
 CALL_END, CALLS_END, SEP = "<｜tool▁call▁end｜>", "<｜tool▁calls▁end｜>", "<｜tool▁sep｜>"
 END_THINK = "</think>"
+# DeepSeek-V3.2/V4's DSML calls (nanoseek/dsml.py): the calls block's tag per format, and the marker token
+DSML, DSML_BLOCKS = "｜DSML｜", {"dsv32": "function_calls", "dsv4": "tool_calls"}
+# a string="true" value is raw text: a plain string (no keyword a raw value could break) or one of an enum's strings
+_RAW_BREAKERS = {"enum", "const", "pattern", "format", "minLength", "maxLength"}
 # JSON is written the way json.dumps writes it (", " and ": ", no other whitespace): flexible whitespace would let
 # a model pad with blanks without end, and this is the spacing DeepSeek's models produce.
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -46,7 +50,9 @@ class Constraint:
     - "tool_call": the rest of a tool call whose opening the prompt already holds: the arguments of `name` (or,
       with no name, for tool_choice required: a name among `tools` first) as JSON valid against that function's
       `parameters`, then the call's end marker and the calls block's end in `tool_format` ("v3" or "v31", see
-      nanoseek/server/tools.py), then EOS.
+      nanoseek/server/tools.py), then EOS. In the DSML formats ("dsv32", "dsv4") the arguments are DSML
+      parameters instead: the schema's properties in its order, the required ones always, a plain string as raw
+      text (string="true"), any other value as JSON valid against its property's schema (string="false").
     `reasoning`: the output starts inside a think block: free text up to `</think>` comes first (R1-style models
     reason before they answer, as DeepSeek's API lets deepseek-reasoner do with JSON output)."""
 
@@ -114,6 +120,8 @@ def lark_grammar(constraint: Constraint, tokenizer: Any) -> str:
     elif constraint.kind == "json_schema":
         body = "answer"
         lines.append("answer: " + _json(constraint.schema or {}, constraint.strict))
+    elif constraint.tool_format in DSML_BLOCKS:
+        body = _dsml_call(constraint, tokenizer, lines)
     else:
         v3 = constraint.tool_format == "v3"
         end = (_literal("\n```", tokenizer) + " " if v3 else "") + _literal(CALL_END, tokenizer)
@@ -137,6 +145,46 @@ def lark_grammar(constraint: Constraint, tokenizer: Any) -> str:
         lines.append(r"REASONING: /(?s:.*)/ & ~/(?s:.*<\/think>.*)/")
         body = f"REASONING {_literal(END_THINK, tokenizer)} /\\n{{0,2}}/ {body}"
     return "\n".join([f"start: {body}", *lines]) + "\n"
+
+
+def _dsml_text(text: str, tokenizer: Any) -> str:
+    """Fixed DSML text: the ｜DSML｜ marker as its token id where the tokenizer has it as one, the rest as text."""
+    pieces = []
+    for i, part in enumerate(text.split(DSML)):
+        pieces += ([_literal(DSML, tokenizer)] if i else []) + ([json.dumps(part, ensure_ascii=False)] if part else [])
+    return " ".join(pieces)
+
+
+def _dsml_call(constraint: Constraint, tokenizer: Any, lines: list[str]) -> str:
+    """The rest of a DSML call after its opening (tools.ToolFormat.opening: up to `name="` for tool_choice required,
+    up to the invoke line's end for a named function), through the calls block's end."""
+    # a raw value and the "</" that ends it are one lexeme (else the greedy lexer would take the "</" into the
+    # value before the ｜DSML｜ token): such a value cannot hold "</" itself
+    lines.append(r"RAW: /(?s:.*)<\// & ~/(?s:.*<\/.*<\/.*)/")
+    end = _dsml_text(f"</{DSML}invoke>\n</{DSML}{DSML_BLOCKS[constraint.tool_format]}>", tokenizer)
+    close = _dsml_text(f"</{DSML}parameter>\n", tokenizer)
+    calls = []
+    for i, tool in enumerate(t for t in constraint.tools if constraint.name in (None, t["function"]["name"])):
+        schema = _parameters(tool)
+        required = set(schema.get("required") or [])
+        parts = [] if constraint.name is not None else [_dsml_text(tool["function"]["name"] + '">\n', tokenizer)]
+        for j, (key, sub) in enumerate((schema.get("properties") or {}).items()):
+            sub = sub if isinstance(sub, dict) else {}
+            words = sub.get("enum") if "const" not in sub else [sub["const"]]
+            if not (isinstance(words, list) and words and all(isinstance(w, str) for w in words)):
+                words = None  # strings named by enum or const are written raw, as one of them
+            raw = words is not None or (sub.get("type") == "string" and not _RAW_BREAKERS & set(sub))
+            value = f"RAW {_dsml_text(f'{DSML}parameter>' + chr(10), tokenizer)}" if raw else f"value_{i}_{j} {close}"
+            if words is not None:
+                value = "(" + " | ".join(json.dumps(w, ensure_ascii=False) for w in words) + f") {close}"
+            elif not raw:
+                lines.append(f"value_{i}_{j}: " + _json(sub, strict=bool(tool["function"].get("strict"))))
+            head = _dsml_text(f'<{DSML}parameter name="{key}" string="{"true" if raw else "false"}">', tokenizer)
+            lines.append(f"param_{i}_{j}: {head} {value}")
+            parts.append(f"param_{i}_{j}" + ("" if key in required else "?"))
+        calls.append(" ".join([*parts, end]))
+    lines.append("call: " + " | ".join(calls))
+    return "call"
 
 
 # ---------------------------------------------------------------------------------------------------------------

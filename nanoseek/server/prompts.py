@@ -10,13 +10,20 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from nanoseek import dsml
 from nanoseek.engine.sampling import SamplingParams
 from nanoseek.server.constraints import Constraint
 from nanoseek.server.jobs import ServerConfig
 from nanoseek.server.reasoning import prompt_opens_reasoning
 from nanoseek.server.schemas import MAX_PROMPTS, APIError, ChatCompletionRequest, CompletionRequest
+from nanoseek.server.tools import (
+    DSML_FORMATS,
+    ToolFormat,
+    detect_format,
+    template_renders_tools,
+    tool_description,
+)
 from nanoseek.server.tools import MARKERS as TOOL_MARKERS
-from nanoseek.server.tools import ToolFormat, detect_format, template_renders_tools, tool_description
 
 JSON_HINT = "Reply with one valid JSON object and nothing else."
 # Sampling guards (the engine computes in float32): a temperature this small is greedy (as in vLLM; dividing
@@ -234,20 +241,21 @@ def render_chat(tokenizer: Any, body: ChatCompletionRequest) -> ChatPrompt:
     json_format = body.response_format if body.response_format and body.response_format.type != "text" else None
     if prefix is not None and json_format is not None:  # the grammar would start over in the middle of the text
         raise APIError(400, "a prefix message cannot be combined with a JSON response_format", param="response_format")
-    fmt = detect_format(getattr(tokenizer, "chat_template", "") or "") if tools else None
-    template = getattr(tokenizer, "chat_template", "") or ""
-    if tools and not template_renders_tools(template):  # DeepSeek's templates leave the tool block to the caller
-        messages.append({"role": "system", "content": tool_description(fmt, tools)})
-    if json_format is not None and json_format.type == "json_object":
-        messages.append({"role": "system", "content": JSON_HINT})  # the template joins every system message
-    try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools or None, **kwargs)
-    except ValueError as e:
-        raise APIError(400, str(e), param="messages") from None
-    except TypeError:  # a tokenizer without tools/kwargs (a test stub)
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    if not thinking or forced is not None:
-        text, thinking = close_think(text), False
+    dialect = dsml.detect(tokenizer)
+    if dialect is not None:  # DeepSeek-V3.2/V4: the encoding is Python (nanoseek/dsml.py), not the chat template
+        if dsml.DSML in json.dumps(messages, ensure_ascii=False):
+            raise APIError(400, f"messages contain {dsml.DSML!r}, a control marker of this model", param="messages")
+        fmt = DSML_FORMATS[dialect.name] if tools else None
+        # thinking off (or a forced call, or a prefix without reasoning): rendered in "chat" mode, the think
+        # block closed by the format itself
+        thinking = thinking and forced is None and (prefix is None or prefix.get("reasoning_content") is not None)
+        form = json_format.model_dump(exclude_none=True, by_alias=True) if json_format is not None else None
+        try:
+            text = dsml.encode(dialect, dsml.attach(messages, tools, form), thinking, body.reasoning_effort)
+        except ValueError as e:
+            raise APIError(400, str(e), param="messages") from None
+    else:
+        text, thinking, fmt = _render_template(tokenizer, messages, tools, json_format, kwargs, thinking, forced)
     prompt = ChatPrompt(text, thinking, prompt_opens_reasoning(text) and thinking, fmt)
     if body.parallel_tool_calls is False:
         prompt.max_calls = 1
@@ -264,17 +272,44 @@ def render_chat(tokenizer: Any, body: ChatCompletionRequest) -> ChatPrompt:
         strict = bool(spec is not None and spec.strict)
         prompt.constraint = Constraint(json_format.type, schema, strict=strict, reasoning=prompt.opened)
     if prefix is not None:
-        _continue(prompt, prefix)
+        _continue(prompt, prefix, "</think>" if dialect is not None else "\n</think>\n\n")
     return prompt
 
 
-def _continue(prompt: ChatPrompt, prefix: dict[str, Any]) -> None:
+def _render_template(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]],
+    json_format: Any,
+    kwargs: dict[str, Any],
+    thinking: bool,
+    forced: str | None,
+) -> tuple[str, bool, ToolFormat | None]:
+    """(prompt, thinking, tool format) with the checkpoint's chat template."""
+    template = getattr(tokenizer, "chat_template", "") or ""
+    fmt = detect_format(template) if tools else None
+    if tools and not template_renders_tools(template):  # DeepSeek's templates leave the tool block to the caller
+        messages.append({"role": "system", "content": tool_description(fmt, tools)})
+    if json_format is not None and json_format.type == "json_object":
+        messages.append({"role": "system", "content": JSON_HINT})  # the template joins every system message
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools or None, **kwargs)
+    except ValueError as e:
+        raise APIError(400, str(e), param="messages") from None
+    except TypeError:  # a tokenizer without tools/kwargs (a test stub)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    if not thinking or forced is not None:
+        text, thinking = close_think(text), False
+    return text, thinking, fmt
+
+
+def _continue(prompt: ChatPrompt, prefix: dict[str, Any], end_think: str) -> None:
     """Chat prefix completion: the output continues the last assistant message (its reasoning, when thinking)."""
     reasoning, content = prefix.get("reasoning_content"), prefix.get("content") or ""
     if prompt.opened and reasoning is not None:
         prompt.text += reasoning
         if content:
-            prompt.text += "\n</think>\n\n" + content
+            prompt.text += end_think + content
             prompt.opened = False
         return
     if prompt.opened:

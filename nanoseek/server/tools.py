@@ -14,7 +14,10 @@ Formats (where each is specified):
 Neither official template renders the `tools` list: the V3.1 model card gives the tool description block that
 goes after the system prompt (`{system}\\n\\n{tool_description}`); `tool_description` writes it (for "v3" with that
 format's call shape) and the server appends it as a system message when a checkpoint's template ignores `tools`.
-The V3.2/V4 DSML format (`<｜DSML｜function_calls>`) is not handled yet.
+- "dsv32" / "dsv4" (DeepSeek-V3.2, V4): the DSML format (`<｜DSML｜function_calls>` / `<｜DSML｜tool_calls>` blocks
+  of `<｜DSML｜invoke name=...>` with `<｜DSML｜parameter ...>`), which DeepSeek specifies as Python; nanoseek/dsml.py
+  renders whole prompts in it (tool block included) and parses it. A checkpoint speaks it when its vocabulary has
+  the `｜DSML｜` token (`dsml.detect`); the server then renders with nanoseek/dsml.py instead of the chat template.
 
 The parser is streaming-invariant: `feed` holds back any text that could still turn out to be (part of) a marker
 or of the junk around arguments (the ```json fence, whitespace), so the concatenated events equal those of the
@@ -29,6 +32,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from nanoseek import dsml
+
 CALLS_BEGIN, CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
 CALL_BEGIN, CALL_END, SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
 OUTPUTS_BEGIN, OUTPUTS_END = "<｜tool▁outputs▁begin｜>", "<｜tool▁outputs▁end｜>"
@@ -39,20 +44,31 @@ FENCE = "```json"
 
 @dataclass(frozen=True)
 class ToolFormat:
-    name: str  # "v3" or "v31"
+    name: str  # "v3", "v31", "dsv32" or "dsv4"
+
+    @property
+    def dialect(self) -> dsml.Dialect | None:
+        """The DSML dialect (V3.2, V4), None for the earlier formats."""
+        return dsml.DIALECTS.get(self.name)
 
     def call(self, name: str, arguments: str) -> str:
         """One call as the model writes it."""
+        if self.dialect is not None:
+            return self.calls([(name, arguments)])
         if self.name == "v3":
             return f"{CALL_BEGIN}function{SEP}{name}\n{FENCE}\n{arguments}\n```{CALL_END}"
         return f"{CALL_BEGIN}{name}{SEP}{arguments}{CALL_END}"
 
     def calls(self, calls: list[tuple[str, str]]) -> str:
+        if self.dialect is not None:
+            return self.dialect.calls(calls)
         joiner = "\n" if self.name == "v3" else ""
         return CALLS_BEGIN + joiner.join(self.call(n, a) for n, a in calls) + CALLS_END
 
     def opening(self, name: str | None) -> str:
         """Output text that starts a call (of `name`, if given): what a forced tool_choice puts after the prompt."""
+        if self.dialect is not None:
+            return self.dialect.opening(name)
         if name is None:
             return CALLS_BEGIN + CALL_BEGIN + ("function" + SEP if self.name == "v3" else "")
         if self.name == "v3":
@@ -61,6 +77,8 @@ class ToolFormat:
 
 
 V3, V31 = ToolFormat("v3"), ToolFormat("v31")
+DSV32, DSV4 = ToolFormat("dsv32"), ToolFormat("dsv4")
+DSML_FORMATS = {"dsv32": DSV32, "dsv4": DSV4}
 
 
 def detect_format(template: str) -> ToolFormat:
@@ -122,16 +140,19 @@ def _find(text: str, markers: tuple[str, ...]) -> tuple[int, str]:
 
 class ToolCallParser:
     """feed(text) -> events; finish() -> the events of what was held back. `max_calls` (1 for
-    parallel_tool_calls=false) drops later calls."""
+    parallel_tool_calls=false) drops later calls. DSML formats are parsed by nanoseek/dsml.py's DSMLParser."""
 
     def __init__(self, fmt: ToolFormat, max_calls: int | None = None):
         self.fmt, self.max_calls = fmt, max_calls
+        self.dsml = dsml.DSMLParser(fmt.dialect, max_calls) if fmt.dialect is not None else None
         self.state = "content"  # content, calls, header, args, after
         self.buf = ""
         self.calls = 0  # calls started
         self.sent = ""  # argument text sent for the current call
 
     def feed(self, text: str) -> list[Event]:
+        if self.dsml is not None:
+            return self.dsml.feed(text)
         self.buf += text
         out: list[Event] = []
         while True:
@@ -141,6 +162,8 @@ class ToolCallParser:
                 return [e for e in out if self._keep(e)]
 
     def finish(self) -> list[Event]:
+        if self.dsml is not None:
+            return self.dsml.finish()
         out: list[Event] = []
         getattr(self, "_" + self.state)(out, final=True)
         self.buf, self.state = "", "after"
