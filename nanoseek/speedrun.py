@@ -43,7 +43,9 @@ class Plan:
     task: str = "multiplication"  # 2-digit x 2-digit: unlearnable directly at this size, learnable worked
     seed: int = 0  # every stage's randomness; the held-out problems do not depend on it
     corpus_problems: int = 3600  # capped by the task's training split (~3,690 of the 4,095 two-digit products)
-    worked_fraction: float = 0.2  # base corpus: mostly direct answers, a few worked: a base that rarely reasons
+    # Base corpus: every problem answered directly, a quarter of them also worked (a fifth of the documents): a
+    # base that rarely reasons, as DeepSeek-V3-Base rarely wrote long chains of thought.
+    worked_fraction: float = 0.25
     vocab_size: int = 512
     teacher_preset: str = "tiny"
     base_steps: int = 1000
@@ -167,7 +169,7 @@ class Speedrun:
         data = self.out / "data"
         data.mkdir(exist_ok=True)
         examples = get_task(self.plan.task).generate(self.plan.corpus_problems, "train", self._seed(1), at_most=True)
-        docs = solution_documents(examples, self.plan.worked_fraction, seed=self._seed(1))
+        docs = solution_documents(examples, self.plan.worked_fraction, seed=self._seed(1), direct_for_all=True)
         _write_jsonl(data / "corpus.jsonl", [{"text": d} for d in docs])
         return {"corpus": str(data / "corpus.jsonl"), "documents": len(docs)}
 
@@ -215,9 +217,10 @@ class Speedrun:
         task = get_task(p.task)
         rng = random.Random(self._seed(2))
         traces = []
-        for ex in task.generate(p.sft_traces, "train", seed=self._seed(2)):
-            style = "worked" if rng.random() < p.worked_fraction else "direct"
-            traces.append({"messages": trace_messages(ex, task.solution(ex, style))})
+        for ex in task.generate(p.sft_traces, "train", seed=self._seed(2)):  # the corpus's mix, as in stage_data
+            styles = ["direct", "worked"] if rng.random() < p.worked_fraction else ["direct"]
+            traces += [{"messages": trace_messages(ex, task.solution(ex, style))} for style in styles]
+        rng.shuffle(traces)
         _write_jsonl(self.out / "data" / "sft.jsonl", traces)
         config = TrainConfig(
             out=str(self.out / "sft"),

@@ -71,7 +71,8 @@ def write_report(out: Path, record: dict[str, Any], plan) -> dict[str, Any]:
         "| --- | --- | --- |" + (" --- |" if unseen else "") + " --- | --- | --- |",
     ]
     what = {
-        "base": f"pretrained; {plan.worked_fraction:.0%} of its documents reason, the rest answer directly",
+        "base": f"pretrained; {plan.worked_fraction / (1 + plan.worked_fraction):.0%} of its documents reason, "
+        "the rest answer directly",
         "sft": "chat SFT on conversations in the same mix",
         "rl": "GRPO with verifiable rewards (R1-Zero)",
         "student": "distilled from the RL model's verified traces (R1-Distill)",

@@ -561,3 +561,14 @@ def test_a_lines_own_split_field_wins(tmp_path):
         load_examples(str(write_jsonl(tmp_path / "t.jsonl", [{**lines[0], "split": "train"}])), 10, "test")
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: 'split' must be one of"):
         load_gsm8k(write_jsonl(tmp_path / "bad.jsonl", [{**lines[0], "split": "validation"}]), split="test")
+
+
+def test_direct_for_all_corpus_gives_every_problem_a_direct_document():
+    from nanoseek.tasks import get_task
+    from nanoseek.tasks.corpus import chat_document, solution_documents
+
+    examples = get_task("multiplication").generate(400, "train")
+    docs = solution_documents(examples, 0.25, seed=3, direct_for_all=True)
+    assert all(chat_document(ex, "direct") in docs for ex in examples)
+    worked = [d for d in docs if "\n</think>" in d and "<think>\n\n</think>" not in d]
+    assert 60 < len(worked) < 140 and len(docs) == len(examples) + len(worked)

@@ -20,9 +20,22 @@ def chat_document(example: Example, style: str) -> str:
     return f"{USER}{example.prompt}{ASSISTANT}{solution}{EOS}"
 
 
-def solution_documents(examples: list[Example], worked_fraction: float = 0.5, seed: int = 0) -> list[str]:
-    """One document per example; a `worked_fraction` share of them (chosen at random) show the reasoning."""
+def solution_documents(
+    examples: list[Example], worked_fraction: float = 0.5, seed: int = 0, direct_for_all: bool = False
+) -> list[str]:
+    """One document per example; a `worked_fraction` share of them (chosen at random) show the reasoning.
+
+    `direct_for_all`: every example is answered directly, and a `worked_fraction` share is *also* worked (a second
+    document, shuffled in). Then which style a document has says nothing about its problem: a model that memorises
+    its training problems cannot learn "I know this one, so I answer directly", and on a new problem it reasons
+    with the corpus's overall rate, worked_fraction / (1 + worked_fraction). (With one style per problem, a
+    Muon-pretrained model reasoned on ~85% of held-out problems though only 20% of its documents did.)"""
     if not 0 <= worked_fraction <= 1:
         raise ValueError(f"worked_fraction must be in [0, 1], got {worked_fraction}")
     rng = random.Random(seed)
-    return [chat_document(ex, "worked" if rng.random() < worked_fraction else "direct") for ex in examples]
+    if not direct_for_all:
+        return [chat_document(ex, "worked" if rng.random() < worked_fraction else "direct") for ex in examples]
+    docs = [chat_document(ex, "direct") for ex in examples]
+    docs += [chat_document(ex, "worked") for ex in examples if rng.random() < worked_fraction]
+    rng.shuffle(docs)
+    return docs
