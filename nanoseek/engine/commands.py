@@ -53,7 +53,7 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
-def sampling_params(args: argparse.Namespace, **extra):
+def params_from_flags(args: argparse.Namespace, **extra):
     from nanoseek.engine import SamplingParams
 
     return SamplingParams(
@@ -119,7 +119,7 @@ def render(engine, prompt, raw: bool, system: str | None = None) -> str | list[i
 
 def generate_main(args: argparse.Namespace) -> int:
     prompts = _read_prompts(args)
-    params = sampling_params(args, n=args.n)
+    params = params_from_flags(args, n=args.n)
     engine = load_engine(args)
     start = time.perf_counter()
     results = engine.generate(

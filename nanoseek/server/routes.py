@@ -52,9 +52,9 @@ from nanoseek.server.prompts import (
     completion_prompts,
     encode,
     fim_prompts,
+    params_from_request,
     prompt_text,
     render_chat,
-    sampling_params,
 )
 from nanoseek.server.responses import (
     CLIENT_GONE,
@@ -130,7 +130,7 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
             )
         prompt = await asyncio.to_thread(render_chat, engine.tokenizer, body)  # scans and renders long texts
         max_tokens = body.max_completion_tokens or body.max_tokens
-        params = sampling_params(body, max_tokens, config, bool(body.logprobs))
+        params = params_from_request(body, max_tokens, config, bool(body.logprobs))
         params = with_extensions(params, prompt.constraint, request_salt(request, body))
         job = server.admit(request, engine, await encode(engine, [prompt.text]), params)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -162,7 +162,7 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
         model = server.check_model(body.model)
         check_text_options(body)
         prompts = fim_prompts(engine.tokenizer, completion_prompts(body.prompt), body.suffix)
-        params = sampling_params(body, body.max_tokens, config, body.logprobs is not None)
+        params = params_from_request(body, body.max_tokens, config, body.logprobs is not None)
         params = with_extensions(params, None, request_salt(request, body))
         ids = await encode(engine, prompts)
         job = server.admit(request, engine, ids, params)
@@ -192,7 +192,7 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
         model = server.check_model(body.model)
         chat = chat_request(body)
         prompt = await asyncio.to_thread(render_chat, engine.tokenizer, chat)
-        params = sampling_params(chat, chat.max_tokens, config, False)
+        params = params_from_request(chat, chat.max_tokens, config, False)
         params = with_extensions(params, prompt.constraint, request_salt(request, chat))
         job = server.admit(request, engine, await encode(engine, [prompt.text]), params)
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
