@@ -52,9 +52,7 @@ def pack_int8(weight: torch.Tensor) -> PackedInt8:
     w = weight.detach().float()
     scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
     zero = torch.zeros(w.shape[0], dtype=torch.long)
-    with (
-        warnings.catch_warnings()
-    ):  # PyTorch marks quantized tensors deprecated; FBGEMM's kernels are still the fast path
+    with warnings.catch_warnings():  # PyTorch marks quantized tensors deprecated; FBGEMM's kernels are still fast
         warnings.simplefilter("ignore", UserWarning)
         q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
     return PackedInt8(torch.ops.quantized.linear_prepack(q, None), q.dequantize().sum(dim=1))

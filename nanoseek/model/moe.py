@@ -126,16 +126,10 @@ class Experts(nn.Module):
         return (F.silu(gate) * up) @ self.w_down[e]
 
 
-def per_expert(
-    expert: Callable[[int, torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    weights: torch.Tensor,
-    ids: torch.Tensor,
-    counts: torch.Tensor,
-) -> torch.Tensor:
-    """`Experts.forward` one expert at a time, on just its tokens. For decoding (a few (token, expert) pairs)
-    multiplying by the chosen experts' weight slices beats a grouped kernel that walks every expert; the int8
-    experts (engine/quant.py) always go here."""
+def per_expert(expert: Callable, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor):
+    """`Experts.forward` one expert at a time, on just its tokens (expert(e, rows [n, hidden]) -> [n, hidden]).
+    For decoding (a few (token, expert) pairs) multiplying by the chosen experts' weight slices beats a grouped
+    kernel that walks every expert; the int8 experts (engine/quant.py) always go here."""
     k = ids.shape[1]
     order = ids.flatten().argsort(stable=True)
     token_rows, gains = order // k, weights.flatten()[order].unsqueeze(1)

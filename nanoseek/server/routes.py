@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nanoseek.server.anthropic import MessagesRequest, MessageStream, chat_request, message_response, stream_messages
 from nanoseek.server.constraints import cache_salt, with_extensions
-from nanoseek.server.jobs import Server, ServerConfig
+from nanoseek.server.jobs import Job, Server, ServerConfig
 from nanoseek.server.prompts import (
     check_text_options,
     completion_prompts,
@@ -116,6 +116,18 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
     _install_error_handlers(app)
     tick = config.keepalive_seconds
 
+    async def answer(request: Request, job: Job, events: AsyncIterator | None, final: Callable) -> Response:
+        """The tail every generation route shares: the SSE `events` when streaming, else wait for every sample and
+        answer with `final()`. The job is released either way (by the stream when it ends)."""
+        if events is not None:
+            return EventStream(events, partial(server.release, job))
+        try:
+            if not await collect(job, request, tick):
+                return Response(status_code=CLIENT_GONE)
+            return JSONResponse(final())
+        finally:
+            server.release(job)
+
     @app.post(
         "/v1/chat/completions",
         response_model=ChatCompletion,
@@ -143,14 +155,8 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
             include_usage,
             bool(body.logprobs),
         )
-        if body.stream:
-            return EventStream(stream_events(server, job, ChatStream(job, ctx), tick), partial(server.release, job))
-        try:
-            if not await collect(job, request, tick):
-                return Response(status_code=CLIENT_GONE)
-            return JSONResponse(chat_response(job, ctx))
-        finally:
-            server.release(job)
+        events = stream_events(server, job, ChatStream(job, ctx), tick) if body.stream else None
+        return await answer(request, job, events, lambda: chat_response(job, ctx))
 
     @app.post(
         "/v1/completions",
@@ -177,14 +183,8 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
             body.logprobs is not None,
             echo,
         )
-        if body.stream:
-            return EventStream(stream_events(server, job, TextStream(job, ctx), tick), partial(server.release, job))
-        try:
-            if not await collect(job, request, tick):
-                return Response(status_code=CLIENT_GONE)
-            return JSONResponse(text_response(job, ctx))
-        finally:
-            server.release(job)
+        events = stream_events(server, job, TextStream(job, ctx), tick) if body.stream else None
+        return await answer(request, job, events, lambda: text_response(job, ctx))
 
     @app.post("/anthropic/v1/messages", include_in_schema=False)
     async def anthropic_messages(body: MessagesRequest, request: Request) -> Response:
@@ -196,15 +196,9 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
         params = with_extensions(params, prompt.constraint, request_salt(request, chat))
         job = server.admit(request, engine, await encode(engine, [prompt.text]), params)
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
-        if body.stream:
-            stream = MessageStream(job, prompt, model, message_id)
-            return EventStream(stream_messages(server, job, stream, tick), partial(server.release, job))
-        try:
-            if not await collect(job, request, tick):
-                return Response(status_code=CLIENT_GONE)
-            return JSONResponse(message_response(job, prompt, model, message_id))
-        finally:
-            server.release(job)
+        stream = MessageStream(job, prompt, model, message_id)
+        events = stream_messages(server, job, stream, tick) if body.stream else None
+        return await answer(request, job, events, lambda: message_response(job, prompt, model, message_id))
 
     # DeepSeek's beta paths (chat prefix completion, FIM): the same endpoints here
     app.add_api_route("/beta/chat/completions", chat_completions, methods=["POST"], include_in_schema=False)
