@@ -54,18 +54,11 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None
 
 
 def params_from_flags(args: argparse.Namespace, **extra):
+    """SamplingParams from the flags add_sampling_args defines (plus `extra` fields)."""
     from nanoseek.engine import SamplingParams
 
-    return SamplingParams(
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        seed=args.seed,
-        stop=args.stop,
-        **extra,
-    )
+    flags = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop")
+    return SamplingParams(**{name: getattr(args, name) for name in flags}, **extra)
 
 
 def generate_args(p: argparse.ArgumentParser) -> None:

@@ -98,9 +98,7 @@ class Int8Experts(nn.Module):
     def __init__(self, experts: Experts):
         super().__init__()
         self.num_experts, self.intermediate = experts.num_experts, experts.intermediate
-        self.packed = [
-            (pack_int8(experts.w_gate_up[e].t()), pack_int8(experts.w_down[e].t())) for e in range(self.num_experts)
-        ]
+        self.packed = [(pack_int8(up.t()), pack_int8(down.t())) for up, down in zip(experts.w_gate_up, experts.w_down)]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         return per_expert(self.expert, x, weights, ids, counts)

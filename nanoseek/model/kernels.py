@@ -1,13 +1,13 @@
-"""The grouped matmul the routed experts run on, and a row permutation whose gradient is a gather (moe.py).
-
-`grouped_mm` is a registered op with its own backward, so torch.compile keeps it whole: PyTorch's grouped kernel
-runs any float dtype on CPU, but inductor would only trace it for bf16.
-"""
+"""The grouped matmul the routed experts run on (moe.py), a registered op with its own backward so torch.compile
+keeps it whole (PyTorch's grouped kernel runs any float dtype on CPU; inductor would trace it only for bf16), and
+a row permutation whose gradient is a gather."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what PyTorch's grouped kernels take
 
 
 def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -21,11 +21,7 @@ def _aligned(*tensors: torch.Tensor) -> bool:
 
 
 def _grouped_kernel_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if (
-        not hasattr(F, "grouped_mm")
-        or a.dtype not in (torch.float32, torch.bfloat16, torch.float16)
-        or not _aligned(a, b)
-    ):
+    if not hasattr(F, "grouped_mm") or a.dtype not in GROUPED_DTYPES or not _aligned(a, b):
         return False
     if a.device.type == "cuda":
         return a.dtype == torch.bfloat16 and torch.cuda.get_device_capability(a.device) >= (8, 0)
@@ -76,11 +72,9 @@ def _grouped_mm_backward(ctx, grad: torch.Tensor):
     return grad_x, grad_w, None
 
 
-def _grouped_mm_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-_grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
+_grouped_mm.register_autograd(
+    _grouped_mm_backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs)
+)
 
 
 class _PermuteRows(torch.autograd.Function):

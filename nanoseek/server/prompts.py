@@ -13,7 +13,7 @@ from typing import Any
 from nanoseek import dsml
 from nanoseek.engine.sampling import MIN_TOP_P, SamplingParams
 from nanoseek.server.constraints import Constraint
-from nanoseek.server.jobs import ServerConfig
+from nanoseek.server.jobs import ServedEngine, ServerConfig
 from nanoseek.server.reasoning import prompt_opens_reasoning
 from nanoseek.server.schemas import MAX_PROMPTS, APIError, ChatCompletionRequest, CompletionRequest
 from nanoseek.server.tools import (
@@ -360,7 +360,7 @@ def params_from_request(body: Any, max_tokens: int | None, config: ServerConfig,
         raise APIError(400, str(e)) from None
 
 
-async def encode(engine: Any, prompts: list[str | list[int]]) -> list[list[int]]:
+async def encode(engine: ServedEngine, prompts: list[str | list[int]]) -> list[list[int]]:
     """Token ids of every prompt, computed in a worker thread: tokenizing long or many prompts must not stall the
     event loop that serves everyone else."""
 
@@ -425,7 +425,7 @@ def fim_prompts(tokenizer: Any, prompts: list[str | list[int]], suffix: str | No
     return [f"{begin}{p}{hole}{suffix}{end}" for p in prompts]
 
 
-def prompt_text(engine: Any, prompt: str | list[int]) -> str:
+def prompt_text(engine: ServedEngine, prompt: str | list[int]) -> str:
     if isinstance(prompt, str):
         return prompt
     return engine.tokenizer.decode(prompt) if engine.tokenizer is not None else ""

@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nanoseek.server.anthropic import MessagesRequest, MessageStream, chat_request, message_response, stream_messages
 from nanoseek.server.constraints import cache_salt, with_extensions
-from nanoseek.server.jobs import Job, Server, ServerConfig
+from nanoseek.server.jobs import Job, ServedEngine, Server, ServerConfig
 from nanoseek.server.prompts import (
     check_text_options,
     completion_prompts,
@@ -88,7 +88,7 @@ log = logging.getLogger("nanoseek.server")
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = None) -> FastAPI:
+def create_app(load_engine: Callable[[], ServedEngine], config: ServerConfig | None = None) -> FastAPI:
     """The FastAPI app; `load_engine` runs in a background thread at startup."""
     config = config or ServerConfig()
     server = Server(load_engine, config)
@@ -116,9 +116,17 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
     _install_error_handlers(app)
     tick = config.keepalive_seconds
 
+    async def admit(
+        request: Request, engine: ServedEngine, body, prompts, max_tokens, logprobs, constraint=None
+    ) -> Job:
+        """The body's sampling params, constraint and prefix-cache namespace (API key, user id), then the job."""
+        params = params_from_request(body, max_tokens, config, logprobs)
+        salt = cache_salt(getattr(request.state, "api_key", None), body.user_id or body.user)
+        params = with_extensions(params, constraint, salt)
+        return server.admit(request, engine, await encode(engine, prompts), params)
+
     async def answer(request: Request, job: Job, events: AsyncIterator | None, final: Callable) -> Response:
-        """The tail every generation route shares: the SSE `events` when streaming, else wait for every sample and
-        answer with `final()`. The job is released either way (by the stream when it ends)."""
+        """Stream the SSE `events`, or collect every sample and answer `final()`; the job is released either way."""
         if events is not None:
             return EventStream(events, partial(server.release, job))
         try:
@@ -142,9 +150,7 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
             )
         prompt = await asyncio.to_thread(render_chat, engine.tokenizer, body)  # scans and renders long texts
         max_tokens = body.max_completion_tokens or body.max_tokens
-        params = params_from_request(body, max_tokens, config, bool(body.logprobs))
-        params = with_extensions(params, prompt.constraint, request_salt(request, body))
-        job = server.admit(request, engine, await encode(engine, [prompt.text]), params)
+        job = await admit(request, engine, body, [prompt.text], max_tokens, bool(body.logprobs), prompt.constraint)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         ctx = ChatContext(
             f"chatcmpl-{uuid.uuid4().hex}",
@@ -168,10 +174,7 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
         model = server.check_model(body.model)
         check_text_options(body)
         prompts = fim_prompts(engine.tokenizer, completion_prompts(body.prompt), body.suffix)
-        params = params_from_request(body, body.max_tokens, config, body.logprobs is not None)
-        params = with_extensions(params, None, request_salt(request, body))
-        ids = await encode(engine, prompts)
-        job = server.admit(request, engine, ids, params)
+        job = await admit(request, engine, body, prompts, body.max_tokens, body.logprobs is not None)
         echo = [prompt_text(engine, p) if body.echo else "" for p in prompts]
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         ctx = TextContext(
@@ -192,9 +195,7 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
         model = server.check_model(body.model)
         chat = chat_request(body)
         prompt = await asyncio.to_thread(render_chat, engine.tokenizer, chat)
-        params = params_from_request(chat, chat.max_tokens, config, False)
-        params = with_extensions(params, prompt.constraint, request_salt(request, chat))
-        job = server.admit(request, engine, await encode(engine, [prompt.text]), params)
+        job = await admit(request, engine, chat, [prompt.text], chat.max_tokens, False, prompt.constraint)
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
         stream = MessageStream(job, prompt, model, message_id)
         events = stream_messages(server, job, stream, tick) if body.stream else None
@@ -230,11 +231,6 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-def request_salt(request: Request, body: Any) -> bytes:
-    """The prefix-cache namespace of this request (constraints.cache_salt): its API key and user id."""
-    return cache_salt(getattr(request.state, "api_key", None), body.user_id or body.user)
 
 
 def _model_card(server: Server) -> dict[str, Any]:
