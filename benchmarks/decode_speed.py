@@ -35,7 +35,7 @@ from common import table
 
 from nanoseek.config import ModelConfig, preset
 from nanoseek.engine import Engine, SamplingParams
-from nanoseek.engine.quant import Int8Linear, quantize_int8
+from nanoseek.engine.quant import Int8Experts, Int8Linear, quantize_int8
 from nanoseek.model import build_model
 from nanoseek.model.moe import Experts
 from nanoseek.runtime import keep_freed_memory
@@ -64,9 +64,9 @@ def weight_bytes_per_token(model) -> float:
             total += module.weight_bytes
         elif isinstance(module, torch.nn.Linear):
             total += module.weight.numel() * module.weight.element_size()
-        elif isinstance(module, Experts):
+        elif isinstance(module, (Experts, Int8Experts)):
             per_expert = 3 * config.hidden_size * config.moe_intermediate_size
-            size = 1 if module.int8 is not None else module.w_down.element_size()
+            size = 1 if isinstance(module, Int8Experts) else module.w_down.element_size()
             total += config.num_experts_per_tok * per_expert * size
     for layer in model.mtp_layers:  # not run without speculation
         total -= sum(p.numel() * p.element_size() for p in layer.parameters())

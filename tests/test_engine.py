@@ -8,7 +8,7 @@ from helpers import random_config, random_model, tiny_checkpoint
 
 from nanoseek.engine import Engine, SamplingParams
 from nanoseek.engine.cache import LatentCache
-from nanoseek.engine.sampling import draw
+from nanoseek.engine.sampling import draw, filtered_probs
 
 transformers = pytest.importorskip("transformers")
 GREEDY = dict(temperature=0, ignore_eos=True)
@@ -92,6 +92,10 @@ def test_sampling_filters():
             [prompt], SamplingParams(max_tokens=8, temperature=1.5, seed=3, ignore_eos=True, **narrow)
         )[0]
         assert sampled.token_ids == greedy, narrow
+    tiny = SamplingParams(max_tokens=8, temperature=1e-38, top_p=0.5, seed=1, ignore_eos=True)  # below GREEDY_BELOW
+    mixed = SamplingParams(max_tokens=8, temperature=1.0, seed=1, ignore_eos=True)
+    assert filtered_probs(torch.tensor([[10.0, 30.0, 20.0]] * 2), [tiny, mixed])[0].tolist() == [0.0, 1.0, 0.0]
+    assert engine.generate([prompt, prompt], [tiny, mixed])[0].token_ids == greedy
     with_logprobs = engine.generate([prompt], SamplingParams(max_tokens=8, logprobs=True, **GREEDY))[0]
     assert len(with_logprobs.logprobs) == 8 and all(lp <= 0 for lp in with_logprobs.logprobs)
 

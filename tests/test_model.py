@@ -7,7 +7,8 @@ from helpers import random_config, random_model
 import nanoseek
 from nanoseek.config import preset
 from nanoseek.model import IGNORE_INDEX, build_model
-from nanoseek.model.moe import Experts, grouped_matmul
+from nanoseek.model.kernels import grouped_matmul
+from nanoseek.model.moe import Experts
 
 transformers = pytest.importorskip("transformers")
 

@@ -23,11 +23,10 @@ import torch
 
 from nanoseek.data.loader import EpochBatches
 from nanoseek.data.readers import read_jsonl_records
+from nanoseek.model.loss import IGNORE_INDEX  # targets the loss skips
 
 if TYPE_CHECKING:
     from nanoseek.tokenizer import Tokenizer
-
-IGNORE_INDEX = -100  # targets the loss skips (torch's cross_entropy default)
 
 Example = tuple[list[int], list[int]]  # (ids, loss_mask)
 

@@ -273,11 +273,12 @@ class LatentCache:
         # product against its cached entries (MLA: one shared latent key, so all heads)
         kv, n, t = self.num_kv_heads, group.n, group.length
         blocks = self.pool[layer_idx].view(-1, self.block_size, self.entry_width)  # (kv head, block) rows
-        entries = blocks[group.tables].view(kv * n, -1, self.entry_width).to(query.dtype)
+        entries = blocks[group.tables].view(kv * n, -1, self.entry_width).to(query.dtype)  # [kv * n, keys, entry]
         keys = entries if self.width == self.entry_width else entries[..., : self.width]
         values = entries[..., self.value_offset : self.value_offset + self.value_width]
-        q = self._fold(query, n, t)
-        # three kernels (scores + mask, softmax, values): cheaper than SDPA's general path for these small shapes
+        q = self._fold(query, n, t)  # [kv * n, t * H / kv, width]
+        # scores [kv * n, t * H / kv, keys] = q @ keys^T + mask; softmax; @ values [kv * n, keys, value_width]:
+        # three kernels, cheaper than SDPA's general path for these small shapes
         scores = torch.baddbmm(group.mask.to(q.dtype), q, keys.transpose(1, 2), alpha=scale)
         return self._unfold(torch.bmm(torch.softmax(scores, dim=-1), values), n, t)
 
@@ -286,11 +287,11 @@ class LatentCache:
         if self.num_kv_heads == 1:
             return query.reshape(n, -1, self.width)
         kv = self.num_kv_heads
-        folded = query.reshape(n, t, kv, -1, self.width).permute(2, 0, 1, 3, 4)
+        folded = query.reshape(n, t, kv, -1, self.width).permute(2, 0, 1, 3, 4)  # [kv, n, t, H / kv, width]
         return folded.reshape(kv * n, -1, self.width)
 
     def _unfold(self, out: torch.Tensor, n: int, t: int) -> torch.Tensor:
-        """The inverse of _fold for the attention output: -> [n * t, H, value_width]."""
+        """_fold's inverse for the attention output: [kv * n, t * H / kv, value_width] -> [n * t, H, value_width]."""
         if self.num_kv_heads == 1:
             return out.view(n * t, -1, self.value_width)
         kv = self.num_kv_heads

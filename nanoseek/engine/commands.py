@@ -53,19 +53,12 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
-def sampling_params(args: argparse.Namespace, **extra):
+def params_from_flags(args: argparse.Namespace, **extra):
+    """SamplingParams from the flags add_sampling_args defines (plus `extra` fields)."""
     from nanoseek.engine import SamplingParams
 
-    return SamplingParams(
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        seed=args.seed,
-        stop=args.stop,
-        **extra,
-    )
+    flags = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop")
+    return SamplingParams(**{name: getattr(args, name) for name in flags}, **extra)
 
 
 def generate_args(p: argparse.ArgumentParser) -> None:
@@ -119,7 +112,7 @@ def render(engine, prompt, raw: bool, system: str | None = None) -> str | list[i
 
 def generate_main(args: argparse.Namespace) -> int:
     prompts = _read_prompts(args)
-    params = sampling_params(args, n=args.n)
+    params = params_from_flags(args, n=args.n)
     engine = load_engine(args)
     start = time.perf_counter()
     results = engine.generate(

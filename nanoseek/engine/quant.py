@@ -23,9 +23,10 @@ import warnings
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from nanoseek.model.moe import Experts
+from nanoseek.model.moe import Experts, per_expert
 
 DEFAULT_MIN_WEIGHTS = 1 << 17
 
@@ -51,9 +52,7 @@ def pack_int8(weight: torch.Tensor) -> PackedInt8:
     w = weight.detach().float()
     scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
     zero = torch.zeros(w.shape[0], dtype=torch.long)
-    with (
-        warnings.catch_warnings()
-    ):  # PyTorch marks quantized tensors deprecated; FBGEMM's kernels are still the fast path
+    with warnings.catch_warnings():  # PyTorch marks quantized tensors deprecated; FBGEMM's kernels are still fast
         warnings.simplefilter("ignore", UserWarning)
         q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
     return PackedInt8(torch.ops.quantized.linear_prepack(q, None), q.dequantize().sum(dim=1))
@@ -93,6 +92,23 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+class Int8Experts(nn.Module):
+    """A layer's routed experts with each expert's two matrices packed as int8; always one expert at a time."""
+
+    def __init__(self, experts: Experts):
+        super().__init__()
+        self.num_experts, self.intermediate = experts.num_experts, experts.intermediate
+        self.packed = [(pack_int8(up.t()), pack_int8(down.t())) for up, down in zip(experts.w_gate_up, experts.w_down)]
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        return per_expert(self.expert, x, weights, ids, counts)
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        gate_up, down = self.packed[e]
+        gate, up = int8_linear(x, gate_up).split(self.intermediate, dim=-1)
+        return int8_linear(F.silu(gate) * up, down)
+
+
 def quantize_int8(model: nn.Module, min_weights: int = DEFAULT_MIN_WEIGHTS) -> dict[str, int]:
     """Replace the model's large Linear layers and routed experts with int8 versions, in place (inference only).
 
@@ -110,7 +126,7 @@ def quantize_int8(model: nn.Module, min_weights: int = DEFAULT_MIN_WEIGHTS) -> d
                 setattr(module, child_name, Int8Linear(child))
                 converted["linear"] += 1
             elif isinstance(child, Experts) and child.w_gate_up[0].numel() >= min_weights // 2:
-                child.quantize()
+                setattr(module, child_name, Int8Experts(child))
                 converted["experts"] += 1
     model.eval()
     return converted

@@ -8,6 +8,10 @@ import torch
 
 from nanoseek.engine.grammar import Constraint
 
+# Sampling guards (in float32): a temperature below GREEDY_BELOW is greedy (as in vLLM: the softmax is one-hot
+# anyway and 1/T overflows), and a top_p below MIN_TOP_P (which would round to 0) keeps only the likeliest token.
+GREEDY_BELOW, MIN_TOP_P = 1e-5, 1e-6
+
 
 @dataclass
 class SamplingParams:
@@ -54,8 +58,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        # below 1e-5 a float32 softmax at this temperature is one-hot anyway (and 1/T overflows): decode greedily
-        return self.temperature < 1e-5
+        return self.temperature < GREEDY_BELOW
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -96,12 +99,12 @@ def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor
 def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     """Temperature, then top-k, top-p and min-p masks, per row; returns renormalised probabilities.
 
-    Greedy rows (temperature 0) get all their mass on the argmax."""
+    Greedy rows (temperature below GREEDY_BELOW) get all their mass on the argmax."""
     greedy = torch.tensor([p.greedy for p in params], device=logits.device)
     if greedy.all():
         return torch.zeros_like(logits).scatter_(1, logits.argmax(-1, keepdim=True), 1.0)
     device = logits.device
-    temperature = torch.tensor([p.temperature or 1.0 for p in params], device=device).unsqueeze(1)
+    temperature = torch.tensor([1.0 if p.greedy else p.temperature for p in params], device=device).unsqueeze(1)
     logits = logits / temperature
     top_k = [p.top_k for p in params]
     if any(k > 0 for k in top_k):
@@ -112,7 +115,7 @@ def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.
         threshold[torch.tensor([k <= 0 for k in top_k], device=device)] = float("-inf")
         logits = logits.masked_fill(logits < threshold, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    top_p = torch.tensor([max(p.top_p, 1e-6) for p in params], device=device).unsqueeze(1)
+    top_p = torch.tensor([max(p.top_p, MIN_TOP_P) for p in params], device=device).unsqueeze(1)
     if (top_p < 1).any():
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         before = sorted_probs.cumsum(-1) - sorted_probs  # mass strictly above each token

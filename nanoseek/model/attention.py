@@ -136,14 +136,16 @@ class MultiHeadLatentAttention(nn.Module):
         return out[..., : self.v_dim].transpose(1, 2)
 
     def absorbed_query(self, q_nope: torch.Tensor, q_rope: torch.Tensor) -> torch.Tensor:
-        """[..., H, nope] and [..., H, rope] -> the latent-space query [..., H, r + rope]."""
+        """q_nope [..., H, nope], q_rope [..., H, rope] -> the latent-space query [..., H, r + rope]:
+        einsum("nhd,hdr->nhr", q_nope, W_UK) | q_rope, as q_nope . (W_UK @ latent) = (q_nope @ W_UK) . latent."""
         w_uk, _ = self.absorbed_weights()
         heads_first = q_nope.reshape(-1, self.num_heads, self.nope_dim).transpose(0, 1)  # [H, N, nope]
         q_latent = torch.bmm(heads_first, w_uk).transpose(0, 1).reshape(*q_nope.shape[:-1], self.kv_lora_rank)
         return torch.cat([q_latent, q_rope], dim=-1)
 
     def absorbed_output(self, out_latent: torch.Tensor) -> torch.Tensor:
-        """[..., H, r] attention output in latent space -> per-head values [..., H, v]."""
+        """out_latent [..., H, r] (attention output in latent space) -> per-head values [..., H, v]:
+        einsum("nhr,hvr->nhv", out_latent, W_UV)."""
         _, w_uv = self.absorbed_weights()
         heads_first = out_latent.reshape(-1, self.num_heads, self.kv_lora_rank).transpose(0, 1)  # [H, N, r]
         return torch.bmm(heads_first, w_uv.transpose(1, 2)).transpose(0, 1).reshape(*out_latent.shape[:-1], self.v_dim)
@@ -152,7 +154,7 @@ class MultiHeadLatentAttention(nn.Module):
         """Causal attention over latents [B, T, r + rope] for the last S positions; -> [B, S, H, v]."""
         q = self.absorbed_query(q_nope, q_rope).transpose(1, 2)  # [B, H, S, r + rope]
         k = entries.unsqueeze(1)  # one shared key per token: [B, 1, T, r + rope]
-        v = entries[..., : self.kv_lora_rank].unsqueeze(1)
+        v = entries[..., : self.kv_lora_rank].unsqueeze(1)  # the latent is the value: [B, 1, T, r]
         seq, total = q.shape[2], k.shape[2]
         mask = torch.ones(seq, total, dtype=torch.bool, device=q.device).tril(total - seq)
         out = F.scaled_dot_product_attention(
@@ -162,14 +164,14 @@ class MultiHeadLatentAttention(nn.Module):
             attn_mask=mask,
             scale=self.scale,
         )
-        return self.absorbed_output(out.transpose(1, 2))
+        return self.absorbed_output(out.transpose(1, 2))  # [B, H, S, r] -> [B, S, H, r] -> [B, S, H, v]
 
     def attend_cached(
         self, q_nope: torch.Tensor, q_rope: torch.Tensor, entry: torch.Tensor, cache: LatentCache
     ) -> torch.Tensor:
         """Absorbed attention over the engine's latent cache; tokens arrive flattened as [1, T, ...]."""
         query = self.absorbed_query(q_nope, q_rope).flatten(0, 1)  # [T, H, r + rope]
-        out_latent = cache.attend(self.layer_idx, query, entry.flatten(0, 1), self.scale)
+        out_latent = cache.attend(self.layer_idx, query, entry.flatten(0, 1), self.scale)  # [T, H, r]
         return self.absorbed_output(out_latent).view(*q_nope.shape[:-1], self.v_dim)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # targets the loss skips (torch's cross_entropy default); data/sft.py writes them
 CHUNK_TOKENS = 512
 
 

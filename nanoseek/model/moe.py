@@ -8,11 +8,14 @@ per-expert keys of the Hugging Face layout (`experts.E.gate_proj.weight`); check
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nanoseek.config import ModelConfig
+from nanoseek.model.kernels import grouped_matmul, permute_rows
 
 
 class MLP(nn.Module):
@@ -91,100 +94,6 @@ class Router(nn.Module):
         self.load.zero_()
 
 
-def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """x [N, in] sorted by group, weight [G, in, out], offsets[g] = end row of group g -> [N, out].
-
-    A registered op with its own backward, so torch.compile keeps it whole: PyTorch's grouped kernel runs any
-    float dtype on CPU, but inductor would only trace it for bf16.
-    """
-    return torch.ops.nanoseek.grouped_mm(x, weight.to(x.dtype), offsets)
-
-
-def _aligned(*tensors: torch.Tensor) -> bool:
-    """PyTorch's grouped kernels need 16-byte aligned rows (sizes that are multiples of 4 in fp32)."""
-    return all(t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1]) for t in tensors)
-
-
-def _grouped_kernel_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if (
-        not hasattr(F, "grouped_mm")
-        or a.dtype not in (torch.float32, torch.bfloat16, torch.float16)
-        or not _aligned(a, b)
-    ):
-        return False
-    if a.device.type == "cuda":
-        return a.dtype == torch.bfloat16 and torch.cuda.get_device_capability(a.device) >= (8, 0)
-    return a.device.type == "cpu"
-
-
-def _group_bounds(offsets: torch.Tensor) -> list[tuple[int, int, int]]:
-    ends = offsets.tolist()
-    return [(g, start, end) for g, (start, end) in enumerate(zip([0, *ends[:-1]], ends)) if end > start]
-
-
-@torch.library.custom_op("nanoseek::grouped_mm", mutates_args=())
-def _grouped_mm(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    if _grouped_kernel_ok(x, weight):
-        return F.grouped_mm(x, weight, offs=offsets)
-    out = x.new_zeros(x.shape[0], weight.shape[-1])  # fallback: one matmul per non-empty group
-    for g, start, end in _group_bounds(offsets):
-        torch.mm(x[start:end], weight[g], out=out[start:end])
-    return out
-
-
-@torch.library.custom_op("nanoseek::grouped_mm_weight_grad", mutates_args=())
-def _grouped_mm_weight_grad(x: torch.Tensor, grad: torch.Tensor, offsets: torch.Tensor, groups: int) -> torch.Tensor:
-    """sum over each group's rows of x^T grad -> [G, in, out]."""
-    if _grouped_kernel_ok(x, grad) and groups == offsets.shape[0]:
-        return F.grouped_mm(x.t(), grad, offs=offsets)
-    out = x.new_zeros(groups, x.shape[1], grad.shape[1])
-    for g, start, end in _group_bounds(offsets):
-        torch.mm(x[start:end].t(), grad[start:end], out=out[g])
-    return out
-
-
-@_grouped_mm.register_fake
-def _(x, weight, offsets):
-    return x.new_empty(x.shape[0], weight.shape[-1])
-
-
-@_grouped_mm_weight_grad.register_fake
-def _(x, grad, offsets, groups):
-    return x.new_empty(groups, x.shape[1], grad.shape[1])
-
-
-def _grouped_mm_backward(ctx, grad: torch.Tensor):
-    x, weight, offsets = ctx.saved_tensors
-    grad = grad.contiguous()
-    grad_x = torch.ops.nanoseek.grouped_mm(grad, weight.transpose(-2, -1).contiguous(), offsets)
-    grad_w = torch.ops.nanoseek.grouped_mm_weight_grad(x, grad, offsets, weight.shape[0])
-    return grad_x, grad_w, None
-
-
-def _grouped_mm_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-_grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
-
-
-class _PermuteRows(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(inverse)
-        return x.index_select(0, perm)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (inverse,) = ctx.saved_tensors
-        return grad.index_select(0, inverse), None, None
-
-
-def permute_rows(x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-    """x[perm] for a permutation whose inverse is given: the gradient is a gather too, not a scatter."""
-    return _PermuteRows.apply(x, perm, inverse)
-
-
 class Experts(nn.Module):
     """All routed experts of a layer as stacked weights: w_gate_up [E, hidden, 2*I], w_down [E, I, hidden]."""
 
@@ -194,16 +103,16 @@ class Experts(nn.Module):
         self.num_experts, self.intermediate = e, i
         self.w_gate_up = nn.Parameter(torch.empty(e, h, 2 * i))
         self.w_down = nn.Parameter(torch.empty(e, i, h))
-        self.int8: list | None = None  # packed int8 weights per expert, after quantize()
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """x [T, hidden]; weights/ids [T, k]; counts [E] tokens per expert -> [T, hidden]."""
         tokens, k = ids.shape
-        if self.int8 is not None or 2 * ids.numel() <= self.num_experts:
-            return self._per_expert(x, weights, ids, counts)
-        order = ids.flatten().argsort(stable=True)  # (token, slot) pairs grouped by expert
+        if 2 * ids.numel() <= self.num_experts:
+            return per_expert(self.expert, x, weights, ids, counts)
+        # N = T*k (token, slot) rows, grouped by expert: rows [N, hidden] -> h [N, 2I] -> [N, hidden] -> [T, k, hidden]
+        order = ids.flatten().argsort(stable=True)
         inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-        offsets = counts.cumsum(0).to(torch.int32)
+        offsets = counts.cumsum(0).to(torch.int32)  # offsets[e] = end row of expert e
         # Only gathers by permutations, forward and backward: no scatter-adds, which are slow on CPU when compiled.
         rows = permute_rows(x.repeat_interleave(k, dim=0), order, inverse)
         h = grouped_matmul(rows, self.w_gate_up, offsets)
@@ -211,41 +120,27 @@ class Experts(nn.Module):
         out = permute_rows(grouped_matmul(F.silu(gate) * up, self.w_down, offsets), inverse, order)
         return (out.view(tokens, k, -1) * weights.unsqueeze(-1).to(out.dtype)).sum(1).to(x.dtype)
 
-    def _per_expert(
-        self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor
-    ) -> torch.Tensor:
-        """One expert at a time, on just its tokens. For decoding (a few (token, expert) pairs) multiplying by the
-        chosen experts' weight slices beats a grouped kernel that walks every expert; int8 experts always go here."""
-        k = ids.shape[1]
-        order = ids.flatten().argsort(stable=True)
-        token_rows, gains = order // k, weights.flatten()[order].unsqueeze(1)
-        out = torch.zeros(x.shape, dtype=torch.promote_types(x.dtype, weights.dtype), device=x.device)
-        start = 0
-        for e, count in enumerate(counts.tolist()):
-            if count:
-                rows = token_rows[start : start + count]
-                out.index_add_(0, rows, self._expert(e, x.index_select(0, rows)) * gains[start : start + count])
-                start += count
-        return out.to(x.dtype)
-
-    def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        if self.int8 is not None:
-            from nanoseek.engine.quant import int8_linear
-
-            gate_up, down = self.int8[e]
-            gate, up = int8_linear(x, gate_up).split(self.intermediate, dim=-1)
-            return int8_linear(F.silu(gate) * up, down)
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert e on its tokens x [n, hidden] -> [n, hidden]."""
         gate, up = (x @ self.w_gate_up[e]).split(self.intermediate, dim=-1)
         return (F.silu(gate) * up) @ self.w_down[e]
 
-    @torch.no_grad()
-    def quantize(self) -> None:
-        """Pack every expert's weights as int8 (see nanoseek.engine.quant) and drop the float copies."""
-        from nanoseek.engine.quant import pack_int8
 
-        self.int8 = [(pack_int8(self.w_gate_up[e].t()), pack_int8(self.w_down[e].t())) for e in range(self.num_experts)]
-        self.w_gate_up = nn.Parameter(self.w_gate_up.new_empty(0), requires_grad=False)
-        self.w_down = nn.Parameter(self.w_down.new_empty(0), requires_grad=False)
+def per_expert(expert: Callable, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor):
+    """`Experts.forward` one expert at a time, on just its tokens (expert(e, rows [n, hidden]) -> [n, hidden]).
+    For decoding (a few (token, expert) pairs) multiplying by the chosen experts' weight slices beats a grouped
+    kernel that walks every expert; the int8 experts (engine/quant.py) always go here."""
+    k = ids.shape[1]
+    order = ids.flatten().argsort(stable=True)
+    token_rows, gains = order // k, weights.flatten()[order].unsqueeze(1)
+    out = torch.zeros(x.shape, dtype=torch.promote_types(x.dtype, weights.dtype), device=x.device)
+    start = 0
+    for e, count in enumerate(counts.tolist()):
+        if count:
+            rows = token_rows[start : start + count]
+            out.index_add_(0, rows, expert(e, x.index_select(0, rows)) * gains[start : start + count])
+            start += count
+    return out.to(x.dtype)
 
 
 class MoE(nn.Module):

@@ -4,9 +4,6 @@ max_tokens cap), one `Job` per API request, and the server's state and metrics.
 Threads: uvicorn's event loop serves HTTP; the engine's thread runs generation steps and calls each request's
 on_delta from there, which `Job` hands to the request's asyncio.Queue with loop.call_soon_threadsafe. The engine
 is loaded in a background thread at startup, so /health answers 503 (not a refused connection) until it is ready.
-
-The engine interface used here: tokenizer, encode(prompt), submit(ids, params, on_delta), num_waiting, running,
-max_context, start(), stop() (tests substitute a scripted engine with the same interface).
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -51,6 +48,20 @@ class ServerConfig:
     grace_seconds: float = 10.0  # on SIGTERM: how long running requests may finish before they are cancelled
     allowed_origins: list[str] = field(default_factory=list)  # browser origins besides the server's own ("*": any)
     allowed_hosts: list[str] = field(default_factory=list)  # Host names besides localhost and IPs ("*": any)
+
+
+class ServedEngine(Protocol):
+    """The engine as the server uses it: nanoseek.Engine (tests substitute a scripted engine)."""
+
+    tokenizer: Any
+    max_context: int
+    num_waiting: int  # requests not started
+    running: list  # sequences being generated (each with .request)
+
+    def encode(self, prompt: str | list[int]) -> list[int]: ...
+    def submit(self, prompt: list[int], params: SamplingParams, on_delta: Callable[[StreamDelta], None]) -> Any: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -121,7 +132,7 @@ Event = tuple[int, StreamDelta, float | None]  # (choice index, delta, logprob o
 class Job:
     """The engine requests of one API request (one per prompt, n samples each), bridged to the event loop."""
 
-    def __init__(self, server: Server, engine: Any, prompts: list[list[int]], params: list[SamplingParams]):
+    def __init__(self, server: Server, engine: ServedEngine, prompts: list[list[int]], params: list[SamplingParams]):
         self.server, self.engine, self.n = server, engine, params[0].n
         self.want_logprobs = params[0].logprobs
         self.total = len(prompts) * self.n
@@ -206,9 +217,9 @@ class Job:
 
 
 class Server:
-    def __init__(self, load_engine: Callable[[], Any], config: ServerConfig):
+    def __init__(self, load_engine: Callable[[], ServedEngine], config: ServerConfig):
         self.load_engine, self.config = load_engine, config
-        self.engine: Any = None
+        self.engine: ServedEngine | None = None
         self.load_error: str | None = None
         self.draining = self.closed = False
         self.jobs: set[Job] = set()
@@ -248,7 +259,7 @@ class Server:
         thread = getattr(self.engine, "_thread", None)
         return thread is not None and not thread.is_alive()
 
-    def ready(self) -> Any:
+    def ready(self) -> ServedEngine:
         reason = self.unavailable()
         if reason:
             raise APIError(503, reason, type="server_error", code="unavailable", headers={"Retry-After": "5"})
@@ -264,7 +275,7 @@ class Server:
             )
         return self.config.model_name
 
-    def admit(self, request: Request, engine: Any, prompts: list[list[int]], params: SamplingParams) -> Job:
+    def admit(self, request: Request, engine: ServedEngine, prompts: list[list[int]], params: SamplingParams) -> Job:
         """Backpressure (in sequences: prompts x n), rate limits, then the engine (whose ValueError is a request
         that cannot fit)."""
         sequences = len(prompts) * params.n
@@ -301,7 +312,7 @@ class Server:
         self.jobs.add(job)
         return job
 
-    def _cap(self, engine: Any, prompt: list[int], params: SamplingParams) -> SamplingParams:
+    def _cap(self, engine: ServedEngine, prompt: list[int], params: SamplingParams) -> SamplingParams:
         """A request without max_tokens may generate up to the cap, or to the end of the context when that is
         nearer (so a short context never turns a request without max_tokens into an error)."""
         cap = self.config.max_tokens_cap
@@ -309,7 +320,7 @@ class Server:
             return params
         return dataclasses.replace(params, max_tokens=cap)
 
-    def waiting_sequences(self, engine: Any) -> int:
+    def waiting_sequences(self, engine: ServedEngine) -> int:
         """Sequences of this server's requests the engine has not started: every engine request it holds that
         is neither running nor finished counts its n samples (the engine's num_waiting counts requests)."""
         running = {id(getattr(s, "request", s)) for s in list(getattr(engine, "running", ()))}

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nanoseek import dsml
-from nanoseek.engine.sampling import SamplingParams
+from nanoseek.engine.sampling import MIN_TOP_P, SamplingParams
 from nanoseek.server.constraints import Constraint
-from nanoseek.server.jobs import ServerConfig
+from nanoseek.server.jobs import ServedEngine, ServerConfig
 from nanoseek.server.reasoning import prompt_opens_reasoning
 from nanoseek.server.schemas import MAX_PROMPTS, APIError, ChatCompletionRequest, CompletionRequest
 from nanoseek.server.tools import (
@@ -26,11 +26,6 @@ from nanoseek.server.tools import (
 from nanoseek.server.tools import MARKERS as TOOL_MARKERS
 
 JSON_HINT = "Reply with one valid JSON object and nothing else."
-# Sampling guards (the engine computes in float32): a temperature this small is greedy (as in vLLM; dividing
-# logits by 1e-38 overflows), and a top_p below 1e-6 (which would round to 0 and drop every token) keeps only the
-# most likely token, which is what any top_p below its probability means.
-GREEDY_BELOW = 1e-5
-MIN_TOP_P = 1e-6
 
 
 REASONING_MARKERS = ("<think>", "</think>")  # allowed in assistant content: the template drops the reasoning
@@ -342,10 +337,8 @@ def check_unsupported(body: Any) -> None:
         )
 
 
-def sampling_params(body: Any, max_tokens: int | None, config: ServerConfig, logprobs: bool) -> SamplingParams:
-    temperature = 1.0 if body.temperature is None else body.temperature
-    if temperature < GREEDY_BELOW:
-        temperature = 0.0
+def params_from_request(body: Any, max_tokens: int | None, config: ServerConfig, logprobs: bool) -> SamplingParams:
+    """An OpenAI/Anthropic request body's sampling fields as the engine's SamplingParams (400 if invalid)."""
     if config.max_tokens_cap and max_tokens is not None:  # (without max_tokens: Server._cap, per prompt)
         max_tokens = min(max_tokens, config.max_tokens_cap)
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
@@ -353,8 +346,8 @@ def sampling_params(body: Any, max_tokens: int | None, config: ServerConfig, log
     try:
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=1.0 if body.top_p is None else max(body.top_p, MIN_TOP_P),
+            temperature=1.0 if body.temperature is None else body.temperature,  # below GREEDY_BELOW: greedy
+            top_p=1.0 if body.top_p is None else max(body.top_p, MIN_TOP_P),  # top_p 0: the likeliest token
             top_k=body.top_k or 0,
             min_p=body.min_p or 0.0,
             seed=body.seed,
@@ -367,7 +360,7 @@ def sampling_params(body: Any, max_tokens: int | None, config: ServerConfig, log
         raise APIError(400, str(e)) from None
 
 
-async def encode(engine: Any, prompts: list[str | list[int]]) -> list[list[int]]:
+async def encode(engine: ServedEngine, prompts: list[str | list[int]]) -> list[list[int]]:
     """Token ids of every prompt, computed in a worker thread: tokenizing long or many prompts must not stall the
     event loop that serves everyone else."""
 
@@ -432,7 +425,7 @@ def fim_prompts(tokenizer: Any, prompts: list[str | list[int]], suffix: str | No
     return [f"{begin}{p}{hole}{suffix}{end}" for p in prompts]
 
 
-def prompt_text(engine: Any, prompt: str | list[int]) -> str:
+def prompt_text(engine: ServedEngine, prompt: str | list[int]) -> str:
     if isinstance(prompt, str):
         return prompt
     return engine.tokenizer.decode(prompt) if engine.tokenizer is not None else ""

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -46,15 +46,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nanoseek.server.anthropic import MessagesRequest, MessageStream, chat_request, message_response, stream_messages
 from nanoseek.server.constraints import cache_salt, with_extensions
-from nanoseek.server.jobs import Server, ServerConfig
+from nanoseek.server.jobs import Job, ServedEngine, Server, ServerConfig
 from nanoseek.server.prompts import (
     check_text_options,
     completion_prompts,
     encode,
     fim_prompts,
+    params_from_request,
     prompt_text,
     render_chat,
-    sampling_params,
 )
 from nanoseek.server.responses import (
     CLIENT_GONE,
@@ -88,7 +88,7 @@ log = logging.getLogger("nanoseek.server")
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = None) -> FastAPI:
+def create_app(load_engine: Callable[[], ServedEngine], config: ServerConfig | None = None) -> FastAPI:
     """The FastAPI app; `load_engine` runs in a background thread at startup."""
     config = config or ServerConfig()
     server = Server(load_engine, config)
@@ -116,6 +116,26 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
     _install_error_handlers(app)
     tick = config.keepalive_seconds
 
+    async def admit(
+        request: Request, engine: ServedEngine, body, prompts, max_tokens, logprobs, constraint=None
+    ) -> Job:
+        """The body's sampling params, constraint and prefix-cache namespace (API key, user id), then the job."""
+        params = params_from_request(body, max_tokens, config, logprobs)
+        salt = cache_salt(getattr(request.state, "api_key", None), body.user_id or body.user)
+        params = with_extensions(params, constraint, salt)
+        return server.admit(request, engine, await encode(engine, prompts), params)
+
+    async def answer(request: Request, job: Job, events: AsyncIterator | None, final: Callable) -> Response:
+        """Stream the SSE `events`, or collect every sample and answer `final()`; the job is released either way."""
+        if events is not None:
+            return EventStream(events, partial(server.release, job))
+        try:
+            if not await collect(job, request, tick):
+                return Response(status_code=CLIENT_GONE)
+            return JSONResponse(final())
+        finally:
+            server.release(job)
+
     @app.post(
         "/v1/chat/completions",
         response_model=ChatCompletion,
@@ -130,9 +150,7 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
             )
         prompt = await asyncio.to_thread(render_chat, engine.tokenizer, body)  # scans and renders long texts
         max_tokens = body.max_completion_tokens or body.max_tokens
-        params = sampling_params(body, max_tokens, config, bool(body.logprobs))
-        params = with_extensions(params, prompt.constraint, request_salt(request, body))
-        job = server.admit(request, engine, await encode(engine, [prompt.text]), params)
+        job = await admit(request, engine, body, [prompt.text], max_tokens, bool(body.logprobs), prompt.constraint)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         ctx = ChatContext(
             f"chatcmpl-{uuid.uuid4().hex}",
@@ -143,14 +161,8 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
             include_usage,
             bool(body.logprobs),
         )
-        if body.stream:
-            return EventStream(stream_events(server, job, ChatStream(job, ctx), tick), partial(server.release, job))
-        try:
-            if not await collect(job, request, tick):
-                return Response(status_code=CLIENT_GONE)
-            return JSONResponse(chat_response(job, ctx))
-        finally:
-            server.release(job)
+        events = stream_events(server, job, ChatStream(job, ctx), tick) if body.stream else None
+        return await answer(request, job, events, lambda: chat_response(job, ctx))
 
     @app.post(
         "/v1/completions",
@@ -162,10 +174,7 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
         model = server.check_model(body.model)
         check_text_options(body)
         prompts = fim_prompts(engine.tokenizer, completion_prompts(body.prompt), body.suffix)
-        params = sampling_params(body, body.max_tokens, config, body.logprobs is not None)
-        params = with_extensions(params, None, request_salt(request, body))
-        ids = await encode(engine, prompts)
-        job = server.admit(request, engine, ids, params)
+        job = await admit(request, engine, body, prompts, body.max_tokens, body.logprobs is not None)
         echo = [prompt_text(engine, p) if body.echo else "" for p in prompts]
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         ctx = TextContext(
@@ -177,14 +186,8 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
             body.logprobs is not None,
             echo,
         )
-        if body.stream:
-            return EventStream(stream_events(server, job, TextStream(job, ctx), tick), partial(server.release, job))
-        try:
-            if not await collect(job, request, tick):
-                return Response(status_code=CLIENT_GONE)
-            return JSONResponse(text_response(job, ctx))
-        finally:
-            server.release(job)
+        events = stream_events(server, job, TextStream(job, ctx), tick) if body.stream else None
+        return await answer(request, job, events, lambda: text_response(job, ctx))
 
     @app.post("/anthropic/v1/messages", include_in_schema=False)
     async def anthropic_messages(body: MessagesRequest, request: Request) -> Response:
@@ -192,19 +195,11 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
         model = server.check_model(body.model)
         chat = chat_request(body)
         prompt = await asyncio.to_thread(render_chat, engine.tokenizer, chat)
-        params = sampling_params(chat, chat.max_tokens, config, False)
-        params = with_extensions(params, prompt.constraint, request_salt(request, chat))
-        job = server.admit(request, engine, await encode(engine, [prompt.text]), params)
+        job = await admit(request, engine, chat, [prompt.text], chat.max_tokens, False, prompt.constraint)
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
-        if body.stream:
-            stream = MessageStream(job, prompt, model, message_id)
-            return EventStream(stream_messages(server, job, stream, tick), partial(server.release, job))
-        try:
-            if not await collect(job, request, tick):
-                return Response(status_code=CLIENT_GONE)
-            return JSONResponse(message_response(job, prompt, model, message_id))
-        finally:
-            server.release(job)
+        stream = MessageStream(job, prompt, model, message_id)
+        events = stream_messages(server, job, stream, tick) if body.stream else None
+        return await answer(request, job, events, lambda: message_response(job, prompt, model, message_id))
 
     # DeepSeek's beta paths (chat prefix completion, FIM): the same endpoints here
     app.add_api_route("/beta/chat/completions", chat_completions, methods=["POST"], include_in_schema=False)
@@ -236,11 +231,6 @@ def create_app(load_engine: Callable[[], Any], config: ServerConfig | None = Non
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-def request_salt(request: Request, body: Any) -> bytes:
-    """The prefix-cache namespace of this request (constraints.cache_salt): its API key and user id."""
-    return cache_salt(getattr(request.state, "api_key", None), body.user_id or body.user)
 
 
 def _model_card(server: Server) -> dict[str, Any]:
