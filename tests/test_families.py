@@ -587,7 +587,7 @@ def test_released_tokenizer_uses_its_own_tokens_and_template(tmp_path):
     assert ids[0] == tok.bos_id and ids[-2:] == [tok.think_id, tok.encode("\n")[0]]
     assert tok.decode(ids) == text
     with pytest.raises(ValueError, match="unknown role"):
-        tok.apply_chat_template([{"role": "tool", "content": "x"}])
+        tok.apply_chat_template([{"role": "narrator", "content": "x"}])
 
 
 def test_engine_from_a_released_style_directory_chats(tmp_path):
