@@ -148,7 +148,7 @@ def test_cache_stores_only_the_latent_and_rope_key():
     engine = Engine(model)
     layers = c.num_hidden_layers + c.num_nextn_predict_layers
     assert engine.cache.bytes_per_token == layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 4
-    assert engine.cache.pool.shape[-1] == c.kv_lora_rank + c.qk_rope_head_dim
+    assert engine.cache.pools[0].shape[-1] == c.kv_lora_rank + c.qk_rope_head_dim
 
 
 def test_block_hashes_chain_the_whole_prefix():

@@ -43,7 +43,10 @@ class Engine:
         cache_dtype: torch.dtype | None = None,
         max_context: int | None = None,
         speculative: bool = False,
+        decode_step: str = "eager",
     ):
+        """decode_step: "compiled" runs decode steps as one compiled static graph (step.py; about a minute to compile
+        per batch bucket the first time), "static" the same graph uncompiled (tests), "eager" the ordinary path."""
         if speculative and model.config.num_nextn_predict_layers == 0:
             raise ValueError("speculative decoding drafts with the MTP module, and this model has none")
         self.speculative = speculative
@@ -68,6 +71,7 @@ class Engine:
         # ids the model can emit but its tokenizer cannot decode (DeepSeek-V3 and Qwen2.5 pad the embedding past
         # the tokenizer): their logits are masked for every choice (sampled, greedy, drafted), so none is ever made
         self.undecodable = _undecodable(tokenizer, config.vocab_size, self.device)
+        self.fast, self.decode_step = self._static_step(decode_step)
         self.waiting: list[Request] = []
         self.running: list[Sequence] = []
         self._ids = itertools.count()
@@ -83,6 +87,7 @@ class Engine:
             "preempted": 0,
             "drafted": 0,
             "accepted": 0,
+            "static_steps": 0,
         }
 
     @classmethod
@@ -106,6 +111,20 @@ class Engine:
         elif quantize is not None:
             raise ValueError(f"unknown quantize={quantize!r}; choose int8 or leave it unset")
         return cls(model, _load_tokenizer(path), **kwargs)
+
+    def _static_step(self, mode: str):
+        """The static decode step for this engine, or None (eager), and a line saying which and why."""
+        from nanoseek.engine.step import MODES, StaticDecodeStep, refusal
+
+        if mode not in MODES:
+            raise ValueError(f"unknown decode_step={mode!r}; choose from {', '.join(MODES)}")
+        if mode == "eager":
+            return None, "eager (asked for)"
+        reason = refusal(self.model, self.speculative)
+        if reason is not None:
+            logging.getLogger("nanoseek.engine").warning("decode step: eager, not %s: %s", mode, reason)
+            return None, f"eager ({reason})"
+        return StaticDecodeStep(self.model, self.cache, self.undecodable, compiled=mode == "compiled"), mode
 
     # ---- requests ----
     def encode(self, prompt: str | list[int]) -> list[int]:
@@ -316,7 +335,11 @@ class Engine:
         self.stats["preempted"] += 1
 
     def _forward(self, batch: list[Work]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Main model over every fed token -> (hidden states [T, hidden], logits of the rows that decide tokens)."""
+        """Main model over every fed token -> (hidden states [T, hidden], logits of the rows that decide tokens).
+        Decode-only steps go through the static step when there is one (no hidden states: nothing drafts then)."""
+        if self.fast is not None and self.fast.covers(batch):
+            self.stats["static_steps"] += 1
+            return None, self.fast(batch)  # type: ignore[return-value]
         ids, positions, segments, logit_rows = [], [], [], []
         for work in batch:
             work.row = len(ids)

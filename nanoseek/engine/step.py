@@ -1,0 +1,235 @@
+"""The static decode step: one token per sequence, as one graph with no data-dependent shape, compiled once per
+batch bucket and reused (see ../shared/notes/decode-step.md for what each choice was worth).
+
+The engine's ordinary step (engine.py + cache.py) dispatches ~100 small eager ops per layer and loops over experts in
+Python; on small models that dispatch, not the hardware, bounds decoding. Here a decode step of n sequences is
+padded to a batch bucket B (1, 2, 4, ... 32) and becomes tensors only:
+
+- token ids and positions [B]; each sequence's block table padded to a length bucket (a multiple of 256 tokens)
+  [B, blocks]; a position mask hides the padding. Padding rows decode token 0 at position 0 into block 0, which
+  belongs to nobody and is only ever read under a -inf mask.
+- MoE by expert gathering: top-k routing, then the chosen experts' weights read with `index_select` ([B, k, ...]),
+  no `.tolist()` and no per-expert loop; the shared expert is one more (always chosen) matrix product.
+- compiled (`torch.compile(fullgraph=True)`), every product is written as a broadcast multiply and a sum
+  (`_contract`): inductor then fuses norms, RoPE, the cache write, softmax, SiLU and residuals into a few C++ kernels
+  around them instead of calling out to BLAS between every elementwise op. Uncompiled ("static" mode, for tests and
+  debugging) the same contractions run as einsums.
+
+Weights are read from the model's own parameters on every call (nothing is copied or frozen), so in-place weight
+updates (GRPO) are seen by the next step. Prefill, speculative verification and steps with more than 32 sequences
+take the engine's ordinary path.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from nanoseek.model.moe import MoE
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+LENGTH_QUANTUM = 256  # tokens: attention runs over the smallest multiple of this that holds every position
+MODES = ("eager", "static", "compiled")
+
+log = logging.getLogger("nanoseek.engine")
+
+
+def refusal(model: torch.nn.Module, speculative: bool) -> str | None:
+    """Why the static step cannot serve this engine (it then decodes eagerly), or None when it can."""
+    from nanoseek.engine.quant import Int8Linear
+
+    config = model.config
+    if not config.uses_mla:
+        return f"{config.model_type} uses grouped-query attention; the static step is written for MLA models so far"
+    if speculative:
+        return "speculative decoding feeds each sequence its last token plus a draft (verify steps of 2 tokens)"
+    if any(isinstance(m, Int8Linear) for m in model.modules()) or any(m.experts.int8 for m in model.moe_modules()):
+        return "int8 layers run FBGEMM's packed kernels, which torch.compile cannot trace"
+    dtype = next(model.parameters()).dtype
+    if not dtype.is_floating_point:
+        return f"weights in {dtype}"
+    return None
+
+
+def _contract(equation: str, a: torch.Tensor, b: torch.Tensor, fused: bool) -> torch.Tensor:
+    """einsum of two operands. fused: as a broadcast multiply and a sum over the contracted letters, which inductor
+    turns into one loop nest (fused with whatever produces `a`) instead of a BLAS call; a matrix-vector product is
+    bound by reading the matrix either way."""
+    if not fused:
+        return torch.einsum(equation, a, b)
+    inputs, out = equation.split("->")
+    left, right = inputs.split(",")
+    reduced = [c for c in dict.fromkeys(left + right) if c not in out]
+    letters = list(out) + reduced  # the contracted letters last: the innermost loop of the reduction
+
+    def spread(t: torch.Tensor, names: str) -> torch.Tensor:
+        t = t.permute(*sorted(range(len(names)), key=lambda i: letters.index(names[i])))
+        present = sorted(names, key=letters.index)
+        for i, c in enumerate(letters):
+            if c not in present:
+                t = t.unsqueeze(i)
+                present.insert(i, c)
+        return t
+
+    return (spread(a, left) * spread(b, right)).sum(dim=tuple(range(len(out), len(letters))))
+
+
+def _norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """RMSNorm as the model computes it (float32 statistics), written out: a fusable reduction, and in eager mode
+    ~4x cheaper than F.rms_norm on a 256-vector."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + module.eps)
+    if x.dtype == module.weight.dtype == torch.float32:
+        return h * module.weight
+    return module.weight * h.to(x.dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:
+    """apply_rope (model/rope.py) written with real numbers: pairs (a, b) rotate to (a c - b s, a s + b c), laid out
+    as interleaved pairs whatever the input layout (the cache's keys are stored that way)."""
+    if interleave:
+        a, b = x.unflatten(-1, (-1, 2)).unbind(-1)
+    else:
+        a, b = x.chunk(2, dim=-1)
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    a, b, c, s = a.to(work), b.to(work), cos.to(work), sin.to(work)
+    return torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(-2).to(x.dtype)
+
+
+class StaticDecodeStep:
+    """Decode steps of up to 32 sequences (one new token each) over the engine's paged latent cache."""
+
+    def __init__(self, model, cache, undecodable: torch.Tensor | None, compiled: bool = True):
+        self.model, self.cache, self.undecodable = model, cache, undecodable
+        self.layers = model.main_layers
+        self.compiled = compiled
+        self.device = cache.pools[0].device
+        self.shapes: set[tuple[int, int]] = set()  # (batch bucket, length) shapes run so far
+        self._fn = self._forward
+        if compiled:
+            import torch._dynamo
+
+            # one graph per batch bucket (+ one per length bucket on CUDA, where graphs are captured per shape)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            cuda = self.device.type == "cuda"
+            self._fn = torch.compile(self._forward, fullgraph=True, mode="reduce-overhead" if cuda else None)
+
+    def covers(self, batch) -> bool:
+        """A step this graph can run: every sequence feeds exactly its one last token, no drafts."""
+        return len(batch) <= BATCH_BUCKETS[-1] and all(w.completes and len(w.fed) == 1 for w in batch)
+
+    def __call__(self, batch) -> torch.Tensor:
+        """-> logits [len(batch), vocab] (float32, undecodable ids at -inf), one row per sequence."""
+        n = len(batch)
+        size = next(b for b in BATCH_BUCKETS if b >= n)
+        bs = self.cache.block_size
+        quantum = -(-LENGTH_QUANTUM // bs)  # blocks
+        blocks = -(-(max(w.start for w in batch) + 1) // bs)
+        blocks = -(-blocks // quantum) * quantum
+        pad = size - n
+        ids = [w.fed[0] for w in batch] + [0] * pad
+        positions = [w.start for w in batch] + [0] * pad
+        tables = [(w.seq.blocks[:blocks] + [0] * blocks)[:blocks] for w in batch] + [[0] * blocks] * pad
+        ids_t = torch.tensor(ids, device=self.device)
+        positions_t = torch.tensor(positions, device=self.device)
+        tables_t = torch.tensor(tables, device=self.device)
+        key = (size, blocks)
+        first = self.compiled and key not in self.shapes
+        if self.compiled and self.device.type == "cpu":
+            # lengths vary step by step: one graph for all of them (loop bounds are runtime values in C++), batch
+            # buckets stay static (a graph each, no recompiles after the first call)
+            torch._dynamo.mark_dynamic(tables_t, 1)
+        if first:
+            print(
+                f"[nanoseek] compiling the decode step for batch bucket {size} (about a minute the first time; "
+                "inductor's on-disk cache makes later starts fast)...",
+                file=sys.stderr,
+                flush=True,
+            )
+            start = time.perf_counter()
+        logits = self._fn(ids_t, positions_t, tables_t, self.cache.pools[: len(self.layers)])
+        if first:
+            print(f"[nanoseek] decode step ready in {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+        self.shapes.add(key)
+        return logits[:n]
+
+    # ---- the graph ----
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor, pools: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """ids, positions [B]; tables [B, blocks]; pools: each main layer's cache [1, all blocks, block, width].
+        Writes each token's cache entry, returns logits [B, vocab] float32."""
+        model, bs = self.model, self.cache.block_size
+        length = tables.shape[1] * bs
+        # flat pool row of every key position [B, length], and of this token's entry [B]
+        rows = (tables.unsqueeze(-1) * bs + torch.arange(bs, device=ids.device)).flatten(1)
+        slot = rows.gather(1, positions.unsqueeze(1)).squeeze(1)
+        visible = torch.arange(length, device=ids.device).unsqueeze(0) <= positions.unsqueeze(1)
+        x = model.model.embed_tokens.weight.index_select(0, ids)  # [B, hidden]
+        mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill(~visible, float("-inf"))
+        rotary = model.model.rotary
+        angles = positions.float().unsqueeze(-1) * rotary.inv_freq.float()  # [B, rope / 2], float32 as rope.py
+        cos, sin = rotary.attention_factor * torch.cos(angles), rotary.attention_factor * torch.sin(angles)
+        for layer, pool in zip(self.layers, pools):
+            x = x + self._attention(layer.self_attn, _norm(layer.input_layernorm, x), cos, sin, rows, slot, mask, pool)
+            h = _norm(layer.post_attention_layernorm, x)
+            x = x + (self._moe(layer.mlp, h) if isinstance(layer.mlp, MoE) else self._mlp(layer.mlp, h))
+        logits = self._linear(_norm(model.model.norm, x), model.lm_head).float()
+        if self.undecodable is not None:
+            logits = logits.masked_fill(self.undecodable, float("-inf"))
+        return logits
+
+    def _linear(self, x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
+        y = _contract("bi,oi->bo", x, linear.weight, self.compiled)
+        return y if linear.bias is None else y + linear.bias
+
+    def _attention(self, attn, x, cos, sin, rows, slot, mask, pool) -> torch.Tensor:
+        """MLA's absorbed path (model/attention.py) for one token per row: x [B, hidden] -> [B, hidden].
+        Letters: b row, h head, n nope dim, r latent dim, w cache entry width (r + rope), t key position, v value."""
+        batch, heads = x.shape[0], attn.num_heads
+        if attn.low_rank_query:
+            q = self._linear(_norm(attn.q_a_layernorm, self._linear(x, attn.q_a_proj)), attn.q_b_proj)
+        else:
+            q = self._linear(x, attn.q_proj)
+        q_nope, q_rope = q.view(batch, heads, -1).split([attn.nope_dim, attn.rope_dim], dim=-1)
+        latent, k_rope = self._linear(x, attn.kv_a_proj_with_mqa).split([attn.kv_lora_rank, attn.rope_dim], dim=-1)
+        entry = torch.cat([_norm(attn.kv_a_layernorm, latent), _rope(k_rope, cos, sin, attn.interleave)], dim=-1)
+        flat = pool.view(-1, pool.shape[-1])  # [all blocks * block, w]
+        flat.index_copy_(0, slot, entry.to(pool.dtype))  # written first: each token attends to itself too
+        w_uk, w_uv = attn.absorbed_weights()  # [h, n, r], [h, v, r]
+        fused = self.compiled
+        query = torch.cat(
+            [
+                _contract("bhn,hnr->bhr", q_nope, w_uk, fused),
+                _rope(q_rope, cos.unsqueeze(1), sin.unsqueeze(1), attn.interleave),
+            ],
+            dim=-1,
+        )  # [b, h, w]
+        keys = flat.index_select(0, rows.flatten()).view(batch, rows.shape[1], -1).to(query.dtype)  # [b, t, w]
+        scores = _contract("bhw,btw->bht", query, keys, fused) * attn.scale + mask.unsqueeze(1)
+        probs = torch.softmax(scores, dim=-1)
+        # a batched matmul, not a fused sum: inductor would vectorize this one along t, through gathered loads
+        # (2.5x slower at 2k context, measured); the gathered keys are realized once for it
+        out_latent = torch.matmul(probs, keys[..., : attn.kv_lora_rank])  # [b, h, r]
+        out = _contract("bhr,hvr->bhv", out_latent, w_uv, fused)
+        return self._linear(out.flatten(1), attn.o_proj)
+
+    def _mlp(self, mlp, h: torch.Tensor) -> torch.Tensor:
+        return self._linear(F.silu(self._linear(h, mlp.gate_proj)) * self._linear(h, mlp.up_proj), mlp.down_proj)
+
+    def _moe(self, moe: MoE, h: torch.Tensor) -> torch.Tensor:
+        """Routed experts by gathering the chosen ones' weights. Letters: b row, k choice, d hidden, i expert
+        intermediate (gate | up: o)."""
+        weights, ids, _ = moe.gate(h)  # [b, k] float32, [b, k]
+        experts, (batch, k) = moe.experts, ids.shape
+        chosen = ids.flatten()
+        w_gate_up = experts.w_gate_up.index_select(0, chosen).view(batch, k, *experts.w_gate_up.shape[1:])
+        gate, up = _contract("bd,bkdo->bko", h, w_gate_up, self.compiled).split(experts.intermediate, dim=-1)
+        w_down = experts.w_down.index_select(0, chosen).view(batch, k, *experts.w_down.shape[1:])
+        out = _contract("bki,bkid->bkd", F.silu(gate) * up, w_down, self.compiled)  # [b, k, d]
+        out = (out * weights.unsqueeze(-1)).sum(1).to(h.dtype)  # gains in float32, as the eager experts
+        return out if moe.shared_experts is None else out + self._mlp(moe.shared_experts, h)

@@ -1,0 +1,123 @@
+"""The static decode step (engine/step.py): the same tokens as the eager engine and transformers, its fallbacks.
+
+Most tests run the step uncompiled ("static": the same graph code, einsums instead of fused sums); one compiles it.
+"""
+
+import logging
+
+import pytest
+import torch
+from helpers import random_config, random_model, tiny_checkpoint
+
+from nanoseek.config import ModelConfig
+from nanoseek.engine import Engine, SamplingParams
+from nanoseek.engine.quant import quantize_int8
+from nanoseek.engine.step import BATCH_BUCKETS, _contract
+from nanoseek.model import build_model
+
+transformers = pytest.importorskip("transformers")
+GREEDY = dict(temperature=0, ignore_eos=True)
+
+
+def _prompts(vocab: int, lengths: list[int], seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(2, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def _tokens(engine: Engine, prompts, params) -> list[list[int]]:
+    return [c.token_ids for c in engine.generate(prompts, params)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 6, 9])
+def test_static_step_equals_eager_engine_and_transformers(seed, tmp_path):
+    """float64 on every side, so equality is exact rather than up to near-ties. Random configs cover YaRN, both
+    rope layouts, q_lora on/off, grouped routing, dense layers; 5 prompts decode in bucket 8 (3 padding rows),
+    crossing 4-token blocks, one prompt past the first 256-token length bucket."""
+    config = random_config(seed, max_position_embeddings=512)
+    model = random_model(config, seed).double()
+    prompts = _prompts(config.vocab_size, [3, 9, 17, 5, 260], seed)
+    params = SamplingParams(max_tokens=10, **GREEDY)
+    eager = _tokens(Engine(model, block_size=4), prompts, params)
+    engine = Engine(model, block_size=4, decode_step="static")
+    assert engine.decode_step == "static"
+    assert _tokens(engine, prompts, params) == eager
+    assert engine.stats["static_steps"] == 9  # every step after the prefill one
+    model.save_pretrained(tmp_path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, dtype=torch.float64, experts_implementation="eager"
+    ).eval()
+    for prompt, ours in zip(prompts[:2], eager):
+        expected = theirs.generate(
+            torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0
+        )[0, len(prompt) :].tolist()
+        assert ours == expected
+
+
+def test_deepseek_v2_routing_and_sampling_with_seeds_match_the_eager_engine():
+    v2 = dict(model_type="deepseek_v2", scoring_func="softmax", topk_method="greedy", norm_topk_prob=False)
+    config = random_config(5, **v2, n_group=1, topk_group=1, num_nextn_predict_layers=0, max_position_embeddings=256)
+    model = build_model(config, seed=5).double().eval()
+    prompts = _prompts(config.vocab_size, [4, 11, 6])
+    for params in (
+        SamplingParams(max_tokens=12, **GREEDY),
+        SamplingParams(max_tokens=12, temperature=0.9, top_p=0.9, seed=3, ignore_eos=True, logprobs=True),
+    ):
+        eager = Engine(model).generate(prompts, params)
+        static = Engine(model, decode_step="static").generate(prompts, params)
+        assert [c.token_ids for c in static] == [c.token_ids for c in eager]
+        if params.logprobs:
+            assert torch.allclose(torch.tensor(static[0].logprobs), torch.tensor(eager[0].logprobs), atol=1e-9)
+
+
+def test_batches_past_the_largest_bucket_and_mixed_steps_take_the_eager_path():
+    model = random_model(random_config(2, max_position_embeddings=256), 2).double()
+    prompts = _prompts(model.config.vocab_size, [5] * (BATCH_BUCKETS[-1] + 3), seed=4)
+    params = SamplingParams(max_tokens=4, **GREEDY)
+    engine = Engine(model, decode_step="static", max_step_tokens=4096)
+    assert _tokens(engine, prompts, params) == _tokens(Engine(model, max_step_tokens=4096), prompts, params)
+    assert engine.stats["static_steps"] == 0  # 35 sequences decoding together: eager steps
+    engine.generate(prompts[:3], params)
+    assert engine.stats["static_steps"] == 3
+    assert engine.cache.free_blocks() == engine.cache.num_blocks - 1
+
+
+def test_fallbacks_are_visible_with_their_reason(caplog, tmp_path):
+    nano = random_model(random_config(1, num_nextn_predict_layers=1, max_position_embeddings=64), 1)
+    with caplog.at_level(logging.WARNING, logger="nanoseek.engine"):
+        speculative = Engine(nano, speculative=True, decode_step="compiled")
+    assert speculative.fast is None and "speculative" in speculative.decode_step
+    assert "speculative" in caplog.text
+    quantized = random_model(random_config(1, max_position_embeddings=64), 1)
+    quantize_int8(quantized, min_weights=0)
+    assert "int8" in Engine(quantized, decode_step="compiled").decode_step
+    shape = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4)
+    qwen = ModelConfig(model_type="qwen2", **shape, num_key_value_heads=2, max_position_embeddings=64)
+    engine = Engine(build_model(qwen), decode_step="compiled")
+    assert engine.fast is None and "grouped-query" in engine.decode_step
+    assert engine.generate([[1, 2, 3]], SamplingParams(max_tokens=3, **GREEDY))[0].finish_reason == "length"
+    assert Engine(nano).decode_step == "eager (asked for)"
+    with pytest.raises(ValueError, match="decode_step"):
+        Engine(nano, decode_step="fast")
+
+
+@pytest.mark.parametrize("equation", ["bi,oi->bo", "bhn,hnr->bhr", "bd,bkdo->bko", "bhw,btw->bht"])
+def test_fused_contractions_equal_einsum(equation):
+    g = torch.Generator().manual_seed(0)
+    sizes = dict(b=3, i=5, o=4, h=2, n=3, r=6, d=5, k=2, w=7, t=4)
+    left, right = equation.split("->")[0].split(",")
+    a = torch.randn([sizes[c] for c in left], generator=g, dtype=torch.float64)
+    b = torch.randn([sizes[c] for c in right], generator=g, dtype=torch.float64)
+    assert torch.allclose(_contract(equation, a, b, fused=True), torch.einsum(equation, a, b))
+
+
+def test_compiled_step_equals_the_eager_engine(tmp_path):
+    """The one compiled test: a tiny checkpoint, 2 prompts, so decode steps compile one graph (bucket 2)."""
+    path = tiny_checkpoint(tmp_path, num_nextn_predict_layers=0)
+    model = Engine.from_pretrained(str(path), dtype=torch.float64).model
+    prompts = _prompts(model.config.vocab_size, [6, 13])
+    params = SamplingParams(max_tokens=8, **GREEDY)
+    eager = _tokens(Engine(model), prompts, params)
+    engine = Engine.from_pretrained(str(path), dtype=torch.float64, decode_step="compiled")
+    assert engine.decode_step == "compiled"
+    assert _tokens(engine, prompts, params) == eager
+    assert engine.stats["static_steps"] == 7 and engine.fast.shapes == {(2, 16)}
