@@ -121,3 +121,19 @@ def test_compiled_step_equals_the_eager_engine(tmp_path):
     assert engine.decode_step == "compiled"
     assert _tokens(engine, prompts, params) == eager
     assert engine.stats["static_steps"] == 7 and engine.fast.shapes == {(2, 16)}
+
+
+def test_engine_commands_compile_unless_eager_and_pass_the_device(monkeypatch):
+    import argparse
+
+    from nanoseek.engine import commands
+
+    seen = {}
+    monkeypatch.setattr(Engine, "from_pretrained", classmethod(lambda cls, path, **kw: seen.setdefault(path, kw)))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    commands.add_engine_args(parser)
+    commands.load_engine(parser.parse_args(["a"]))
+    commands.load_engine(parser.parse_args(["b", "--eager", "--device", "cpu"]))
+    assert seen["a"]["decode_step"] == "compiled" and seen["a"]["device"] is None
+    assert seen["b"]["decode_step"] == "eager" and seen["b"]["device"] == "cpu"

@@ -9,7 +9,8 @@ padded to a batch bucket B (1, 2, 4, ... 32) and becomes tensors only:
   [B, blocks]; a position mask hides the padding. Padding rows decode token 0 at position 0 into block 0, which
   belongs to nobody and is only ever read under a -inf mask.
 - MoE by expert gathering: top-k routing, then the chosen experts' weights read with `index_select` ([B, k, ...]),
-  no `.tolist()` and no per-expert loop; the shared expert is one more (always chosen) matrix product.
+  no `.tolist()` and no per-expert loop; the shared expert is one more (always chosen) matrix product. Once rows
+  share experts (2 B k > experts, the eager engine's threshold) the model's grouped kernel reads each expert once.
 - compiled (`torch.compile(fullgraph=True)`), every product is written as a broadcast multiply and a sum
   (`_contract`): inductor then fuses norms, RoPE, the cache write, softmax, SiLU and residuals into a few C++ kernels
   around them instead of calling out to BLAS between every elementwise op. Uncompiled ("static" mode, for tests and
@@ -22,7 +23,6 @@ take the engine's ordinary path.
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 
@@ -34,8 +34,11 @@ from nanoseek.model.moe import MoE
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 LENGTH_QUANTUM = 256  # tokens: attention runs over the smallest multiple of this that holds every position
 MODES = ("eager", "static", "compiled")
+# rows up to which a matrix product is a fused multiply-and-sum; past it the graph calls BLAS, which reads each
+# weight once for all rows (the fused loop reads it once per row)
+FUSED_MAX_ROWS = 2
 
-log = logging.getLogger("nanoseek.engine")
+_ANNOUNCED: set = set()  # (model shapes, batch bucket) whose compile this process has announced
 
 
 def refusal(model: torch.nn.Module, speculative: bool) -> str | None:
@@ -108,7 +111,8 @@ class StaticDecodeStep:
         self.layers = model.main_layers
         self.compiled = compiled
         self.device = cache.pools[0].device
-        self.shapes: set[tuple[int, int]] = set()  # (batch bucket, length) shapes run so far
+        self.shapes: set[tuple[int, int]] = set()  # (batch bucket, blocks) shapes run so far
+        self._signature = (repr(model.config), str(next(model.parameters()).dtype), str(self.device))
         self._fn = self._forward
         if compiled:
             import torch._dynamo
@@ -116,6 +120,9 @@ class StaticDecodeStep:
             # one graph per batch bucket (+ one per length bucket on CUDA, where graphs are captured per shape)
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             cuda = self.device.type == "cuda"
+            if cuda:  # CUDA graphs (reduce-overhead) replay writes into the cache only if its addresses never change
+                for pool in cache.pools:
+                    torch._dynamo.mark_static_address(pool)
             self._fn = torch.compile(self._forward, fullgraph=True, mode="reduce-overhead" if cuda else None)
 
     def covers(self, batch) -> bool:
@@ -138,7 +145,9 @@ class StaticDecodeStep:
         positions_t = torch.tensor(positions, device=self.device)
         tables_t = torch.tensor(tables, device=self.device)
         key = (size, blocks)
-        first = self.compiled and key not in self.shapes
+        # graphs live in torch.compile's per-process cache: engines of the same shapes reuse them, so say so once
+        first = self.compiled and (self._signature, size) not in _ANNOUNCED
+        _ANNOUNCED.add((self._signature, size))
         if self.compiled and self.device.type == "cpu":
             # lengths vary step by step: one graph for all of them (loop bounds are runtime values in C++), batch
             # buckets stay static (a graph each, no recompiles after the first call)
@@ -184,7 +193,9 @@ class StaticDecodeStep:
         return logits
 
     def _linear(self, x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
-        y = _contract("bi,oi->bo", x, linear.weight, self.compiled)
+        if not self.compiled or x.shape[0] > FUSED_MAX_ROWS:
+            return F.linear(x, linear.weight, linear.bias)
+        y = _contract("bi,oi->bo", x, linear.weight, True)
         return y if linear.bias is None else y + linear.bias
 
     def _attention(self, attn, x, cos, sin, rows, slot, mask, pool) -> torch.Tensor:
@@ -201,7 +212,7 @@ class StaticDecodeStep:
         flat = pool.view(-1, pool.shape[-1])  # [all blocks * block, w]
         flat.index_copy_(0, slot, entry.to(pool.dtype))  # written first: each token attends to itself too
         w_uk, w_uv = attn.absorbed_weights()  # [h, n, r], [h, v, r]
-        fused = self.compiled
+        fused = self.compiled and batch <= FUSED_MAX_ROWS
         query = torch.cat(
             [
                 _contract("bhn,hnr->bhr", q_nope, w_uk, fused),
@@ -210,7 +221,7 @@ class StaticDecodeStep:
             dim=-1,
         )  # [b, h, w]
         keys = flat.index_select(0, rows.flatten()).view(batch, rows.shape[1], -1).to(query.dtype)  # [b, t, w]
-        scores = _contract("bhw,btw->bht", query, keys, fused) * attn.scale + mask.unsqueeze(1)
+        scores = _contract("bhw,btw->bht", query, keys, self.compiled) * attn.scale + mask.unsqueeze(1)
         probs = torch.softmax(scores, dim=-1)
         # a batched matmul, not a fused sum: inductor would vectorize this one along t, through gathered loads
         # (2.5x slower at 2k context, measured); the gathered keys are realized once for it
@@ -226,6 +237,12 @@ class StaticDecodeStep:
         intermediate (gate | up: o)."""
         weights, ids, _ = moe.gate(h)  # [b, k] float32, [b, k]
         experts, (batch, k) = moe.experts, ids.shape
+        if 2 * ids.numel() > experts.num_experts:  # as the eager engine: experts are shared by several rows, so
+            # read each once, by the model's grouped kernel (static shapes: argsort, cumsum, a registered op)
+            counts = torch.zeros(experts.num_experts, dtype=ids.dtype, device=ids.device)
+            counts = counts.scatter_add(0, ids.flatten(), torch.ones_like(ids.flatten()))
+            out = experts(h, weights, ids, counts)
+            return out if moe.shared_experts is None else out + self._mlp(moe.shared_experts, h)
         chosen = ids.flatten()
         w_gate_up = experts.w_gate_up.index_select(0, chosen).view(batch, k, *experts.w_gate_up.shape[1:])
         gate, up = _contract("bd,bkdo->bko", h, w_gate_up, self.compiled).split(experts.intermediate, dim=-1)
