@@ -137,3 +137,20 @@ def test_engine_commands_compile_unless_eager_and_pass_the_device(monkeypatch):
     commands.load_engine(parser.parse_args(["b", "--eager", "--device", "cpu"]))
     assert seen["a"]["decode_step"] == "compiled" and seen["a"]["device"] is None
     assert seen["b"]["decode_step"] == "eager" and seen["b"]["device"] == "cpu"
+
+
+def test_transposed_expert_copies_follow_weight_updates():
+    """The compiled step reads experts from transposed copies; run that path uncompiled, then update the weights
+    in place (as GRPO does) and reset the prefix cache (as GRPO does): the copies follow."""
+    model = random_model(random_config(3, max_position_embeddings=128), 3).double()
+    assert model.moe_modules()
+    engine = Engine(model, decode_step="static")
+    engine.fast.experts = engine.fast._transposed_experts()
+    prompts = _prompts(model.config.vocab_size, [5, 8])
+    params = SamplingParams(max_tokens=8, **GREEDY)
+    assert _tokens(engine, prompts, params) == _tokens(Engine(model), prompts, params)
+    with torch.no_grad():
+        for moe in model.moe_modules():
+            moe.experts.w_down.mul_(-3.0)
+    engine.reset_prefix_cache()
+    assert _tokens(engine, prompts, params) == _tokens(Engine(model), prompts, params)

@@ -246,8 +246,11 @@ class Engine:
         self.stats["steps"] += 1
 
     def reset_prefix_cache(self) -> None:
-        """Forget cached prefixes: after the weights change (RL updates) their latents are stale."""
+        """Forget cached prefixes: after the weights change (RL updates) their latents are stale (and so are the
+        static step's weight copies)."""
         self.cache.clear_prefixes()
+        if self.fast is not None:
+            self.fast.refresh()
         for seq in self.running:
             seq.hashes = []
 
