@@ -156,3 +156,14 @@ def test_transposed_expert_copies_follow_weight_updates():
             moe.experts.w_down.mul_(-3.0)
     engine.reset_prefix_cache()
     assert _tokens(engine, prompts, params) == _tokens(Engine(model), prompts, params)
+
+
+def test_warmup_runs_every_bucket_and_leaves_sequences_alone():
+    model = random_model(random_config(7, max_position_embeddings=128), 7).double()
+    engine = Engine(model, decode_step="static")
+    prompts = _prompts(model.config.vocab_size, [5, 8])
+    params = SamplingParams(max_tokens=6, **GREEDY)
+    expected = _tokens(engine, prompts, params)
+    engine.fast.warmup()
+    assert {size for size, _ in engine.fast.shapes} == set(BATCH_BUCKETS)
+    assert _tokens(engine, prompts, params) == expected
