@@ -92,14 +92,51 @@ def test_fallbacks_are_visible_with_their_reason(caplog, tmp_path):
     quantized = random_model(random_config(1, max_position_embeddings=64), 1)
     quantize_int8(quantized, min_weights=0)
     assert "int8" in Engine(quantized, decode_step="compiled").decode_step
-    shape = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4)
-    qwen = ModelConfig(model_type="qwen2", **shape, num_key_value_heads=2, max_position_embeddings=64)
-    engine = Engine(build_model(qwen), decode_step="compiled")
-    assert engine.fast is None and "grouped-query" in engine.decode_step
-    assert engine.generate([[1, 2, 3]], SamplingParams(max_tokens=3, **GREEDY))[0].finish_reason == "length"
     assert Engine(nano).decode_step == "eager (asked for)"
     with pytest.raises(ValueError, match="decode_step"):
         Engine(nano, decode_step="fast")
+
+
+GQA_FAMILIES = {
+    "qwen2": dict(model_type="qwen2", num_key_value_heads=2, tie_word_embeddings=True),
+    "llama": dict(
+        model_type="llama",
+        num_key_value_heads=1,
+        head_dim=12,
+        attention_bias=True,
+        rope_theta=500000.0,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=16,
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("family", list(GQA_FAMILIES))
+def test_grouped_query_families_equal_the_eager_engine_and_transformers(family, tmp_path):
+    shape = dict(vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    config = ModelConfig(**shape, **GQA_FAMILIES[family], max_position_embeddings=512, initializer_range=0.1)
+    model = build_model(config, seed=1).double().eval()
+    with torch.no_grad():  # random biases, so they are exercised
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    prompts = _prompts(config.vocab_size, [3, 9, 270])
+    params = SamplingParams(max_tokens=8, **GREEDY)
+    engine = Engine(model, block_size=4, decode_step="static")
+    assert engine.decode_step == "static"
+    eager = _tokens(Engine(model, block_size=4), prompts, params)
+    assert _tokens(engine, prompts, params) == eager and engine.stats["static_steps"] == 7
+    model.save_pretrained(tmp_path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    expected = theirs.generate(
+        torch.tensor([prompts[1]]), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0
+    )[0, len(prompts[1]) :].tolist()
+    assert eager[1] == expected
 
 
 @pytest.mark.parametrize("equation", ["bi,oi->bo", "bhn,hnr->bhr", "bd,bkdo->bko", "bhw,btw->bht"])

@@ -8,6 +8,8 @@ padded to a batch bucket B (1, 2, 4, ... 32) and becomes tensors only:
 - token ids and positions [B]; each sequence's block table padded to a length bucket (a multiple of 256 tokens)
   [B, blocks]; a position mask hides the padding. Padding rows decode token 0 at position 0 into block 0, which
   belongs to nobody and is only ever read under a -inf mask.
+- attention: MLA's absorbed path over the latent cache (DeepSeek-V2/V3), or grouped-query attention over each kv
+  head's key | value entries (Qwen2, Llama: the R1-Distill students).
 - MoE by expert gathering: top-k routing, then the chosen experts' weights read with `index_select` ([B, k, ...]),
   no `.tolist()` and no per-expert loop; the shared expert is one more (always chosen) matrix product. Once rows
   share experts (2 B k > experts, the eager engine's threshold) the model's grouped kernel reads each expert once.
@@ -55,9 +57,6 @@ def refusal(model: torch.nn.Module, speculative: bool) -> str | None:
     """Why the static step cannot serve this engine (it then decodes eagerly), or None when it can."""
     from nanoseek.engine.quant import Int8Linear
 
-    config = model.config
-    if not config.uses_mla:
-        return f"{config.model_type} uses grouped-query attention; the static step is written for MLA models so far"
     if speculative:
         return "speculative decoding feeds each sequence its last token plus a draft (verify steps of 2 tokens)"
     if any(isinstance(m, Int8Linear) for m in model.modules()) or any(m.experts.int8 for m in model.moe_modules()):
@@ -233,8 +232,9 @@ class StaticDecodeStep:
         rotary = model.model.rotary
         angles = positions.float().unsqueeze(-1) * rotary.inv_freq.float()  # [B, rope / 2], float32 as rope.py
         cos, sin = rotary.attention_factor * torch.cos(angles), rotary.attention_factor * torch.sin(angles)
+        attend = self._attention if model.config.uses_mla else self._gqa_attention
         for layer, pool, copies in zip(self.layers, pools, experts):
-            x = x + self._attention(layer.self_attn, _norm(layer.input_layernorm, x), cos, sin, rows, slot, mask, pool)
+            x = x + attend(layer.self_attn, _norm(layer.input_layernorm, x), cos, sin, rows, slot, mask, pool)
             h = _norm(layer.post_attention_layernorm, x)
             x = x + (self._moe(layer.mlp, h, copies) if isinstance(layer.mlp, MoE) else self._mlp(layer.mlp, h))
         logits = self._linear(_norm(model.model.norm, x), model.lm_head).float()
@@ -278,6 +278,27 @@ class StaticDecodeStep:
         out_latent = torch.matmul(probs, keys[..., : attn.kv_lora_rank])  # [b, h, r]
         out = _contract("bhr,hvr->bhv", out_latent, w_uv, fused)
         return self._linear(out.flatten(1), attn.o_proj)
+
+    def _gqa_attention(self, attn, x, cos, sin, rows, slot, mask, pool) -> torch.Tensor:
+        """Grouped-query attention (Qwen2, Llama) for one token per row: x [B, hidden] -> [B, hidden]. The pool holds
+        per kv head its rotated key | value [kv heads, blocks, block, 2 d]. Letters: b row, k kv head, g query head
+        of a kv head (query head k * G + g reads kv head k), d head dim, t key position."""
+        batch, kv, d = x.shape[0], attn.num_kv_heads, attn.head_dim
+        c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = _rope(self._linear(x, attn.q_proj).view(batch, attn.num_heads, d), c, s, False)
+        k = _rope(self._linear(x, attn.k_proj).view(batch, kv, d), c, s, False)
+        v = self._linear(x, attn.v_proj).view(batch, kv, d)
+        flat = pool.view(-1, pool.shape[-1])  # [kv heads * all blocks * block, 2 d]
+        heads = torch.arange(kv, device=x.device) * (pool.shape[1] * pool.shape[2])  # first row of each kv head
+        entry = torch.cat([k, v], dim=-1).flatten(0, 1)  # [b * k, 2 d]
+        flat.index_copy_(0, (slot.unsqueeze(1) + heads).flatten(), entry.to(pool.dtype))
+        index = (rows.unsqueeze(1) + heads[:, None]).flatten()  # [b, k, t] rows of the pool
+        entries = flat.index_select(0, index).view(batch, kv, rows.shape[1], -1).to(q.dtype)  # [b, k, t, 2 d]
+        query = q.view(batch, kv, -1, d)  # [b, k, g, d]
+        scores = _contract("bkgd,bktd->bkgt", query, entries[..., :d], self.compiled) * attn.scale
+        probs = torch.softmax(scores + mask[:, None, None], dim=-1)
+        out = torch.matmul(probs, entries[..., d:])  # [b, k, g, d], as MLA's values (see _attention)
+        return self._linear(out.reshape(batch, -1), attn.o_proj)
 
     def _mlp(self, mlp, h: torch.Tensor) -> torch.Tensor:
         return self._linear(F.silu(self._linear(h, mlp.gate_proj)) * self._linear(h, mlp.up_proj), mlp.down_proj)
