@@ -12,7 +12,8 @@ padded to a batch bucket B (1, 2, 4, ... 32) and becomes tensors only:
   head's key | value entries (Qwen2, Llama: the R1-Distill students).
 - MoE by expert gathering: top-k routing, then the chosen experts' weights read with `index_select` ([B, k, ...]),
   no `.tolist()` and no per-expert loop; the shared expert is one more (always chosen) matrix product. Once rows
-  share experts (2 B k > experts, the eager engine's threshold) the model's grouped kernel reads each expert once.
+  share experts (2 B k > experts, the eager engine's threshold) the model's grouped kernel reads each expert once,
+  unless a layer's experts are small enough to stay in the CPU's caches.
 - compiled (`torch.compile(fullgraph=True)`), the matrix-vector products of buckets 1 and 2 are written as a
   broadcast multiply and a sum (`_contract`): inductor then fuses norms, RoPE, the cache write, softmax, SiLU and
   residuals into a few C++ kernels around them instead of calling out to BLAS between every elementwise op. Larger
@@ -49,6 +50,9 @@ FUSED_MAX_ROWS = 2
 # [E, out, in], each output a contiguous dot product (1.7x on bench-18m's experts, measured). The step keeps such a
 # copy when all experts together take at most this many bytes (refreshed by `refresh()` after weight updates)
 TRANSPOSED_EXPERTS_MAX_BYTES = 2 * 1024**3
+# a layer's experts up to this size stay in the CPU's caches while each row gathers its own: gathering then beats the
+# grouped kernel (a small GEMM per expert) at every bucket (bench-18m, 6 MiB a layer, batch 32: 460 vs 650 us)
+GATHER_ALWAYS_BYTES = 8 * 1024**2
 
 _ANNOUNCED: set = set()  # (model shapes, batch bucket) whose compile this process has announced
 
@@ -130,9 +134,11 @@ class StaticDecodeStep:
             # one graph per batch bucket (+ one per length bucket on CUDA, where graphs are captured per shape)
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             cuda = self.device.type == "cuda"
-            if cuda:  # CUDA graphs (reduce-overhead) replay writes into the cache only if its addresses never change
-                for pool in cache.pools:
-                    torch._dynamo.mark_static_address(pool)
+            if cuda:  # CUDA graphs (reduce-overhead) replay writes into the cache only if its addresses never change;
+                # and inputs not marked static are copied into the graph's own buffers at every replay
+                copies = [t for pair in self.experts if pair is not None for t in pair]
+                for tensor in [*cache.pools, *copies]:
+                    torch._dynamo.mark_static_address(tensor)
             # CPU: the wrapper that calls the kernels in C++ rather than Python (~7% of a bench-18m step, measured)
             options = None if cuda else {"cpp_wrapper": True}
             mode = "reduce-overhead" if cuda else None  # CUDA graphs: one launch per step
@@ -271,7 +277,7 @@ class StaticDecodeStep:
             dim=-1,
         )  # [b, h, w]
         keys = flat.index_select(0, rows.flatten()).view(batch, rows.shape[1], -1).to(query.dtype)  # [b, t, w]
-        scores = _contract("bhw,btw->bht", query, keys, self.compiled) * attn.scale + mask.unsqueeze(1)
+        scores = _contract("bhw,btw->bht", query, keys, fused) * attn.scale + mask.unsqueeze(1)
         probs = torch.softmax(scores, dim=-1)
         # a batched matmul, not a fused sum: inductor would vectorize this one along t, through gathered loads
         # (2.5x slower at 2k context, measured); the gathered keys are realized once for it
@@ -295,7 +301,8 @@ class StaticDecodeStep:
         index = (rows.unsqueeze(1) + heads[:, None]).flatten()  # [b, k, t] rows of the pool
         entries = flat.index_select(0, index).view(batch, kv, rows.shape[1], -1).to(q.dtype)  # [b, k, t, 2 d]
         query = q.view(batch, kv, -1, d)  # [b, k, g, d]
-        scores = _contract("bkgd,bktd->bkgt", query, entries[..., :d], self.compiled) * attn.scale
+        fused = self.compiled and batch <= FUSED_MAX_ROWS
+        scores = _contract("bkgd,bktd->bkgt", query, entries[..., :d], fused) * attn.scale
         probs = torch.softmax(scores + mask[:, None, None], dim=-1)
         out = torch.matmul(probs, entries[..., d:])  # [b, k, g, d], as MLA's values (see _attention)
         return self._linear(out.reshape(batch, -1), attn.o_proj)
@@ -308,8 +315,9 @@ class StaticDecodeStep:
         Letters: b row, k choice, d hidden, i expert intermediate (gate | up: o)."""
         weights, ids, _ = moe.gate(h)  # [b, k] float32, [b, k]
         experts, (batch, k) = moe.experts, ids.shape
-        if 2 * ids.numel() > experts.num_experts:  # as the eager engine: experts are shared by several rows, so
-            # read each once, by the model's grouped kernel (static shapes: argsort, cumsum, a registered op)
+        small = transposed is not None and transposed[0].nbytes + transposed[1].nbytes <= GATHER_ALWAYS_BYTES
+        if 2 * ids.numel() > experts.num_experts and not small:  # experts shared by several rows: read each once,
+            # by the model's grouped kernel (static shapes: argsort, cumsum, a registered op)
             counts = torch.zeros(experts.num_experts, dtype=ids.dtype, device=ids.device)
             counts = counts.scatter_add(0, ids.flatten(), torch.ones_like(ids.flatten()))
             out = experts(h, weights, ids, counts)
