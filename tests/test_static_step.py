@@ -188,6 +188,8 @@ def test_transposed_expert_copies_follow_weight_updates():
     prompts = _prompts(model.config.vocab_size, [5, 8])  # bucket 2: gathered experts (2 * 2 * 1 <= 12)
     params = SamplingParams(max_tokens=8, **GREEDY)
     assert _tokens(engine, prompts, params) == _tokens(Engine(model), prompts, params)
+    many = _prompts(model.config.vocab_size, [4, 5, 6, 7, 8, 9], seed=1)  # bucket 8: 2 * 8 * 1 > 12, yet gathered
+    assert _tokens(engine, many, params) == _tokens(Engine(model), many, params)  # (the experts fit in caches)
     with torch.no_grad():
         for moe in model.moe_modules():
             moe.experts.w_down.mul_(-3.0)
