@@ -23,7 +23,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         "--eager",
         action="store_true",
         help="decode with the eager step instead of the compiled static one (which compiles for about a minute per "
-        "batch size the first time, cached on disk afterwards; int8, --speculative and GQA models are always eager)",
+        "batch size the first time, cached on disk afterwards; int8 and --speculative always decode eagerly)",
     )
     p.add_argument(
         "--cache-tokens",
