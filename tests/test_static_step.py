@@ -71,15 +71,23 @@ def test_deepseek_v2_routing_and_sampling_with_seeds_match_the_eager_engine():
             assert torch.allclose(torch.tensor(static[0].logprobs), torch.tensor(eager[0].logprobs), atol=1e-9)
 
 
-def test_batches_past_the_largest_bucket_and_mixed_steps_take_the_eager_path():
+def test_batches_past_the_largest_bucket_run_in_chunks_and_mixed_steps_run_eagerly():
     model = random_model(random_config(2, max_position_embeddings=256), 2).double()
     prompts = _prompts(model.config.vocab_size, [5] * (BATCH_BUCKETS[-1] + 3), seed=4)
     params = SamplingParams(max_tokens=4, **GREEDY)
     engine = Engine(model, decode_step="static", max_step_tokens=4096)
     assert _tokens(engine, prompts, params) == _tokens(Engine(model, max_step_tokens=4096), prompts, params)
-    assert engine.stats["static_steps"] == 0  # 35 sequences decoding together: eager steps
-    engine.generate(prompts[:3], params)
-    assert engine.stats["static_steps"] == 3
+    assert engine.stats["static_steps"] == 3 and {size for size, _ in engine.fast.shapes} == {32, 4}  # 35 = 32 + 3
+    # a request arriving while others decode: its prefill step (with their decode rows) runs eagerly
+    engine = Engine(model, decode_step="static")
+    first = engine.submit(prompts[0], SamplingParams(max_tokens=6, **GREEDY))
+    engine.step()
+    second = engine.submit(prompts[1], SamplingParams(max_tokens=6, **GREEDY))
+    while engine.has_work():
+        engine.step()
+    assert engine.stats["static_steps"] == engine.stats["steps"] - 2  # both prefill steps were eager
+    expected = _tokens(Engine(model), prompts[:2], SamplingParams(max_tokens=6, **GREEDY))
+    assert [first.completions[0].token_ids, second.completions[0].token_ids] == expected
     assert engine.cache.free_blocks() == engine.cache.num_blocks - 1
 
 
