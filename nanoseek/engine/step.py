@@ -227,7 +227,8 @@ class StaticDecodeStep:
     def _forward(
         self, ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor, pools: list[torch.Tensor], experts
     ) -> torch.Tensor:
-        """ids, positions [B]; tables [B, blocks]; pools: each main layer's cache [1, all blocks, block, width];
+        """ids, positions [B]; tables [B, blocks]; pools: each main layer's cache [kv heads (MLA: 1), all blocks,
+        block, entry width];
         experts: each layer's transposed expert copies or None. Writes each token's cache entry, returns logits
         [B, vocab] float32."""
         model, bs = self.model, self.cache.block_size
