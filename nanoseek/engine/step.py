@@ -228,9 +228,8 @@ class StaticDecodeStep:
         self, ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor, pools: list[torch.Tensor], experts
     ) -> torch.Tensor:
         """ids, positions [B]; tables [B, blocks]; pools: each main layer's cache [kv heads (MLA: 1), all blocks,
-        block, entry width];
-        experts: each layer's transposed expert copies or None. Writes each token's cache entry, returns logits
-        [B, vocab] float32."""
+        block, entry width]; experts: each layer's transposed expert copies or None. Writes each token's cache
+        entry, returns logits [B, vocab] float32."""
         model, bs = self.model, self.cache.block_size
         length = tables.shape[1] * bs
         # flat pool row of every key position [B, length], and of this token's entry [B]
