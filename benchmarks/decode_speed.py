@@ -1,9 +1,11 @@
 """Decode speed: nanoseek's engine vs transformers' `generate` on the same checkpoints, in one run.
 
 (a) batch-1 greedy decode tokens/s on bench-18m and bench-300m, with the fraction of the memory-bandwidth
-    roofline (read bandwidth measured in this run / bytes of weights one token reads);
+    roofline (read bandwidth measured in this run / bytes of weights one token reads): the eager engine, the
+    compiled static decode step (engine/step.py; "first call s" includes its compile, cached on disk afterwards)
+    and int8, each against transformers;
 (b) decode with 2k tokens of context already in the cache;
-(c) 32 concurrent prompts through continuous batching: total tokens/s against batch-1;
+(c) 32 concurrent prompts through continuous batching: total tokens/s against batch-1, eager and compiled;
 (d) MTP speculative decoding on a model whose MTP module was trained: acceptance rate and speed-up;
 (e) a dense Qwen2 of Qwen2.5-0.5B's shape (the R1-Distill students' family, random weights) in bf16 and int8:
     batch-1 greedy decode tokens/s against transformers in bf16, and the fraction of the roofline.
@@ -76,16 +78,26 @@ def weight_bytes_per_token(model) -> float:
 REPEATS = 3  # runs per figure (the median is reported); main() sets it from --repeats
 
 
-def ours_decode(model, prompts: list[list[int]], new_tokens: int, speculative: bool = False) -> tuple[float, Engine]:
-    """Median decode tokens/s over REPEATS runs (each on a fresh engine), and the last run's engine."""
-    runs = [_ours_decode_once(model, prompts, new_tokens, speculative) for _ in range(REPEATS)]
+def ours_decode(
+    model, prompts: list[list[int]], new_tokens: int, speculative: bool = False, decode_step: str = "eager"
+) -> tuple[float, Engine]:
+    """Median decode tokens/s over REPEATS runs (each on a fresh engine; a compiled step compiles in the first one
+    only: later engines of the same shapes reuse its graph), and the last run's engine (`engine.outputs`: the
+    generated ids of each prompt; `engine.warmup_seconds`: the first run's warming call, untimed, which compiles
+    the step unless this process or inductor's disk cache already holds it)."""
+    runs = [_ours_decode_once(model, prompts, new_tokens, speculative, decode_step) for _ in range(REPEATS)]
+    runs[-1][1].warmup_seconds = runs[0][1].warmup_seconds  # the first engine's: the one that compiled
     return statistics.median(r[0] for r in runs), runs[-1][1]
 
 
-def _ours_decode_once(model, prompts: list[list[int]], new_tokens: int, speculative: bool) -> tuple[float, Engine]:
-    engine = Engine(model, speculative=speculative, max_step_tokens=4096)
+def _ours_decode_once(
+    model, prompts: list[list[int]], new_tokens: int, speculative: bool, decode_step: str
+) -> tuple[float, Engine]:
+    engine = Engine(model, speculative=speculative, max_step_tokens=4096, decode_step=decode_step)
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    start = time.perf_counter()
     engine.generate([p[:8] for p in prompts], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+    engine.warmup_seconds = time.perf_counter() - start
     # prefill first, then time only decoding: every prompt is in the cache before the clock starts
     requests = [engine.submit(p, params) for p in prompts]
     while any(len(s.tokens) - s.num_cached > 1 for s in engine.running) or engine.num_waiting:
@@ -96,12 +108,13 @@ def _ours_decode_once(model, prompts: list[list[int]], new_tokens: int, speculat
         engine.step()
     seconds = time.perf_counter() - start
     assert all(r.finished() for r in requests)
+    engine.outputs = [r.completions[0].token_ids for r in requests]
     return (engine.stats["generated_tokens"] - generated_before) / seconds, engine
 
 
-def theirs_decode(path: str, prompt: list[int], new_tokens: int, dtype=torch.float32) -> float:
+def theirs_decode(path: str, prompt: list[int], new_tokens: int, dtype=torch.float32) -> tuple[float, list[int]]:
     """Median decode tokens/s of transformers' greedy `generate` over REPEATS runs, timed as ours_decode times the
-    engine: from the first generated token (prefill done) to the last, within one `generate` call."""
+    engine: from the first generated token (prefill done) to the last, within one `generate` call; and its ids."""
     import transformers
 
     class TokenClock(transformers.StoppingCriteria):
@@ -130,7 +143,7 @@ def theirs_decode(path: str, prompt: list[int], new_tokens: int, dtype=torch.flo
             )
             assert out.shape[1] - ids.shape[1] == new_tokens == len(clock.times), (out.shape, len(clock.times))
             rates.append((new_tokens - 1) / (clock.times[-1] - clock.times[0]))
-    return statistics.median(rates)
+    return statistics.median(rates), out[0, ids.shape[1] :].tolist()
 
 
 def section_a_b(presets: list[str], bandwidth: float, sections: set[str]) -> list[dict]:
@@ -143,32 +156,43 @@ def section_a_b(presets: list[str], bandwidth: float, sections: set[str]) -> lis
         with tempfile.TemporaryDirectory() as path:
             model.save_pretrained(path)
             for label, context, new_tokens in [
-                ("a: batch 1, short prompt", 32, 48),
-                ("b: batch 1, 2k context", 2048, 32),
+                ("a: batch 1, 16-token context", 16, 128),
+                ("b: batch 1, 2k context", 2048, 64),
             ]:
                 if label[0] not in sections:
                     continue
                 prompt = torch.randint(
                     2, config.vocab_size, (context,), generator=torch.Generator().manual_seed(0)
                 ).tolist()
-                theirs = theirs_decode(path, prompt, new_tokens)
-                for setting, m in [("fp32", model), ("int8", quantized)]:
-                    ours, _ = ours_decode(m, [prompt], new_tokens)
-                    roofline = bandwidth / weight_bytes_per_token(m)
+                theirs, their_ids = theirs_decode(path, prompt, new_tokens)
+                eager = None
+                for setting, m, step in SETTINGS:
+                    ours, engine = ours_decode(quantized if m == "int8" else model, [prompt], new_tokens, False, step)
+                    eager = eager or ours
+                    roofline = bandwidth / weight_bytes_per_token(quantized if m == "int8" else model)
                     rows.append(
                         {
                             "section": label,
                             "model": name,
-                            "nanoseek": setting,
+                            "nanoseek": f"{setting}, {engine.decode_step}"
+                            if "eager (" in engine.decode_step
+                            else setting,
                             "nanoseek tok/s": f"{ours:.1f}",
                             "transformers fp32 tok/s": f"{theirs:.1f}",
                             "ratio": f"{ours / theirs:.2f}x",
+                            "x eager engine": f"{ours / eager:.2f}x",
+                            "same ids as transformers": "yes" if engine.outputs[0] == their_ids else "no",
+                            "first call s": f"{engine.warmup_seconds:.1f}",
                             "roofline tok/s": f"{roofline:.0f}",
                             "of roofline": f"{ours / roofline:.0%}",
                         }
                     )
                     print(f"  {label} {name} {setting}: {ours:.1f} tok/s vs transformers {theirs:.1f}", flush=True)
     return rows
+
+
+# (label, weights, decode step) of each nanoseek row in (a, b); int8 is not covered by the static step (eager)
+SETTINGS = [("fp32 eager", "fp32", "eager"), ("fp32 compiled", "fp32", "compiled"), ("int8", "int8", "compiled")]
 
 
 def section_c(presets: list[str], concurrent: int) -> list[dict]:
@@ -181,17 +205,19 @@ def section_c(presets: list[str], concurrent: int) -> list[dict]:
             torch.randint(2, config.vocab_size, (int(n),), generator=g).tolist()
             for n in torch.randint(16, 128, (concurrent,), generator=g)
         ]
-        single, _ = ours_decode(model, prompts[:1], 48)
-        many, _ = ours_decode(model, prompts, 48)
-        rows.append(
-            {
-                "model": name,
-                "batch-1 tok/s": f"{single:.1f}",
-                f"{concurrent} concurrent tok/s": f"{many:.1f}",
-                "ratio": f"{many / single:.1f}x",
-            }
-        )
-        print(f"  c {name}: {many:.1f} vs {single:.1f} tok/s", flush=True)
+        for step in ("eager", "compiled"):
+            single, _ = ours_decode(model, prompts[:1], 48, decode_step=step)
+            many, _ = ours_decode(model, prompts, 48, decode_step=step)
+            rows.append(
+                {
+                    "model": name,
+                    "decode step": step,
+                    "batch-1 tok/s": f"{single:.1f}",
+                    f"{concurrent} concurrent tok/s": f"{many:.1f}",
+                    "ratio": f"{many / single:.1f}x",
+                }
+            )
+            print(f"  c {name} {step}: {many:.1f} vs {single:.1f} tok/s", flush=True)
     return rows
 
 
@@ -254,7 +280,7 @@ def section_e(bandwidth: float, vocab: int) -> list[dict]:
     prompt = torch.randint(2, vocab, (32,), generator=torch.Generator().manual_seed(0)).tolist()
     with tempfile.TemporaryDirectory() as path:
         model.save_pretrained(path)
-        theirs = theirs_decode(path, prompt, 48, dtype=torch.bfloat16)
+        theirs, _ = theirs_decode(path, prompt, 48, dtype=torch.bfloat16)
     rows = []
     for setting, m in [("bf16", model), ("int8", quantized)]:
         ours, _ = ours_decode(m, [prompt], 48)
@@ -308,6 +334,9 @@ def main() -> None:
                     "nanoseek tok/s",
                     "transformers fp32 tok/s",
                     "ratio",
+                    "x eager engine",
+                    "same ids as transformers",
+                    "first call s",
                     "roofline tok/s",
                     "of roofline",
                 ],

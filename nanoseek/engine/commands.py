@@ -17,7 +17,14 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=["int8"], help="int8 linear layers and experts (CPU)")
     p.add_argument("--speculative", action="store_true", help="draft with the MTP module and verify (MTP models)")
     p.add_argument("--max-running", type=int, default=64, help="sequences decoded together")
+    p.add_argument("--device", help="where the model, cache, sampling and decode step run: cpu (default), cuda, cuda:1")
     p.add_argument("--threads", type=int, help="CPU threads (on a machine shared with other work, 1 is often faster)")
+    p.add_argument(
+        "--eager",
+        action="store_true",
+        help="decode with the eager step instead of the compiled static one (which compiles for about a minute per "
+        "batch size the first time, cached on disk afterwards; int8 and --speculative always decode eagerly)",
+    )
     p.add_argument(
         "--cache-tokens",
         type=int,
@@ -36,10 +43,12 @@ def load_engine(args: argparse.Namespace):
     return Engine.from_pretrained(
         args.model,
         dtype=dtype,
+        device=getattr(args, "device", None),
         quantize=args.quantize,
         speculative=args.speculative,
         max_running=args.max_running,
         cache_tokens=args.cache_tokens,
+        decode_step="eager" if getattr(args, "eager", False) else "compiled",
     )
 
 
@@ -141,6 +150,7 @@ def generate_main(args: argparse.Namespace) -> int:
         out.close()
     generated = engine.stats["generated_tokens"]
     note = f", draft acceptance {engine.acceptance_rate:.0%}" if args.speculative else ""
+    note += f", decode step {engine.decode_step}"
     print(f"[{generated} tokens in {seconds:.1f}s: {generated / seconds:.1f} tokens/s{note}]", file=sys.stderr)
     return 0
 

@@ -22,6 +22,7 @@ from nanoseek.engine.grammar import GrammarCompiler, mask_logits
 from nanoseek.engine.records import Completion, Request, Sequence, StreamDelta, Work
 from nanoseek.engine.sampling import SamplingParams, make_generator, sample
 from nanoseek.engine.speculative import propose, verify
+from nanoseek.engine.step import build_decode_step
 from nanoseek.model import DeepseekV3ForCausalLM
 
 # The default cache's memory cap. Released models declare 128k+ contexts: four of them would need 64 GB of cache
@@ -44,7 +45,10 @@ class Engine:
         cache_dtype: torch.dtype | None = None,
         max_context: int | None = None,
         speculative: bool = False,
+        decode_step: str = "eager",
     ):
+        """decode_step: "compiled" runs decode steps as one compiled static graph (step.py; about a minute to compile
+        per batch bucket the first time), "static" the same graph uncompiled (tests), "eager" the ordinary path."""
         if speculative and model.config.num_nextn_predict_layers == 0:
             raise ValueError("speculative decoding drafts with the MTP module, and this model has none")
         self.speculative = speculative
@@ -70,6 +74,9 @@ class Engine:
         # the tokenizer): their logits are masked for every choice (sampled, greedy, drafted), so none is ever made
         self.undecodable = _undecodable(tokenizer, config.vocab_size, self.device)
         self.grammars = GrammarCompiler(tokenizer, config.vocab_size, self.eos_ids)  # constrained decoding
+        self.fast, self.decode_step = build_decode_step(
+            decode_step, model, self.cache, self.undecodable, self.speculative
+        )
         self.waiting: list[Request] = []
         self.running: list[Sequence] = []
         self._ids = itertools.count()
@@ -85,6 +92,7 @@ class Engine:
             "preempted": 0,
             "drafted": 0,
             "accepted": 0,
+            "static_steps": 0,
         }
 
     @classmethod
@@ -232,8 +240,11 @@ class Engine:
         self.stats["steps"] += 1
 
     def reset_prefix_cache(self) -> None:
-        """Forget cached prefixes: after the weights change (RL updates) their latents are stale."""
+        """Forget cached prefixes: after the weights change (RL updates) their latents are stale (and so are the
+        static step's weight copies)."""
         self.cache.clear_prefixes()
+        if self.fast is not None:
+            self.fast.refresh()
         for seq in self.running:
             seq.hashes = []
 
@@ -323,7 +334,11 @@ class Engine:
         self.stats["preempted"] += 1
 
     def _forward(self, batch: list[Work]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Main model over every fed token -> (hidden states [T, hidden], logits of the rows that decide tokens)."""
+        """Main model over every fed token -> (hidden states [T, hidden], logits of the rows that decide tokens).
+        Decode-only steps go through the static step when there is one (no hidden states: nothing drafts then)."""
+        if self.fast is not None and self.fast.covers(batch):
+            self.stats["static_steps"] += 1
+            return None, self.fast(batch)  # type: ignore[return-value]
         ids, positions, segments, logit_rows = [], [], [], []
         for work in batch:
             work.row = len(ids)

@@ -1,0 +1,359 @@
+"""The static decode step: one token per sequence, as one graph with no data-dependent shape, compiled once per
+batch bucket and reused (see ../shared/notes/decode-step.md for what each choice was worth).
+
+The engine's ordinary step (engine.py + cache.py) dispatches ~100 small eager ops per layer and loops over experts in
+Python; on small models that dispatch, not the hardware, bounds decoding. Here a decode step of n sequences is
+padded to a batch bucket B (1, 2, 4, ... 32) and becomes tensors only:
+
+- token ids and positions [B]; each sequence's block table padded to a length bucket (a multiple of 256 tokens)
+  [B, blocks]; a position mask hides the padding. Padding rows decode token 0 at position 0 into block 0, which
+  belongs to nobody and is only ever read under a -inf mask.
+- attention: MLA's absorbed path over the latent cache (DeepSeek-V2/V3), or grouped-query attention over each kv
+  head's key | value entries (Qwen2, Llama: the R1-Distill students).
+- MoE by expert gathering: top-k routing, then the chosen experts' weights read with `index_select` ([B, k, ...]),
+  no `.tolist()` and no per-expert loop; the shared expert is one more (always chosen) matrix product. Once rows
+  share experts (2 B k > experts, the eager engine's threshold) the model's grouped kernel reads each expert once,
+  unless a layer's experts are small enough to stay in the CPU's caches.
+- compiled (`torch.compile(fullgraph=True)`), the matrix-vector products of buckets 1 and 2 are written as a
+  broadcast multiply and a sum (`_contract`): inductor then fuses norms, RoPE, the cache write, softmax, SiLU and
+  residuals into a few C++ kernels around them instead of calling out to BLAS between every elementwise op. Larger
+  buckets call BLAS (it reads each weight once for all rows). Uncompiled ("static" mode, for tests and debugging)
+  the same contractions run as einsums.
+
+Weights are the model's own parameters, passed to the graph on every call (not frozen into it), so in-place updates
+(GRPO) reach the next step; the one copy, routed experts transposed for the compiled step, is refreshed by
+`Engine.reset_prefix_cache()`, which weight updates call anyway. Prefill and speculative verification take the engine's
+ordinary path; steps of more than 32 sequences run as several graph calls.
+
+Measured on bench-18m, batch 1, 1 thread of a shared 2-core EPYC (CPU time per step, graph only): 1.97 ms with the
+experts in their stored layout, 1.45 ms transposed (the roofline at 24 GB/s is 1.3 ms); cpp_wrapper ~7%; inductor's
+freezing gained nothing here (and would bake the weights in); full guard evaluation cost 0.1-0.3 ms a step.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from nanoseek.model.moe import MoE
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+LENGTH_QUANTUM = 256  # tokens: attention runs over the smallest multiple of this that holds every position
+MODES = ("eager", "static", "compiled")
+# rows up to which a matrix product is a fused multiply-and-sum; past it the graph calls BLAS, which reads each
+# weight once for all rows (the fused loop reads it once per row)
+FUSED_MAX_ROWS = 2
+# routed experts are stored [E, in, out] (the grouped kernel's layout); a fused product reads them fastest as
+# [E, out, in], each output a contiguous dot product (1.7x on bench-18m's experts, measured). The step keeps such a
+# copy when all experts together take at most this many bytes (refreshed by `refresh()` after weight updates)
+TRANSPOSED_EXPERTS_MAX_BYTES = 2 * 1024**3
+# a layer's experts up to this size stay in the CPU's caches while each row gathers its own: gathering then beats the
+# grouped kernel (a small GEMM per expert) at every bucket (bench-18m, 6 MiB a layer, batch 32: 460 vs 650 us)
+GATHER_ALWAYS_BYTES = 8 * 1024**2
+
+_ANNOUNCED: set = set()  # (model shapes, batch bucket) whose compile this process has announced
+
+
+def refusal(model: torch.nn.Module, speculative: bool) -> str | None:
+    """Why the static step cannot serve this engine (it then decodes eagerly), or None when it can."""
+    from nanoseek.engine.quant import Int8Linear
+
+    if speculative:
+        return "speculative decoding feeds each sequence its last token plus a draft (verify steps of 2 tokens)"
+    if any(isinstance(m, Int8Linear) for m in model.modules()) or any(m.experts.int8 for m in model.moe_modules()):
+        return "int8 layers run FBGEMM's packed kernels, which torch.compile cannot trace"
+    dtype = next(model.parameters()).dtype
+    if not dtype.is_floating_point:
+        return f"weights in {dtype}"
+    return None
+
+
+def _contract(equation: str, a: torch.Tensor, b: torch.Tensor, fused: bool) -> torch.Tensor:
+    """einsum of two operands. fused: as a broadcast multiply and a sum over the contracted letters, which inductor
+    turns into one loop nest (fused with whatever produces `a`) instead of a BLAS call; a matrix-vector product is
+    bound by reading the matrix either way."""
+    if not fused:
+        return torch.einsum(equation, a, b)
+    inputs, out = equation.split("->")
+    left, right = inputs.split(",")
+    reduced = [c for c in dict.fromkeys(left + right) if c not in out]
+    letters = list(out) + reduced  # the contracted letters last: the innermost loop of the reduction
+
+    def spread(t: torch.Tensor, names: str) -> torch.Tensor:
+        t = t.permute(*sorted(range(len(names)), key=lambda i: letters.index(names[i])))
+        present = sorted(names, key=letters.index)
+        for i, c in enumerate(letters):
+            if c not in present:
+                t = t.unsqueeze(i)
+                present.insert(i, c)
+        return t
+
+    return (spread(a, left) * spread(b, right)).sum(dim=tuple(range(len(out), len(letters))))
+
+
+def _norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """RMSNorm as the model computes it (float32 statistics), written out: a fusable reduction, and in eager mode
+    ~4x cheaper than F.rms_norm on a 256-vector."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + module.eps)
+    if x.dtype == module.weight.dtype == torch.float32:
+        return h * module.weight
+    return module.weight * h.to(x.dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:
+    """apply_rope (model/rope.py) written with real numbers: pairs (a, b) rotate to (a c - b s, a s + b c), laid out
+    as interleaved pairs whatever the input layout (the cache's keys are stored that way)."""
+    if interleave:
+        a, b = x.unflatten(-1, (-1, 2)).unbind(-1)
+    else:
+        a, b = x.chunk(2, dim=-1)
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    a, b, c, s = a.to(work), b.to(work), cos.to(work), sin.to(work)
+    return torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(-2).to(x.dtype)
+
+
+class StaticDecodeStep:
+    """Decode steps (one new token per sequence) over the engine's paged cache, in batch buckets of up to 32."""
+
+    def __init__(self, model, cache, undecodable: torch.Tensor | None, compiled: bool = True):
+        self.model, self.cache, self.undecodable = model, cache, undecodable
+        self.layers = model.main_layers
+        self.compiled = compiled
+        self.device = cache.pools[0].device
+        self.shapes: set[tuple[int, int]] = set()  # (batch bucket, blocks) shapes run so far
+        self._signature = (repr(model.config), str(next(model.parameters()).dtype), str(self.device))
+        self.experts = self._transposed_experts() if compiled else [None] * len(self.layers)
+        self._fn = self._forward
+        if compiled:
+            import torch._dynamo
+
+            # one graph per batch bucket (+ one per length bucket on CUDA, where graphs are captured per shape)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            cuda = self.device.type == "cuda"
+            if cuda:  # CUDA graphs (reduce-overhead) replay writes into the cache only if its addresses never change;
+                # and inputs not marked static are copied into the graph's own buffers at every replay
+                copies = [t for pair in self.experts if pair is not None for t in pair]
+                for tensor in [*cache.pools, *copies]:
+                    torch._dynamo.mark_static_address(tensor)
+            # CPU: the wrapper that calls the kernels in C++ rather than Python (~7% of a bench-18m step, measured)
+            options = None if cuda else {"cpp_wrapper": True}
+            mode = "reduce-overhead" if cuda else None  # CUDA graphs: one launch per step
+            self._fn = torch.compile(self._forward, fullgraph=True, mode=mode, options=options)
+
+    def _transposed_experts(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per layer: routed experts as (gate | up [E, 2I, hidden], down [E, hidden, I]), or None (dense layers, or
+        experts too large to copy: those are read in the stored layout)."""
+        moes = [layer.mlp if isinstance(layer.mlp, MoE) else None for layer in self.layers]
+        size = sum(m.experts.w_gate_up.nbytes + m.experts.w_down.nbytes for m in moes if m is not None)
+        if size > TRANSPOSED_EXPERTS_MAX_BYTES:
+            return [None] * len(moes)
+        return [
+            None if m is None else (m.experts.w_gate_up.mT.contiguous(), m.experts.w_down.mT.contiguous()) for m in moes
+        ]
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Re-read the model's weights into the step's copies (after training updated them in place)."""
+        for layer, copies in zip(self.layers, self.experts):
+            if copies is not None:
+                copies[0].copy_(layer.mlp.experts.w_gate_up.mT)
+                copies[1].copy_(layer.mlp.experts.w_down.mT)
+
+    @torch.inference_mode()
+    def warmup(self, sizes: tuple[int, ...] = BATCH_BUCKETS) -> None:
+        """Compile (or load from inductor's disk cache) the graphs of these batch buckets now, e.g. before a server
+        takes traffic, rather than at the first step of each size. Writes only into block 0, which nobody owns."""
+        blocks = -(-LENGTH_QUANTUM // self.cache.block_size)
+        for size in sizes:
+            work = [_Padding(blocks)] * size
+            self(work)
+
+    def covers(self, batch) -> bool:
+        """A step this graph can run: every sequence feeds exactly its one last token, no drafts."""
+        return all(w.completes and len(w.fed) == 1 for w in batch)
+
+    def __call__(self, batch) -> torch.Tensor:
+        """-> logits [len(batch), vocab] (float32, undecodable ids at -inf), one row per sequence. More sequences
+        than the largest bucket run as several graph calls (each sequence's cache rows are its own)."""
+        n, most = len(batch), BATCH_BUCKETS[-1]
+        if n > most:
+            return torch.cat([self(batch[i : i + most]) for i in range(0, n, most)])
+        size = next(b for b in BATCH_BUCKETS if b >= n)
+        bs = self.cache.block_size
+        quantum = -(-LENGTH_QUANTUM // bs)  # blocks
+        blocks = -(-(max(w.start for w in batch) + 1) // bs)
+        blocks = -(-blocks // quantum) * quantum
+        pad = size - n
+        ids = [w.fed[0] for w in batch] + [0] * pad
+        positions = [w.start for w in batch] + [0] * pad
+        tables = [(w.seq.blocks[:blocks] + [0] * blocks)[:blocks] for w in batch] + [[0] * blocks] * pad
+        ids_t = torch.tensor(ids, device=self.device)
+        positions_t = torch.tensor(positions, device=self.device)
+        tables_t = torch.tensor(tables, device=self.device)
+        key = (size, blocks)
+        # graphs live in torch.compile's per-process cache: engines of the same shapes reuse them, so say so once
+        first = self.compiled and (self._signature, size) not in _ANNOUNCED
+        _ANNOUNCED.add((self._signature, size))
+        if self.compiled and self.device.type == "cpu":
+            # lengths vary step by step: one graph for all of them (loop bounds are runtime values in C++), batch
+            # buckets stay static (a graph each, no recompiles after the first call)
+            torch._dynamo.mark_dynamic(tables_t, 1)
+        if first:
+            print(
+                f"[nanoseek] compiling the decode step for batch bucket {size} (about a minute the first time, "
+                "seconds on later starts: inductor caches it on disk)...",
+                file=sys.stderr,
+                flush=True,
+            )
+            start = time.perf_counter()
+        args = (ids_t, positions_t, tables_t, self.cache.pools[: len(self.layers)], self.experts)
+        if self.compiled and key in self.shapes:
+            # this step already passed every guard for this shape: check only those that tell compiled graphs
+            # apart (shapes, buckets), not the ~2400 on the model's modules and weights (0.1-0.3 ms a step here)
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                logits = self._fn(*args)
+        else:
+            logits = self._fn(*args)
+        if first:
+            print(f"[nanoseek] decode step ready in {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+        self.shapes.add(key)
+        return logits[:n]
+
+    # ---- the graph ----
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor, pools: list[torch.Tensor], experts
+    ) -> torch.Tensor:
+        """ids, positions [B]; tables [B, blocks]; pools: each main layer's cache [kv heads (MLA: 1), all blocks,
+        block, entry width]; experts: each layer's transposed expert copies or None. Writes each token's cache
+        entry, returns logits [B, vocab] float32."""
+        model, bs = self.model, self.cache.block_size
+        length = tables.shape[1] * bs
+        # flat pool row of every key position [B, length], and of this token's entry [B]
+        rows = (tables.unsqueeze(-1) * bs + torch.arange(bs, device=ids.device)).flatten(1)
+        slot = rows.gather(1, positions.unsqueeze(1)).squeeze(1)
+        visible = torch.arange(length, device=ids.device).unsqueeze(0) <= positions.unsqueeze(1)
+        x = model.model.embed_tokens.weight.index_select(0, ids)  # [B, hidden]
+        mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill(~visible, float("-inf"))
+        rotary = model.model.rotary
+        angles = positions.float().unsqueeze(-1) * rotary.inv_freq.float()  # [B, rope / 2], float32 as rope.py
+        cos, sin = rotary.attention_factor * torch.cos(angles), rotary.attention_factor * torch.sin(angles)
+        attend = self._attention if model.config.uses_mla else self._gqa_attention
+        for layer, pool, copies in zip(self.layers, pools, experts):
+            x = x + attend(layer.self_attn, _norm(layer.input_layernorm, x), cos, sin, rows, slot, mask, pool)
+            h = _norm(layer.post_attention_layernorm, x)
+            x = x + (self._moe(layer.mlp, h, copies) if isinstance(layer.mlp, MoE) else self._mlp(layer.mlp, h))
+        logits = self._linear(_norm(model.model.norm, x), model.lm_head).float()
+        if self.undecodable is not None:
+            logits = logits.masked_fill(self.undecodable, float("-inf"))
+        return logits
+
+    def _linear(self, x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
+        if not self.compiled or x.shape[0] > FUSED_MAX_ROWS:
+            return F.linear(x, linear.weight, linear.bias)
+        y = _contract("bi,oi->bo", x, linear.weight, True)
+        return y if linear.bias is None else y + linear.bias
+
+    def _attention(self, attn, x, cos, sin, rows, slot, mask, pool) -> torch.Tensor:
+        """MLA's absorbed path (model/attention.py) for one token per row: x [B, hidden] -> [B, hidden].
+        Letters: b row, h head, n nope dim, r latent dim, w cache entry width (r + rope), t key position, v value."""
+        batch, heads = x.shape[0], attn.num_heads
+        if attn.low_rank_query:
+            q = self._linear(_norm(attn.q_a_layernorm, self._linear(x, attn.q_a_proj)), attn.q_b_proj)
+        else:
+            q = self._linear(x, attn.q_proj)
+        q_nope, q_rope = q.view(batch, heads, -1).split([attn.nope_dim, attn.rope_dim], dim=-1)
+        latent, k_rope = self._linear(x, attn.kv_a_proj_with_mqa).split([attn.kv_lora_rank, attn.rope_dim], dim=-1)
+        entry = torch.cat([_norm(attn.kv_a_layernorm, latent), _rope(k_rope, cos, sin, attn.interleave)], dim=-1)
+        flat = pool.view(-1, pool.shape[-1])  # [all blocks * block, w]
+        flat.index_copy_(0, slot, entry.to(pool.dtype))  # written first: each token attends to itself too
+        w_uk, w_uv = attn.absorbed_weights()  # [h, n, r], [h, v, r]
+        fused = self.compiled and batch <= FUSED_MAX_ROWS
+        query = torch.cat(
+            [
+                _contract("bhn,hnr->bhr", q_nope, w_uk, fused),
+                _rope(q_rope, cos.unsqueeze(1), sin.unsqueeze(1), attn.interleave),
+            ],
+            dim=-1,
+        )  # [b, h, w]
+        keys = flat.index_select(0, rows.flatten()).view(batch, rows.shape[1], -1).to(query.dtype)  # [b, t, w]
+        scores = _contract("bhw,btw->bht", query, keys, fused) * attn.scale + mask.unsqueeze(1)
+        probs = torch.softmax(scores, dim=-1)
+        # a batched matmul, not a fused sum: inductor would vectorize this one along t, through gathered loads
+        # (2.5x slower at 2k context, measured); the gathered keys are realized once for it
+        out_latent = torch.matmul(probs, keys[..., : attn.kv_lora_rank])  # [b, h, r]
+        out = _contract("bhr,hvr->bhv", out_latent, w_uv, fused)
+        return self._linear(out.flatten(1), attn.o_proj)
+
+    def _gqa_attention(self, attn, x, cos, sin, rows, slot, mask, pool) -> torch.Tensor:
+        """Grouped-query attention (Qwen2, Llama) for one token per row: x [B, hidden] -> [B, hidden]. The pool holds
+        per kv head its rotated key | value [kv heads, blocks, block, 2 d]. Letters: b row, k kv head, g query head
+        of a kv head (query head k * G + g reads kv head k), d head dim, t key position."""
+        batch, kv, d = x.shape[0], attn.num_kv_heads, attn.head_dim
+        c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = _rope(self._linear(x, attn.q_proj).view(batch, attn.num_heads, d), c, s, False)
+        k = _rope(self._linear(x, attn.k_proj).view(batch, kv, d), c, s, False)
+        v = self._linear(x, attn.v_proj).view(batch, kv, d)
+        flat = pool.view(-1, pool.shape[-1])  # [kv heads * all blocks * block, 2 d]
+        heads = torch.arange(kv, device=x.device) * (pool.shape[1] * pool.shape[2])  # first row of each kv head
+        entry = torch.cat([k, v], dim=-1).flatten(0, 1)  # [b * k, 2 d]
+        flat.index_copy_(0, (slot.unsqueeze(1) + heads).flatten(), entry.to(pool.dtype))
+        index = (rows.unsqueeze(1) + heads[:, None]).flatten()  # [b, k, t] rows of the pool
+        entries = flat.index_select(0, index).view(batch, kv, rows.shape[1], -1).to(q.dtype)  # [b, k, t, 2 d]
+        query = q.view(batch, kv, -1, d)  # [b, k, g, d]
+        fused = self.compiled and batch <= FUSED_MAX_ROWS
+        scores = _contract("bkgd,bktd->bkgt", query, entries[..., :d], fused) * attn.scale
+        probs = torch.softmax(scores + mask[:, None, None], dim=-1)
+        out = torch.matmul(probs, entries[..., d:])  # [b, k, g, d], as MLA's values (see _attention)
+        return self._linear(out.reshape(batch, -1), attn.o_proj)
+
+    def _mlp(self, mlp, h: torch.Tensor) -> torch.Tensor:
+        return self._linear(F.silu(self._linear(h, mlp.gate_proj)) * self._linear(h, mlp.up_proj), mlp.down_proj)
+
+    def _moe(self, moe: MoE, h: torch.Tensor, transposed) -> torch.Tensor:
+        """Routed experts by gathering the chosen ones' weights (from the transposed copies when there are).
+        Letters: b row, k choice, d hidden, i expert intermediate (gate | up: o)."""
+        weights, ids, _ = moe.gate(h)  # [b, k] float32, [b, k]
+        experts, (batch, k) = moe.experts, ids.shape
+        small = transposed is not None and transposed[0].nbytes + transposed[1].nbytes <= GATHER_ALWAYS_BYTES
+        if 2 * ids.numel() > experts.num_experts and not small:  # experts shared by several rows: read each once,
+            # by the model's grouped kernel (static shapes: argsort, cumsum, a registered op)
+            counts = torch.zeros(experts.num_experts, dtype=ids.dtype, device=ids.device)
+            counts = counts.scatter_add(0, ids.flatten(), torch.ones_like(ids.flatten()))
+            out = experts(h, weights, ids, counts)
+            return out if moe.shared_experts is None else out + self._mlp(moe.shared_experts, h)
+        chosen = ids.flatten()
+        w_gate_up, w_down = transposed or (experts.w_gate_up, experts.w_down)
+        w_gate_up = w_gate_up.index_select(0, chosen).view(batch, k, *w_gate_up.shape[1:])
+        w_down = w_down.index_select(0, chosen).view(batch, k, *w_down.shape[1:])
+        equations = ("bd,bkod->bko", "bki,bkdi->bkd") if transposed else ("bd,bkdo->bko", "bki,bkid->bkd")
+        gate, up = _contract(equations[0], h, w_gate_up, self.compiled).split(experts.intermediate, dim=-1)
+        out = _contract(equations[1], F.silu(gate) * up, w_down, self.compiled)  # [b, k, d]
+        out = (out * weights.unsqueeze(-1)).sum(1).to(h.dtype)  # gains in float32, as the eager experts
+        return out if moe.shared_experts is None else out + self._mlp(moe.shared_experts, h)
+
+
+class _Padding:
+    """A stand-in for engine Work: token 0 at position 0 in block 0 (what padding rows decode)."""
+
+    def __init__(self, blocks: int):
+        self.fed, self.start, self.completes = [0], 0, True
+        self.seq = self
+        self.blocks = [0] * blocks
+
+
+def build_decode_step(mode: str, model, cache, undecodable: torch.Tensor | None, speculative: bool):
+    """The engine's static decode step, or None (eager), and a line saying which and why."""
+    if mode not in MODES:
+        raise ValueError(f"unknown decode_step={mode!r}; choose from {', '.join(MODES)}")
+    if mode == "eager":
+        return None, "eager (asked for)"
+    reason = refusal(model, speculative)
+    if reason is not None:
+        logging.getLogger("nanoseek.engine").warning("decode step: eager, not %s: %s", mode, reason)
+        return None, f"eager ({reason})"
+    return StaticDecodeStep(model, cache, undecodable, compiled=mode == "compiled"), mode

@@ -1,0 +1,216 @@
+"""The static decode step (engine/step.py): the same tokens as the eager engine and transformers, its fallbacks.
+
+Most tests run the step uncompiled ("static": the same graph code, einsums instead of fused sums); one compiles it.
+"""
+
+import logging
+
+import pytest
+import torch
+from helpers import random_config, random_model, tiny_checkpoint
+
+from nanoseek.config import ModelConfig
+from nanoseek.engine import Engine, SamplingParams
+from nanoseek.engine.quant import quantize_int8
+from nanoseek.engine.step import BATCH_BUCKETS, _contract
+from nanoseek.model import build_model
+
+transformers = pytest.importorskip("transformers")
+GREEDY = dict(temperature=0, ignore_eos=True)
+
+
+def _prompts(vocab: int, lengths: list[int], seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(2, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def _tokens(engine: Engine, prompts, params) -> list[list[int]]:
+    return [c.token_ids for c in engine.generate(prompts, params)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 5, 7, 9])
+def test_static_step_equals_eager_engine_and_transformers(seed, tmp_path):
+    """float64 on every side, so equality is exact rather than up to near-ties. Random configs cover YaRN, both
+    rope layouts, q_lora on/off, grouped routing, dense layers, few and many experts per token; 5 prompts decode
+    in bucket 8 (3 padding rows), crossing 4-token blocks, one prompt past the first 256-token length bucket."""
+    config = random_config(seed, max_position_embeddings=512)
+    model = random_model(config, seed).double()
+    prompts = _prompts(config.vocab_size, [3, 9, 17, 5, 260], seed)
+    params = SamplingParams(max_tokens=10, **GREEDY)
+    eager = _tokens(Engine(model, block_size=4), prompts, params)
+    engine = Engine(model, block_size=4, decode_step="static")
+    assert engine.decode_step == "static"
+    assert _tokens(engine, prompts, params) == eager
+    assert engine.stats["static_steps"] == 9  # every step after the prefill one
+    # bucket 8 reads experts with the grouped kernel; one sequence alone gathers them (where 2 k <= experts)
+    assert _tokens(engine, prompts[:1], params) == eager[:1]
+    model.save_pretrained(tmp_path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, dtype=torch.float64, experts_implementation="eager"
+    ).eval()
+    for prompt, ours in zip(prompts[:2], eager):
+        expected = theirs.generate(
+            torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0
+        )[0, len(prompt) :].tolist()
+        assert ours == expected
+
+
+def test_deepseek_v2_routing_and_sampling_with_seeds_match_the_eager_engine():
+    v2 = dict(model_type="deepseek_v2", scoring_func="softmax", topk_method="greedy", norm_topk_prob=False)
+    config = random_config(5, **v2, n_group=1, topk_group=1, num_nextn_predict_layers=0, max_position_embeddings=256)
+    model = build_model(config, seed=5).double().eval()
+    prompts = _prompts(config.vocab_size, [4, 11, 6])
+    for params in (
+        SamplingParams(max_tokens=12, **GREEDY),
+        SamplingParams(max_tokens=12, temperature=0.9, top_p=0.9, seed=3, ignore_eos=True, logprobs=True),
+    ):
+        eager = Engine(model).generate(prompts, params)
+        static = Engine(model, decode_step="static").generate(prompts, params)
+        assert [c.token_ids for c in static] == [c.token_ids for c in eager]
+        if params.logprobs:
+            assert torch.allclose(torch.tensor(static[0].logprobs), torch.tensor(eager[0].logprobs), atol=1e-9)
+
+
+def test_batches_past_the_largest_bucket_run_in_chunks_and_mixed_steps_run_eagerly():
+    model = random_model(random_config(2, max_position_embeddings=256), 2).double()
+    prompts = _prompts(model.config.vocab_size, [5] * (BATCH_BUCKETS[-1] + 3), seed=4)
+    params = SamplingParams(max_tokens=4, **GREEDY)
+    engine = Engine(model, decode_step="static", max_step_tokens=4096)
+    assert _tokens(engine, prompts, params) == _tokens(Engine(model, max_step_tokens=4096), prompts, params)
+    assert engine.stats["static_steps"] == 3 and {size for size, _ in engine.fast.shapes} == {32, 4}  # 35 = 32 + 3
+    # a request arriving while others decode: its prefill step (with their decode rows) runs eagerly
+    engine = Engine(model, decode_step="static")
+    first = engine.submit(prompts[0], SamplingParams(max_tokens=6, **GREEDY))
+    engine.step()
+    second = engine.submit(prompts[1], SamplingParams(max_tokens=6, **GREEDY))
+    while engine.has_work():
+        engine.step()
+    assert engine.stats["static_steps"] == engine.stats["steps"] - 2  # both prefill steps were eager
+    expected = _tokens(Engine(model), prompts[:2], SamplingParams(max_tokens=6, **GREEDY))
+    assert [first.completions[0].token_ids, second.completions[0].token_ids] == expected
+    assert engine.cache.free_blocks() == engine.cache.num_blocks - 1
+
+
+def test_fallbacks_are_visible_with_their_reason(caplog, tmp_path):
+    nano = random_model(random_config(1, num_nextn_predict_layers=1, max_position_embeddings=64), 1)
+    with caplog.at_level(logging.WARNING, logger="nanoseek.engine"):
+        speculative = Engine(nano, speculative=True, decode_step="compiled")
+    assert speculative.fast is None and "speculative" in speculative.decode_step
+    assert "speculative" in caplog.text
+    quantized = random_model(random_config(1, max_position_embeddings=64), 1)
+    quantize_int8(quantized, min_weights=0)
+    assert "int8" in Engine(quantized, decode_step="compiled").decode_step
+    assert Engine(nano).decode_step == "eager (asked for)"
+    with pytest.raises(ValueError, match="decode_step"):
+        Engine(nano, decode_step="fast")
+
+
+GQA_FAMILIES = {
+    "qwen2": dict(model_type="qwen2", num_key_value_heads=2, tie_word_embeddings=True),
+    "llama": dict(
+        model_type="llama",
+        num_key_value_heads=1,
+        head_dim=12,
+        attention_bias=True,
+        rope_theta=500000.0,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=16,
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("family", list(GQA_FAMILIES))
+def test_grouped_query_families_equal_the_eager_engine_and_transformers(family, tmp_path):
+    shape = dict(vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    config = ModelConfig(**shape, **GQA_FAMILIES[family], max_position_embeddings=512, initializer_range=0.1)
+    model = build_model(config, seed=1).double().eval()
+    with torch.no_grad():  # random biases, so they are exercised
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    prompts = _prompts(config.vocab_size, [3, 9, 270])
+    params = SamplingParams(max_tokens=8, **GREEDY)
+    engine = Engine(model, block_size=4, decode_step="static")
+    assert engine.decode_step == "static"
+    eager = _tokens(Engine(model, block_size=4), prompts, params)
+    assert _tokens(engine, prompts, params) == eager and engine.stats["static_steps"] == 7
+    model.save_pretrained(tmp_path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    expected = theirs.generate(
+        torch.tensor([prompts[1]]), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0
+    )[0, len(prompts[1]) :].tolist()
+    assert eager[1] == expected
+
+
+@pytest.mark.parametrize("equation", ["bi,oi->bo", "bhn,hnr->bhr", "bd,bkdo->bko", "bhw,btw->bht"])
+def test_fused_contractions_equal_einsum(equation):
+    g = torch.Generator().manual_seed(0)
+    sizes = dict(b=3, i=5, o=4, h=2, n=3, r=6, d=5, k=2, w=7, t=4)
+    left, right = equation.split("->")[0].split(",")
+    a = torch.randn([sizes[c] for c in left], generator=g, dtype=torch.float64)
+    b = torch.randn([sizes[c] for c in right], generator=g, dtype=torch.float64)
+    assert torch.allclose(_contract(equation, a, b, fused=True), torch.einsum(equation, a, b))
+
+
+def test_compiled_step_equals_the_eager_engine(tmp_path):
+    """The one compiled test: a tiny checkpoint, 2 prompts, so decode steps compile one graph (bucket 2)."""
+    path = tiny_checkpoint(tmp_path, num_nextn_predict_layers=0)
+    model = Engine.from_pretrained(str(path), dtype=torch.float64).model
+    prompts = _prompts(model.config.vocab_size, [6, 13])
+    params = SamplingParams(max_tokens=8, **GREEDY)
+    eager = _tokens(Engine(model), prompts, params)
+    engine = Engine.from_pretrained(str(path), dtype=torch.float64, decode_step="compiled")
+    assert engine.decode_step == "compiled"
+    assert _tokens(engine, prompts, params) == eager
+    assert engine.stats["static_steps"] == 7 and engine.fast.shapes == {(2, 16)}
+
+
+def test_engine_commands_compile_unless_eager_and_pass_the_device(monkeypatch):
+    import argparse
+
+    from nanoseek.engine import commands
+
+    seen = {}
+    monkeypatch.setattr(Engine, "from_pretrained", classmethod(lambda cls, path, **kw: seen.setdefault(path, kw)))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    commands.add_engine_args(parser)
+    commands.load_engine(parser.parse_args(["a"]))
+    commands.load_engine(parser.parse_args(["b", "--eager", "--device", "cpu"]))
+    assert seen["a"]["decode_step"] == "compiled" and seen["a"]["device"] is None
+    assert seen["b"]["decode_step"] == "eager" and seen["b"]["device"] == "cpu"
+
+
+def test_transposed_expert_copies_follow_weight_updates():
+    """The compiled step reads experts from transposed copies; run that path uncompiled, then update the weights
+    in place (as GRPO does) and reset the prefix cache (as GRPO does): the copies follow."""
+    model = random_model(random_config(5, max_position_embeddings=128), 5).double()  # 12 experts, top-1
+    engine = Engine(model, decode_step="static")
+    engine.fast.experts = engine.fast._transposed_experts()
+    assert any(engine.fast.experts)
+    prompts = _prompts(model.config.vocab_size, [5, 8])  # bucket 2: gathered experts (2 * 2 * 1 <= 12)
+    params = SamplingParams(max_tokens=8, **GREEDY)
+    assert _tokens(engine, prompts, params) == _tokens(Engine(model), prompts, params)
+    many = _prompts(model.config.vocab_size, [4, 5, 6, 7, 8, 9], seed=1)  # bucket 8: 2 * 8 * 1 > 12, yet gathered
+    assert _tokens(engine, many, params) == _tokens(Engine(model), many, params)  # (the experts fit in caches)
+    with torch.no_grad():
+        for moe in model.moe_modules():
+            moe.experts.w_down.mul_(-3.0)
+    engine.reset_prefix_cache()
+    assert _tokens(engine, prompts, params) == _tokens(Engine(model), prompts, params)
+
+
+def test_warmup_runs_every_bucket_and_leaves_sequences_alone():
+    model = random_model(random_config(7, max_position_embeddings=128), 7).double()
+    engine = Engine(model, decode_step="static")
+    prompts = _prompts(model.config.vocab_size, [5, 8])
+    params = SamplingParams(max_tokens=6, **GREEDY)
+    expected = _tokens(engine, prompts, params)
+    engine.fast.warmup()
+    assert {size for size, _ in engine.fast.shapes} == set(BATCH_BUCKETS)
+    assert _tokens(engine, prompts, params) == expected
