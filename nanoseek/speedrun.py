@@ -5,11 +5,11 @@ to answer it directly (held-out pass@1 stays near zero), but it can learn the wo
 then a column-by-column sum). So reasoning is necessary, not decoration, on every CPU and seed.
 
 tokenizer -> MoE + MLA pretraining with MTP on problems answered mostly directly and sometimes worked (base: it
-rarely reasons, as DeepSeek-V3-Base rarely wrote long chains of thought) -> a short chat SFT on conversations in
-the same mix (sft) -> GRPO with verifiable rewards, where the model finds that reasoning pays and its answers grow
-longer (rl, R1-Zero) -> a 4x smaller pretrained student fine-tuned on the RL model's verified traces (student,
-R1-Distill) -> held-out evaluation of every stage, also on phrasings no training prompt used -> report that checks
-its own claims -> chat.
+rarely reasons, as DeepSeek-V3-Base rarely wrote long chains of thought) -> a concise chat SFT beside the RL path
+(sft, for comparison) -> GRPO with verifiable rewards on the base, where the model finds that reasoning pays and
+its answers grow longer (rl, R1-Zero) -> a 4x smaller pretrained student fine-tuned on the RL model's verified
+traces (student, R1-Distill) -> held-out evaluation of every stage, also on phrasings no training prompt used ->
+report that checks its own claims -> chat.
 
 Every stage is one of nanoseek's own commands (train, sft, rl, distill generate/train, eval) called in-process;
 a stage that finished is recorded in RUN/stages.json and skipped when the speedrun is run again, so an
@@ -58,8 +58,9 @@ class Plan:
     base_lr: float = 3e-3
     mtp_weight: float = 0.3  # DeepSeek-V3's lambda; the base's MTP head drafts for speculative decoding
     sft_traces: int = 300
-    sft_steps: int = 40  # chat SFT in the pretraining mix: the chat model, not a weakened one
-    rl_steps: int = 20
+    sft_steps: int = 40
+    sft_worked_fraction: float = 0.0  # a concise chat model (a side row: RL starts from the base)
+    rl_steps: int = 30
     rl_prompts: int = 16
     rl_group: int = 8
     rl_lr: float = 1e-4
@@ -205,9 +206,11 @@ class Speedrun:
         return {"checkpoint": str(self._train(config))}
 
     def stage_sft(self) -> dict[str, Any]:
-        """Chat SFT on a few hundred conversations in the pretraining mix (DeepSeek's SFT data mixes reasoning and
-        non-reasoning answers): the chat model, which still seldom thinks. It is not made weaker than the base; the
-        report measures RL's gain against the better of the two."""
+        """A concise chat model beside the RL path: SFT on a few hundred conversations, a `sft_worked_fraction` share
+        of them reasoned. RL starts from the *base*, as R1-Zero did; this row shows what plain SFT gives, and the
+        report measures RL's gain against the better of base and sft. (SFT in the corpus's own mix, 20% reasoned,
+        flipped the greedy model to reasoning on most problems, 0.49-0.53 pass@1: measured, so it is not the RL
+        start, where it would hide what RL finds.)"""
         from nanoseek.tasks import get_task
         from nanoseek.train.grpo import trace_messages
         from nanoseek.train.optim import OptimConfig
@@ -218,7 +221,7 @@ class Speedrun:
         rng = random.Random(self._seed(2))
         traces = []
         for ex in task.generate(p.sft_traces, "train", seed=self._seed(2)):  # the corpus's mix, as in stage_data
-            styles = ["direct", "worked"] if rng.random() < p.worked_fraction else ["direct"]
+            styles = ["direct", "worked"] if rng.random() < p.sft_worked_fraction else ["direct"]
             traces += [{"messages": trace_messages(ex, task.solution(ex, style))} for style in styles]
         rng.shuffle(traces)
         _write_jsonl(self.out / "data" / "sft.jsonl", traces)
@@ -248,7 +251,7 @@ class Speedrun:
         p = self.plan
         config = RLConfig(
             out=str(self.out / "rl"),
-            init_from=self.record["sft"]["checkpoint"],
+            init_from=self.record["base"]["checkpoint"],  # R1-Zero: RL on the base model
             tasks=[p.task],
             steps=p.rl_steps,
             prompts_per_step=p.rl_prompts,
@@ -401,7 +404,7 @@ _STAGE_HELP = {
     "tokenizer": "byte-level BPE with DeepSeek's special tokens and R1 chat template",
     "base": "pretraining the MoE + MLA model with multi-token prediction",
     "sft": "chat SFT on a few hundred conversations, mostly answered directly (a concise chat model)",
-    "rl": "GRPO with verifiable rewards",
+    "rl": "GRPO with verifiable rewards, from the base (R1-Zero)",
     "student": "distillation: verified teacher traces -> a student with a quarter of the active parameters",
     "eval": "held-out pass@1 of every stage",
     "report": "report.md, summary.json, plots",

@@ -73,8 +73,8 @@ def write_report(out: Path, record: dict[str, Any], plan) -> dict[str, Any]:
     what = {
         "base": f"pretrained; {plan.worked_fraction / (1 + plan.worked_fraction):.0%} of its documents reason, "
         "the rest answer directly",
-        "sft": "chat SFT on conversations in the same mix",
-        "rl": "GRPO with verifiable rewards (R1-Zero)",
+        "sft": "concise chat SFT of the base (a side row: RL starts from the base)",
+        "rl": "GRPO with verifiable rewards on the base (R1-Zero)",
         "student": "distilled from the RL model's verified traces (R1-Distill)",
     }
     for s in MODEL_STAGES:
