@@ -3,7 +3,6 @@ end to end at its smallest settings (slow: `make test-slow`; the figures of such
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import subprocess
@@ -38,7 +37,7 @@ def _speedrun_rl_config(plan, tmp_path: Path, monkeypatch):
     captured = []
     monkeypatch.setattr(grpo, "rl", lambda config: captured.append(config) or tmp_path / "rl" / "model")
     run = Speedrun(tmp_path / "speedrun", plan, progress=False)
-    run.record["sft"] = {"checkpoint": str(tmp_path / "sft" / "model")}
+    run.record["base"] = run.record["sft"] = {"checkpoint": str(tmp_path / "base" / "model")}
     run.stage_rl()
     return captured[0]
 
@@ -48,8 +47,9 @@ def _speedrun_rl_config(plan, tmp_path: Path, monkeypatch):
 def test_distill_vs_rl_rl_arm_is_the_speedrun_recipe(plan_name, task, tmp_path, monkeypatch):
     from distill_vs_rl import rl_arm
 
+    from nanoseek.cli import build_parser
+    from nanoseek.configargs import config_from_args
     from nanoseek.speedrun import PLANS
-    from nanoseek.train.commands import rl_args, rl_config_from_args
 
     plan = PLANS[plan_name]
     if task:
@@ -57,9 +57,7 @@ def test_distill_vs_rl_rl_arm_is_the_speedrun_recipe(plan_name, task, tmp_path, 
     ours = _speedrun_rl_config(plan, tmp_path, monkeypatch)
     argv = rl_arm(dataclasses.asdict(plan), plan.task, tmp_path / "base", tmp_path / "arm", 150.0, 1, 40)
     assert argv[0] == "rl"
-    parser = argparse.ArgumentParser()
-    rl_args(parser)
-    arm = rl_config_from_args(parser.parse_args(argv[1:]))
+    arm = config_from_args(build_parser().parse_args(argv))
     same = {f.name for f in dataclasses.fields(arm)} - RUN_LENGTH_AND_BOOKKEEPING
     assert {k: getattr(arm, k) for k in same} == {k: getattr(ours, k) for k in same}
     assert arm.tasks == [plan.task] and arm.time_budget == 150.0 and arm.eval_problems == 40

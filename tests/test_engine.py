@@ -432,7 +432,7 @@ def test_generate_command_with_threads(tmp_path, capsys):
     before = torch.get_num_threads()
     try:
         args = ["generate", str(path), "--prompt", "hello", "--max-tokens", "4", "--temperature", "0", "--threads", "1"]
-        assert cli([*args, "--eager"]) == 0  # (the compiled step's own test is in test_static_step.py)
+        assert cli(args) == 0  # eager by default (the compiled step's own test is in test_static_step.py)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

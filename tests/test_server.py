@@ -346,7 +346,9 @@ def test_disconnect_mid_stream_frees_the_sequence(real):
     assert not app.state.server.jobs
     assert engine.cache.free_blocks() == free
     with pytest.raises(httpx.ReadTimeout):  # a non-streaming client that gives up is noticed within a second
-        httpx.post(f"{base}/v1/chat/completions", json={**body, "stream": False}, timeout=0.5)
+        # 8 samples of 400 tokens: several seconds of work even on a fast CPU, so the client surely gives up first
+        slow = {**body, "stream": False, "n": 8, "temperature": 1.0, "seed": 0}
+        httpx.post(f"{base}/v1/chat/completions", json=slow, timeout=0.5)
     deadline = time.monotonic() + 5
     while (engine.running or app.state.server.jobs) and time.monotonic() < deadline:
         time.sleep(0.01)

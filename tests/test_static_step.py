@@ -170,7 +170,7 @@ def test_compiled_step_equals_the_eager_engine(tmp_path):
     assert engine.stats["static_steps"] == 7 and engine.fast.shapes == {(2, 16)}
 
 
-def test_engine_commands_compile_unless_eager_and_pass_the_device(monkeypatch):
+def test_engine_commands_decode_eagerly_unless_compile_and_pass_the_device(monkeypatch):
     import argparse
 
     from nanoseek.engine import commands
@@ -180,8 +180,8 @@ def test_engine_commands_compile_unless_eager_and_pass_the_device(monkeypatch):
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     commands.add_engine_args(parser)
-    commands.load_engine(parser.parse_args(["a"]))
-    commands.load_engine(parser.parse_args(["b", "--eager", "--device", "cpu"]))
+    commands.load_engine(parser.parse_args(["a", "--compile"]))
+    commands.load_engine(parser.parse_args(["b", "--device", "cpu"]))
     assert seen["a"]["decode_step"] == "compiled" and seen["a"]["device"] is None
     assert seen["b"]["decode_step"] == "eager" and seen["b"]["device"] == "cpu"
 

@@ -20,10 +20,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="where the model, cache, sampling and decode step run: cpu (default), cuda, cuda:1")
     p.add_argument("--threads", type=int, help="CPU threads (on a machine shared with other work, 1 is often faster)")
     p.add_argument(
-        "--eager",
+        "--compile",
         action="store_true",
-        help="decode with the eager step instead of the compiled static one (which compiles for about a minute per "
-        "batch size the first time, cached on disk afterwards; int8 and --speculative always decode eagerly)",
+        help="decode with the compiled static step (2-5x faster at batch 1; compiles for up to a minute per batch "
+        "size the first time it is used, cached on disk afterwards; int8 and --speculative decode eagerly)",
     )
     p.add_argument(
         "--cache-tokens",
@@ -48,7 +48,9 @@ def load_engine(args: argparse.Namespace):
         speculative=args.speculative,
         max_running=args.max_running,
         cache_tokens=args.cache_tokens,
-        decode_step="eager" if getattr(args, "eager", False) else "compiled",
+        # eager by default: a compile stalls the first request at each batch size (a server's first clients) for up
+        # to a minute; --compile opts in until the step is compiled at start-up (warm-up) with a progress line
+        decode_step="compiled" if getattr(args, "compile", False) else "eager",
     )
 
 

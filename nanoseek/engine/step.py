@@ -60,11 +60,11 @@ _ANNOUNCED: set = set()  # (model shapes, batch bucket) whose compile this proce
 
 def refusal(model: torch.nn.Module, speculative: bool) -> str | None:
     """Why the static step cannot serve this engine (it then decodes eagerly), or None when it can."""
-    from nanoseek.engine.quant import Int8Linear
+    from nanoseek.engine.quant import Int8Experts, Int8Linear
 
     if speculative:
         return "speculative decoding feeds each sequence its last token plus a draft (verify steps of 2 tokens)"
-    if any(isinstance(m, Int8Linear) for m in model.modules()) or any(m.experts.int8 for m in model.moe_modules()):
+    if any(isinstance(m, (Int8Linear, Int8Experts)) for m in model.modules()):
         return "int8 layers run FBGEMM's packed kernels, which torch.compile cannot trace"
     dtype = next(model.parameters()).dtype
     if not dtype.is_floating_point:
