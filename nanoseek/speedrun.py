@@ -68,8 +68,8 @@ class Plan:
     distill_problems: int = 800
     distill_samples: int = 2
     student_preset: str = "tiny-student"
-    student_base_steps: int = 1500  # the student is pretrained on the same corpus first, as R1-Distill's were
-    student_steps: int = 300
+    student_base_steps: int = 1000  # the student is pretrained on the same corpus first, as R1-Distill's were
+    student_steps: int = 900  # 300 steps: 60% held-out (85% of its teacher); 900: 70.5% (100%), measured
     student_lr: float = 3e-3
     eval_problems: int = 200
     threads: int | None = None
