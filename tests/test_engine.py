@@ -7,7 +7,7 @@ import torch
 from helpers import random_config, random_model, tiny_checkpoint
 
 from nanoseek.engine import Engine, SamplingParams
-from nanoseek.engine.cache import LatentCache
+from nanoseek.engine.cache import PagedLatentCache
 from nanoseek.engine.sampling import draw, filtered_probs
 
 transformers = pytest.importorskip("transformers")
@@ -156,8 +156,8 @@ def test_cache_stores_only_the_latent_and_rope_key():
 
 
 def test_block_hashes_chain_the_whole_prefix():
-    a = LatentCache.block_hashes([1, 2, 3, 4, 5, 6, 7, 8], 4)
-    b = LatentCache.block_hashes([9, 2, 3, 4, 5, 6, 7, 8], 4)
+    a = PagedLatentCache.block_hashes([1, 2, 3, 4, 5, 6, 7, 8], 4)
+    b = PagedLatentCache.block_hashes([9, 2, 3, 4, 5, 6, 7, 8], 4)
     assert len(a) == 2 and a[0] != b[0] and a[1] != b[1]  # same second block, different history
 
 

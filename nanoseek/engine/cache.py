@@ -59,7 +59,7 @@ class _Plan:
     groups: list[_Group] = field(default_factory=list)
 
 
-class LatentCache:
+class PagedLatentCache:
     """Block pool + allocator + prefix index. One instance serves every layer of one model (MTP layers too).
 
     Each layer's pool is its own tensor [kv_heads, blocks, block_size, entry_width]: gathering a sequence's blocks
@@ -105,7 +105,7 @@ class LatentCache:
     @classmethod
     def for_model(
         cls, config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device | str
-    ) -> LatentCache:
+    ) -> PagedLatentCache:
         """The cache `config.cache_spec` describes."""
         spec = config.cache_spec
         return cls(

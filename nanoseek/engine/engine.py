@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from nanoseek.engine.cache import CacheFull, LatentCache, Segment
+from nanoseek.engine.cache import CacheFull, PagedLatentCache, Segment
 from nanoseek.engine.grammar import GrammarCompiler, mask_logits
-from nanoseek.engine.records import Completion, Request, Sequence, StreamDelta, Work
+from nanoseek.engine.records import Completion, GenerationRequest, SequenceState, StreamDelta, Work
 from nanoseek.engine.sampling import SamplingParams, make_generator, sample
 from nanoseek.engine.speculative import propose, verify
 from nanoseek.engine.step import build_decode_step
@@ -62,7 +62,7 @@ class Engine:
         if cache_tokens is None:  # four full contexts, at least 16k tokens, at most DEFAULT_CACHE_BYTES
             per_token = config.cache_spec.bytes_per_token(cache_dtype.itemsize)
             cache_tokens = max(16 * 1024, min(4 * self.max_context, DEFAULT_CACHE_BYTES // per_token))
-        self.cache = LatentCache.for_model(
+        self.cache = PagedLatentCache.for_model(
             config,
             num_blocks=-(-cache_tokens // block_size) + 1,
             block_size=block_size,
@@ -77,10 +77,10 @@ class Engine:
         self.fast, self.decode_step = build_decode_step(
             decode_step, model, self.cache, self.undecodable, self.speculative
         )
-        self.waiting: list[Request] = []
-        self.running: list[Sequence] = []
+        self.waiting: list[GenerationRequest] = []
+        self.running: list[SequenceState] = []
         self._ids = itertools.count()
-        self._inbox: queue.Queue[Request] = queue.Queue()
+        self._inbox: queue.Queue[GenerationRequest] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._stopping = False
@@ -149,14 +149,14 @@ class Engine:
         prompt: str | list[int],
         params: SamplingParams | None = None,
         on_delta: Callable[[StreamDelta], None] | None = None,
-    ) -> Request:
+    ) -> GenerationRequest:
         """Queue a request (thread-safe). With a background loop running it starts at the next step."""
         params = params or SamplingParams()
         ids = self.encode(prompt)
         self.validate(ids, params)
         # compiled here, so a schema the grammar cannot take is the caller's ValueError, before any work
         grammar = self.grammars.compile(params.constraint) if params.constraint is not None else None
-        request = Request(next(self._ids), ids, params, on_delta)
+        request = GenerationRequest(next(self._ids), ids, params, on_delta)
         request.grammar = grammar
         self._inbox.put(request)
         self._wake.set()
@@ -268,7 +268,7 @@ class Engine:
             if self.cache.free_blocks() < needed and self.running:
                 break  # wait for running sequences to free blocks
             self.waiting.pop(0)
-            seq = Sequence(
+            seq = SequenceState(
                 request,
                 0,
                 list(request.prompt),
@@ -282,7 +282,9 @@ class Engine:
             # reuse cached latents of the prompt's prefix (never all of it: the last token must run for its logits)
             seq.blocks = self.cache.match_prefix(request.prompt[: len(request.prompt) - 1], seq.salt)
             seq.num_cached = seq.hit_tokens = len(seq.blocks) * self.cache.block_size
-            seq.hashes = LatentCache.block_hashes(request.prompt[: seq.num_cached], self.cache.block_size, seq.salt)
+            seq.hashes = PagedLatentCache.block_hashes(
+                request.prompt[: seq.num_cached], self.cache.block_size, seq.salt
+            )
             self.stats["prompt_tokens"] += len(request.prompt)
             self.stats["cache_hit_tokens"] += seq.hit_tokens
             self.running.append(seq)
@@ -312,7 +314,7 @@ class Engine:
                 self._preempt(self.running[-1])
         return batch
 
-    def _reserve(self, seq: Sequence, num_tokens: int, scheduled: list[Work]) -> bool:
+    def _reserve(self, seq: SequenceState, num_tokens: int, scheduled: list[Work]) -> bool:
         """Blocks for num_tokens; when the cache is full, preempt the newest unscheduled sequence."""
         while True:
             try:
@@ -325,7 +327,7 @@ class Engine:
                     return False
                 self._preempt(victims[-1])
 
-    def _preempt(self, seq: Sequence) -> None:
+    def _preempt(self, seq: SequenceState) -> None:
         """Free a sequence's cache; it restarts from its prompt + generated tokens when blocks are free again."""
         self.cache.release(seq.blocks)
         seq.blocks, seq.hashes, seq.num_cached, seq.draft, seq.draft_probs = [], [], 0, [], None
@@ -359,20 +361,20 @@ class Engine:
         logits = self.model.lm_head(hidden).float()
         return logits if self.undecodable is None else logits.masked_fill_(self.undecodable, float("-inf"))
 
-    def _register(self, seq: Sequence) -> None:
+    def _register(self, seq: SequenceState) -> None:
         """Offer newly completed full blocks to the prefix cache."""
         full = seq.num_cached // self.cache.block_size
         if full > len(seq.hashes):
             bs = self.cache.block_size
             parent = seq.hashes[-1] if seq.hashes else seq.salt
-            new = LatentCache.block_hashes(seq.tokens[len(seq.hashes) * bs : full * bs], bs, parent)
+            new = PagedLatentCache.block_hashes(seq.tokens[len(seq.hashes) * bs : full * bs], bs, parent)
             self.cache.register(new, seq.blocks[len(seq.hashes) : full])
             seq.hashes.extend(new)
 
     def _advance(self, batch: list[Work], logits: torch.Tensor) -> None:
         """Decide new tokens (sampling, or verifying drafts), then move every sequence forward."""
         row = 0
-        plain: list[tuple[Sequence, int]] = []  # (sequence, logits row) sampled the ordinary way
+        plain: list[tuple[SequenceState, int]] = []  # (sequence, logits row) sampled the ordinary way
         verified: list[tuple[Work, list[int], list[float]]] = []
         for work in batch:
             seq = work.seq
@@ -415,14 +417,14 @@ class Engine:
                     break
                 self._append(work.seq, token, logprob)
 
-    def _append(self, seq: Sequence, token: int, logprob: float) -> None:
+    def _append(self, seq: SequenceState, token: int, logprob: float) -> None:
         """Add a token; what fails here (detokenizing, a stream callback) ends this sequence only, not the step."""
         try:
             self._add_token(seq, token, logprob)
         except Exception:
             self._fail(seq)
 
-    def _fail(self, seq: Sequence) -> None:
+    def _fail(self, seq: SequenceState) -> None:
         logging.getLogger("nanoseek.engine").exception("sequence of request %d failed", seq.request.id)
         seq.decoder = None  # it may be what failed; the text so far stands
         try:
@@ -432,12 +434,12 @@ class Engine:
             if seq.request.finished():
                 seq.request.done.set()
 
-    def _fork(self, seq: Sequence, num_cached: int) -> list[Sequence]:
+    def _fork(self, seq: SequenceState, num_cached: int) -> list[SequenceState]:
         seq.forked = False
         siblings = []
         for i in range(1, seq.request.params.n):
             seed = seq.request.params.seed
-            sibling = Sequence(
+            sibling = SequenceState(
                 seq.request,
                 i,
                 list(seq.tokens),
@@ -481,7 +483,7 @@ class Engine:
             seq = batch[i].seq
             seq.draft, seq.draft_probs = propose(row_logits, seq.request.params, seq.generator)
 
-    def _add_token(self, seq: Sequence, token: int, logprob: float) -> None:
+    def _add_token(self, seq: SequenceState, token: int, logprob: float) -> None:
         params = seq.request.params
         self.stats["generated_tokens"] += 1
         if seq.grammar is not None:
@@ -514,7 +516,7 @@ class Engine:
         else:
             self._emit(seq)
 
-    def _emit(self, seq: Sequence, final: Completion | None = None) -> None:
+    def _emit(self, seq: SequenceState, final: Completion | None = None) -> None:
         on_delta = seq.request.on_delta
         if on_delta is None:
             return
@@ -526,12 +528,13 @@ class Engine:
             seq.generated[-1:] if not final else [],
             final.finish_reason if final else None,
             final,
+            seq.logprobs[-1] if seq.logprobs and not final else None,
         )
         seq.emitted = upto
         if delta.text or delta.token_ids or final:
             on_delta(delta)
 
-    def _finish(self, seq: Sequence, reason: str) -> None:
+    def _finish(self, seq: SequenceState, reason: str) -> None:
         seq.finish_reason = reason
         if seq.decoder is not None:
             seq.text += seq.decoder.flush()  # bytes of a character the last token left incomplete

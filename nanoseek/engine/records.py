@@ -1,5 +1,5 @@
-"""The engine's records: what it returns (Completion; StreamDelta while streaming) and what it tracks (a Request,
-its Sequences, each one's Work in a step)."""
+"""The engine's records: what it returns (Completion; StreamDelta while streaming) and what it tracks (a
+GenerationRequest, the SequenceState of each of its samples, each one's Work in a step)."""
 
 from __future__ import annotations
 
@@ -41,9 +41,10 @@ class StreamDelta:
     token_ids: list[int]
     finish_reason: str | None = None
     completion: Completion | None = None  # set on the last delta
+    logprob: float | None = None  # of the token in token_ids, when the request asked for logprobs
 
 
-class Request:
+class GenerationRequest:
     def __init__(
         self,
         request_id: int,
@@ -67,8 +68,8 @@ class Request:
 
 
 @dataclass
-class Sequence:
-    request: Request
+class SequenceState:
+    request: GenerationRequest
     index: int
     tokens: list[int]  # prompt + generated; all but possibly the last have their latents in the cache
     generator: torch.Generator
@@ -99,7 +100,7 @@ class Sequence:
 class Work:
     """What one sequence feeds to a step: its uncached tokens, then its draft tokens."""
 
-    seq: Sequence
+    seq: SequenceState
     start: int  # position of the first fed token
     fed: list[int]
     draft: list[int]

@@ -9,7 +9,7 @@ by all heads (qk_rope_head_dim wide). Two mathematically equal ways to attend:
   directly over the latents (multi-query attention in latent space). Decoding reads only the latent cache.
 
 GQA: num_key_value_heads heads of keys and values, each shared by a group of query heads; the cache keeps each
-kv head's rotated key and value. Both kinds hand the engine's cache the same call (see `LatentCache`).
+kv head's rotated key and value. Both kinds hand the engine's cache the same call (see `AttentionCache`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-class LatentCache(Protocol):
+class AttentionCache(Protocol):
     """What the inference engine hands to attention: it stores new entries and attends over a sequence's past."""
 
     def attend(self, layer_idx: int, query: torch.Tensor, entry: torch.Tensor, scale: float) -> torch.Tensor:
@@ -106,7 +106,7 @@ class MultiHeadLatentAttention(nn.Module):
         self,
         x: torch.Tensor,
         rope: torch.Tensor,
-        cache: LatentCache | None = None,
+        cache: AttentionCache | None = None,
         absorb: bool = False,
     ) -> torch.Tensor:
         """x [B, S, hidden] with the rotations of its positions. Without a cache: causal attention within each row."""
@@ -167,7 +167,7 @@ class MultiHeadLatentAttention(nn.Module):
         return self.absorbed_output(out.transpose(1, 2))  # [B, H, S, r] -> [B, S, H, r] -> [B, S, H, v]
 
     def attend_cached(
-        self, q_nope: torch.Tensor, q_rope: torch.Tensor, entry: torch.Tensor, cache: LatentCache
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, entry: torch.Tensor, cache: AttentionCache
     ) -> torch.Tensor:
         """Absorbed attention over the engine's latent cache; tokens arrive flattened as [1, T, ...]."""
         query = self.absorbed_query(q_nope, q_rope).flatten(0, 1)  # [T, H, r + rope]
@@ -195,7 +195,7 @@ class GroupedQueryAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=config.o_bias)
 
     def forward(
-        self, x: torch.Tensor, rope: torch.Tensor, cache: LatentCache | None = None, absorb: bool = False
+        self, x: torch.Tensor, rope: torch.Tensor, cache: AttentionCache | None = None, absorb: bool = False
     ) -> torch.Tensor:
         """x [B, S, hidden] with the rotations of its positions. Without a cache: causal attention within each row.
         (`absorb` is MLA's; GQA has one path.)"""

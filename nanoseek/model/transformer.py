@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoseek.config import ModelConfig
-from nanoseek.model.attention import GroupedQueryAttention, LatentCache, MultiHeadLatentAttention, RMSNorm
+from nanoseek.model.attention import AttentionCache, GroupedQueryAttention, MultiHeadLatentAttention, RMSNorm
 from nanoseek.model.loss import IGNORE_INDEX, linear_cross_entropy
 from nanoseek.model.moe import MLP, MoE
 from nanoseek.model.rope import RotaryEmbedding
@@ -38,7 +38,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: LatentCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: AttentionCache | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), rope, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -66,7 +66,7 @@ class MTPLayer(DecoderLayer):
         previous: torch.Tensor,
         next_embeds: torch.Tensor,
         rope: torch.Tensor,
-        cache: LatentCache | None = None,
+        cache: AttentionCache | None = None,
     ) -> torch.Tensor:
         x = self.eh_proj(torch.cat([self.enorm(next_embeds), self.hnorm(previous)], dim=-1))
         return self.shared_head.norm(super().forward(x, rope, cache))
@@ -123,7 +123,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor | None = None,
-        cache: LatentCache | None = None,
+        cache: AttentionCache | None = None,
         labels: torch.Tensor | None = None,
         mtp_weight: float = 0.3,
     ) -> torch.Tensor | LossOutput:
@@ -132,7 +132,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         return self.lm_head(self.hidden_states(input_ids, positions, cache))
 
     def hidden_states(
-        self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache: LatentCache | None = None
+        self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache: AttentionCache | None = None
     ) -> torch.Tensor:
         """Final normalised hidden states [B, S, hidden] (what lm_head and the first MTP depth read)."""
         if positions is None:
@@ -149,7 +149,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         previous: torch.Tensor,
         next_ids: torch.Tensor,
         positions: torch.Tensor,
-        cache: LatentCache | None = None,
+        cache: AttentionCache | None = None,
     ) -> torch.Tensor:
         """Depth `depth` (0-based) from the previous depth's states and the ids of the tokens one step ahead.
 

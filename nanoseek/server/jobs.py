@@ -158,20 +158,11 @@ class Job:
     def _on_delta(self, prompt_index: int, delta: StreamDelta) -> None:  # runs on the engine thread
         now = time.perf_counter()
         choice = prompt_index * self.n + delta.index
-        logprob = None
-        if self.want_logprobs and delta.token_ids and delta.completion is None:
-            logprob = self._latest_logprob(self._callbacks[prompt_index], delta.index)
+        logprob = delta.logprob if self.want_logprobs else None
         self.server.metrics.observe(self, choice, delta, now)
         self.sent += 1  # before it is scheduled, so the loop never sees it delivered before it is counted
         with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody is listening any more
             self.loop.call_soon_threadsafe(self.queue.put_nowait, (choice, delta, logprob))
-
-    def _latest_logprob(self, callback: Any, index: int) -> float | None:
-        """The logprob of the token a streaming delta carries (deltas only bring it with the final Completion)."""
-        for seq in getattr(self.engine, "running", ()):
-            if seq.request.on_delta is callback and seq.index == index and getattr(seq, "logprobs", None):
-                return seq.logprobs[-1]
-        return None
 
     async def events(self, tick: float) -> AsyncIterator[Event | None]:
         """Deltas as they arrive until every sample has finished; None after `tick` seconds without one."""
