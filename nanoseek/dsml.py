@@ -325,7 +325,7 @@ def attach(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, r
 # parsing model output: content, then calls -> events ("content", text) | ("name", i, name) | ("args", i, text)
 
 
-def _partial(text: str, markers: tuple[str, ...]) -> int:
+def partial_marker(text: str, markers: tuple[str, ...]) -> int:
     """Length of the longest suffix of text that is a proper prefix of one of the markers."""
     best = 0
     for marker in markers:
@@ -336,7 +336,8 @@ def _partial(text: str, markers: tuple[str, ...]) -> int:
     return best
 
 
-def _find(text: str, markers: tuple[str, ...]) -> tuple[int, str]:
+def find_marker(text: str, markers: tuple[str, ...]) -> tuple[int, str]:
+    """(position, marker) of the earliest marker in text; (-1, "") when none is there."""
     hits = [(text.find(m), m) for m in markers if m in text]
     return min(hits) if hits else (-1, "")
 
@@ -388,7 +389,7 @@ class DSMLParser:
             out.append(("content", self.buf[:at].rstrip("\n")))  # the blank line before the block
             self.buf, self.state = self.buf[at + len(begin) :], "calls"
             return
-        keep = 0 if final else _partial(self.buf, (begin,))
+        keep = 0 if final else partial_marker(self.buf, (begin,))
         text = self.buf[: len(self.buf) - keep]
         if not final:
             text = text.rstrip("\n")
@@ -396,12 +397,12 @@ class DSMLParser:
         self.buf = self.buf[len(text) :]
 
     def _calls(self, out: list, final: bool) -> None:
-        at, marker = _find(self.buf, (INVOKE, self.d.calls_end))
+        at, marker = find_marker(self.buf, (INVOKE, self.d.calls_end))
         if at >= 0:
             self.buf = self.buf[at + len(marker) :]
             self.state = "invoke" if marker == INVOKE else "after"
         else:  # newlines between calls
-            keep = 0 if final else _partial(self.buf, (INVOKE, self.d.calls_end))
+            keep = 0 if final else partial_marker(self.buf, (INVOKE, self.d.calls_end))
             self.buf = self.buf[len(self.buf) - keep :]
 
     def _invoke(self, out: list, final: bool) -> None:
@@ -418,9 +419,9 @@ class DSMLParser:
         self.buf, self.state, self.count = self.buf[end + 2 :], "params", 0
 
     def _params(self, out: list, final: bool) -> None:
-        at, marker = _find(self.buf, (PARAM, INVOKE_END))
+        at, marker = find_marker(self.buf, (PARAM, INVOKE_END))
         if at < 0:
-            keep = 0 if final else _partial(self.buf, (PARAM, INVOKE_END))
+            keep = 0 if final else partial_marker(self.buf, (PARAM, INVOKE_END))
             self.buf = self.buf[len(self.buf) - keep :]
             if final:
                 self.calls += 1
@@ -451,7 +452,7 @@ class DSMLParser:
         end = self.buf.find(PARAM_END)
         raw = self.buf if end < 0 else self.buf[:end]
         if end < 0 and not final:
-            raw = raw[: len(raw) - _partial(raw, (PARAM_END,))]
+            raw = raw[: len(raw) - partial_marker(raw, (PARAM_END,))]
         out.append(("args", self.calls, _json(raw)[1:-1] if self.string else raw))
         if end >= 0:
             out.append(("args", self.calls, '"' if self.string else ""))

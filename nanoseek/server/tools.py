@@ -122,20 +122,6 @@ def tool_description(fmt: ToolFormat, tools: list[dict[str, Any]]) -> str:
 Event = tuple  # ("content", text) | ("name", index, name) | ("args", index, text)
 
 
-def _partial(text: str, markers: tuple[str, ...]) -> int:
-    """Length of the longest suffix of text that is a proper prefix of one of the markers."""
-    best = 0
-    for marker in markers:
-        for k in range(min(len(text), len(marker) - 1), best, -1):
-            if text.endswith(marker[:k]):
-                best = k
-                break
-    return best
-
-
-def _find(text: str, markers: tuple[str, ...]) -> tuple[int, str]:
-    hits = [(text.find(m), m) for m in markers if m in text]
-    return min(hits) if hits else (-1, "")
 
 
 class ToolCallParser:
@@ -175,23 +161,23 @@ class ToolCallParser:
         return (self.max_calls is None or event[1] < self.max_calls) and (event[0] == "name" or bool(event[2]))
 
     def _content(self, out: list[Event], final: bool) -> None:
-        at, marker = _find(self.buf, (CALLS_BEGIN, CALL_BEGIN))
+        at, marker = dsml.find_marker(self.buf, (CALLS_BEGIN, CALL_BEGIN))
         if at >= 0:
             out.append(("content", self.buf[:at]))
             self.buf = self.buf[at + len(marker) :]
             self.state = "calls" if marker == CALLS_BEGIN else "header"
             return
-        keep = 0 if final else _partial(self.buf, (CALLS_BEGIN, CALL_BEGIN))
+        keep = 0 if final else dsml.partial_marker(self.buf, (CALLS_BEGIN, CALL_BEGIN))
         out.append(("content", self.buf[: len(self.buf) - keep]))
         self.buf = self.buf[len(self.buf) - keep :]
 
     def _calls(self, out: list[Event], final: bool) -> None:
-        at, marker = _find(self.buf, (CALL_BEGIN, CALLS_END))
+        at, marker = dsml.find_marker(self.buf, (CALL_BEGIN, CALLS_END))
         if at >= 0:
             self.buf = self.buf[at + len(marker) :]
             self.state = "header" if marker == CALL_BEGIN else "after"
         else:  # text between calls (V3's newline) is dropped
-            keep = 0 if final else _partial(self.buf, (CALL_BEGIN, CALLS_END))
+            keep = 0 if final else dsml.partial_marker(self.buf, (CALL_BEGIN, CALLS_END))
             self.buf = self.buf[len(self.buf) - keep :]
 
     def _header(self, out: list[Event], final: bool) -> None:
@@ -246,7 +232,7 @@ class ToolCallParser:
             elif text.startswith("```"):
                 text = text[3:].lstrip()
         if not final:
-            text = text[: len(text) - _partial(text, (CALL_END,))].rstrip()
+            text = text[: len(text) - dsml.partial_marker(text, (CALL_END,))].rstrip()
             if self.fmt.name == "v3":  # up to three backticks may be the closing fence
                 ticks = min(3, len(text) - len(text.rstrip("`")))
                 text = text[: len(text) - ticks].rstrip()
