@@ -52,3 +52,18 @@ def table(rows: list[dict], columns: list[str]) -> str:
     lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
     lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
     return "\n".join(lines)
+
+
+def timed_decode(engine, prompts: list, params) -> tuple[float, list]:
+    """Decoded tokens/s of one run, and its requests: prompts are prefilled (and their first tokens made) before
+    the clock starts, so only decode steps are timed."""
+    requests = [engine.submit(p, params) for p in prompts]
+    while any(len(s.tokens) - s.num_cached > 1 for s in engine.running) or engine.num_waiting:
+        engine.step()
+    before = engine.stats["generated_tokens"]
+    start = time.perf_counter()
+    while engine.has_work():
+        engine.step()
+    seconds = time.perf_counter() - start
+    assert all(r.finished() for r in requests)
+    return (engine.stats["generated_tokens"] - before) / seconds, requests

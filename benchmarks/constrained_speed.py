@@ -22,7 +22,7 @@ import statistics
 import time
 
 import torch
-from common import table
+from common import table, timed_decode
 
 from nanoseek.config import preset
 from nanoseek.engine import Engine, SamplingParams
@@ -83,18 +83,10 @@ def synthetic_tokenizer(vocab_size: int, seed: int = 0):
 
 def decode_rate(engine: Engine, prompts: list[str], params: SamplingParams) -> float:
     """Decoded tokens/s of one run: prompts prefilled (and their first tokens made) before the clock starts."""
-    requests = [engine.submit(p, params) for p in prompts]
-    while any(len(s.tokens) - s.num_cached > 1 for s in engine.running) or engine.num_waiting:
-        engine.step()
-    before = engine.stats["generated_tokens"]
-    start = time.perf_counter()
-    while engine.has_work():
-        engine.step()
-    seconds = time.perf_counter() - start
-    assert all(r.finished() for r in requests)
+    rate, requests = timed_decode(engine, prompts, params)
     if params.constraint is not None:  # the grammar held: no sequence ended early, so both sides decode as much
         assert all(c.finish_reason == "length" for r in requests for c in r.completions), "the grammar ended early"
-    return (engine.stats["generated_tokens"] - before) / seconds
+    return rate
 
 
 def main(argv: list[str] | None = None) -> None:

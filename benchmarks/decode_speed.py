@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import table
+from common import table, timed_decode
 
 from nanoseek.config import ModelConfig, preset
 from nanoseek.engine import Engine, SamplingParams
@@ -98,18 +98,9 @@ def _ours_decode_once(
     start = time.perf_counter()
     engine.generate([p[:8] for p in prompts], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
     engine.warmup_seconds = time.perf_counter() - start
-    # prefill first, then time only decoding: every prompt is in the cache before the clock starts
-    requests = [engine.submit(p, params) for p in prompts]
-    while any(len(s.tokens) - s.num_cached > 1 for s in engine.running) or engine.num_waiting:
-        engine.step()
-    generated_before = engine.stats["generated_tokens"]
-    start = time.perf_counter()
-    while engine.has_work():
-        engine.step()
-    seconds = time.perf_counter() - start
-    assert all(r.finished() for r in requests)
+    rate, requests = timed_decode(engine, prompts, params)
     engine.outputs = [r.completions[0].token_ids for r in requests]
-    return (engine.stats["generated_tokens"] - generated_before) / seconds, engine
+    return rate, engine
 
 
 def theirs_decode(path: str, prompt: list[int], new_tokens: int, dtype=torch.float32) -> tuple[float, list[int]]:
