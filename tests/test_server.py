@@ -329,10 +329,19 @@ def test_models_health_metrics(real):
         assert name in metrics, name
 
 
-def test_disconnect_mid_stream_frees_the_sequence(real):
+def test_disconnect_mid_stream_frees_the_sequence(real, monkeypatch):
     base, app = real
     engine = app.state.server.engine
     free = engine.cache.free_blocks()
+    # The tiny model writes 400 tokens faster than a client reads 11 lines (a CI run saw it finish first), and a
+    # finished sequence cannot show that a disconnect frees it: hold each step to >= 5 ms, so 400 take >= 2 s.
+    fast_step = engine.step
+
+    def slow_step():
+        time.sleep(0.005)
+        fast_step()
+
+    monkeypatch.setattr(engine, "step", slow_step)
     body = {"messages": USER, "stream": True, "max_tokens": 400, "temperature": 0, "ignore_eos": True}
     with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=30) as response:
         for i, _ in enumerate(response.iter_lines()):
@@ -346,7 +355,7 @@ def test_disconnect_mid_stream_frees_the_sequence(real):
     assert not app.state.server.jobs
     assert engine.cache.free_blocks() == free
     with pytest.raises(httpx.ReadTimeout):  # a non-streaming client that gives up is noticed within a second
-        # 8 samples of 400 tokens: several seconds of work even on a fast CPU, so the client surely gives up first
+        # 8 samples of 400 tokens at >= 5 ms a step: >= 2 s of work, so the client surely gives up first
         slow = {**body, "stream": False, "n": 8, "temperature": 1.0, "seed": 0}
         httpx.post(f"{base}/v1/chat/completions", json=slow, timeout=0.5)
     deadline = time.monotonic() + 5
