@@ -1,8 +1,10 @@
 """Model configuration: `ModelConfig`, the Hugging Face config fields of every supported family; the presets.
 
-One dataclass serves four families, chosen by `model_type` as in transformers:
+One dataclass serves five families, chosen by `model_type` as in transformers:
 
 - `deepseek_v3` (DeepSeek-V3/R1, Moonlight): MLA + DeepSeekMoE with sigmoid routing and a balancing bias, MTP;
+- `deepseek_v32` (DeepSeek-V3.2): V3 plus DeepSeek Sparse Attention, a lightning indexer choosing which
+  `index_topk` past tokens each query attends to (model/indexer.py);
 - `deepseek_v2` (DeepSeek-V2, V2-Lite): MLA + DeepSeekMoE with softmax routing (greedy or group-limited);
 - `qwen2` (DeepSeek-R1-Distill-Qwen): dense, grouped-query attention with q/k/v biases;
 - `llama` (DeepSeek-R1-Distill-Llama): dense, grouped-query attention, llama3 rope scaling.
@@ -62,7 +64,11 @@ class ModelConfig:
     first_k_dense_replace: int = 3
     aux_loss_alpha: float = 0.0  # sequence-wise balance loss weight (DeepSeek-V3 used a tiny one)
     seq_aux: bool = True
-    num_nextn_predict_layers: int = 0  # deepseek_v3: multi-token-prediction modules
+    num_nextn_predict_layers: int = 0  # deepseek_v3, deepseek_v32: multi-token-prediction modules
+    # sparse attention (deepseek_v32): the lightning indexer beside MLA
+    index_n_heads: int = 64  # index query heads (one index key per token, shared by them)
+    index_head_dim: int = 128  # its first qk_rope_head_dim dims are rotated (rotate-half, even in V3.2)
+    index_topk: int = 2048  # past tokens each query attends to; shorter contexts attend to all
     # gqa (qwen2, llama): grouped-query attention
     num_key_value_heads: int = 128  # heads of keys/values; MLA has none (kept for transformers)
     head_dim: int | None = None  # None: hidden_size // num_attention_heads
@@ -89,6 +95,11 @@ class ModelConfig:
         return self.model_type in MLA_MODEL_TYPES
 
     @property
+    def has_indexer(self) -> bool:
+        """DeepSeek Sparse Attention (V3.2): attention reads only the indexer's top-`index_topk` tokens."""
+        return self.model_type == "deepseek_v32"
+
+    @property
     def head_size(self) -> int:
         """GQA: the width of every query, key and value head."""
         return self.head_dim or self.hidden_size // self.num_attention_heads
@@ -107,7 +118,7 @@ class ModelConfig:
         """Rotary pairs (0,1), (2,3)... (DeepSeek; configurable in V3) or i, i + d/2 (rotate-half: qwen2, llama)."""
         if self.model_type == "deepseek_v3":
             return self.rope_interleave
-        return self.model_type == "deepseek_v2"
+        return self.model_type in ("deepseek_v2", "deepseek_v32")
 
     @property
     def qkv_bias(self) -> bool:
@@ -133,10 +144,13 @@ class ModelConfig:
     @property
     def cache_spec(self) -> CacheSpec:
         """The inference cache's layout. MLA: one entry per token, the normalised latent | rotated shared key,
-        whose first kv_lora_rank numbers are also the value. GQA: per kv head, rotated key | value."""
+        whose first kv_lora_rank numbers are also the value (V3.2: then the token's rotated index key). GQA: per
+        kv head, rotated key | value."""
         if self.uses_mla:
             width = self.kv_lora_rank + self.qk_rope_head_dim
-            return CacheSpec(self.num_hidden_layers + self.num_nextn_predict_layers, 1, width, 0, self.kv_lora_rank)
+            index = self.index_head_dim if self.has_indexer else 0
+            layers = self.num_hidden_layers + self.num_nextn_predict_layers
+            return CacheSpec(layers, 1, width, 0, self.kv_lora_rank, index)
         d = self.head_size
         return CacheSpec(self.num_hidden_layers, self.num_key_value_heads, d, d, d)
 
@@ -152,7 +166,7 @@ class ModelConfig:
         _need(not self.mlp_bias, "mlp_bias is not supported (no released checkpoint of these families uses it)")
         _need(self.num_nextn_predict_layers >= 0, "num_nextn_predict_layers must be >= 0")
         _need(
-            self.model_type == "deepseek_v3" or self.num_nextn_predict_layers == 0,
+            self.model_type in ("deepseek_v3", "deepseek_v32") or self.num_nextn_predict_layers == 0,
             f"multi-token prediction is a deepseek_v3 feature; {self.model_type} must have num_nextn_predict_layers 0",
         )
         self._validate_rope()
@@ -194,6 +208,8 @@ class ModelConfig:
         _need(self.qk_rope_head_dim % 2 == 0, f"qk_rope_head_dim must be even, got {self.qk_rope_head_dim}")
         _need(self.q_lora_rank is None or self.q_lora_rank > 0, "q_lora_rank must be positive or null")
         _need(self.first_k_dense_replace >= 0, "first_k_dense_replace must be >= 0")
+        if self.has_indexer:
+            self._validate_indexer()
         if self.n_routed_experts <= 0 or self.first_k_dense_replace >= self.num_hidden_layers:
             return  # no MoE layer
         _need(
@@ -214,14 +230,25 @@ class ModelConfig:
             self.num_experts_per_tok <= self.topk_group * (self.n_routed_experts // self.n_group),
             "num_experts_per_tok exceeds the experts available in topk_group groups",
         )
-        if self.model_type == "deepseek_v3":
+        if self.model_type in ("deepseek_v3", "deepseek_v32"):
             _need(
                 self.n_group == 1 or self.n_routed_experts // self.n_group >= 2,
                 "with n_group > 1 each group needs at least 2 experts (groups are scored by their top-2)",
             )
             _need(
-                self.scoring_func == "sigmoid", f"scoring_func {self.scoring_func!r} is not supported for deepseek_v3"
+                self.scoring_func == "sigmoid",
+                f"scoring_func {self.scoring_func!r} is not supported for {self.model_type}",
             )
+
+    def _validate_indexer(self) -> None:
+        _need(self.q_lora_rank is not None, "deepseek_v32 needs q_lora_rank (the indexer reads the low-rank query)")
+        for name in ("index_n_heads", "index_topk"):
+            _need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _need(
+            self.index_head_dim >= self.qk_rope_head_dim and self.index_head_dim % 2 == 0,
+            f"index_head_dim ({self.index_head_dim}) must be even and hold the qk_rope_head_dim "
+            f"({self.qk_rope_head_dim}) rotated dims",
+        )
 
     def _validate_v2_router(self) -> None:
         _need(self.scoring_func == "softmax", f"scoring_func {self.scoring_func!r} is not supported for deepseek_v2")
@@ -269,10 +296,15 @@ class CacheSpec(NamedTuple):
     key_width: int
     value_offset: int
     value_width: int
+    index_width: int = 0  # V3.2: the lightning indexer's key, stored after the attention key and value
+
+    @property
+    def index_offset(self) -> int:
+        return max(self.key_width, self.value_offset + self.value_width)
 
     @property
     def entry_width(self) -> int:
-        return max(self.key_width, self.value_offset + self.value_width)
+        return self.index_offset + self.index_width
 
     def bytes_per_token(self, element_size: int) -> int:
         return self.layers * self.kv_heads * self.entry_width * element_size

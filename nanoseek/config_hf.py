@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("deepseek_v3", "deepseek_v2", "qwen2", "llama")
-MLA_MODEL_TYPES = ("deepseek_v3", "deepseek_v2")  # MLA attention + DeepSeekMoE; the others are dense GQA models
+SUPPORTED_MODEL_TYPES = ("deepseek_v3", "deepseek_v32", "deepseek_v2", "qwen2", "llama")
+# MLA attention + DeepSeekMoE; the others are dense GQA models
+MLA_MODEL_TYPES = ("deepseek_v3", "deepseek_v32", "deepseek_v2")
 ARCHITECTURES = {
     "deepseek_v3": "DeepseekV3ForCausalLM",
+    "deepseek_v32": "DeepseekV32ForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "llama": "LlamaForCausalLM",
@@ -61,6 +63,10 @@ _DEEPSEEK_FIELDS = (
 # The fields each family reads from and writes to config.json (rope settings are handled apart).
 _FAMILY_FIELDS = {
     "deepseek_v3": _COMMON_FIELDS + _DEEPSEEK_FIELDS + ("num_nextn_predict_layers", "rope_interleave"),
+    # V3.2 = V3 + the lightning indexer; its MLA rope is always interleaved (transformers has no rope_interleave)
+    "deepseek_v32": _COMMON_FIELDS
+    + _DEEPSEEK_FIELDS
+    + ("num_nextn_predict_layers", "index_n_heads", "index_head_dim", "index_topk"),
     "deepseek_v2": _COMMON_FIELDS + _DEEPSEEK_FIELDS + ("mlp_bias",),
     "qwen2": (*_COMMON_FIELDS, "head_dim", "use_sliding_window", "sliding_window"),
     "llama": (*_COMMON_FIELDS, "head_dim", "attention_bias", "mlp_bias"),
@@ -68,6 +74,7 @@ _FAMILY_FIELDS = {
 # transformers' defaults where a family's differ from the dataclass's (DeepseekV3Config's), for absent keys.
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "deepseek_v3": {},
+    "deepseek_v32": {},
     "deepseek_v2": dict(
         vocab_size=102400,
         hidden_size=4096,
@@ -140,6 +147,8 @@ _IGNORED_KEYS = {
     "rope_parameters",
     "rope_theta",
     "model_type",
+    "layer_types",  # deepseek_v32: checked in _read_layer_types (every layer is indexed attention)
+    "mlp_layer_types",  # deepseek_v32: read as first_k_dense_replace in _read_layer_types
 }
 
 
@@ -154,7 +163,9 @@ def fields_from_dict(data: dict[str, Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(_FAMILY_DEFAULTS[model_type])
     kwargs.update({k: data[k] for k in known if k in data and k != "rope_theta"})
     kwargs["model_type"] = model_type
-    if model_type == "deepseek_v3":
+    if model_type == "deepseek_v32":
+        _read_layer_types(data, kwargs)
+    if model_type in ("deepseek_v3", "deepseek_v32"):
         # transformers 5 calls it num_mtp_layers; DeepSeek and transformers' saved files num_nextn_predict_layers
         kwargs["num_nextn_predict_layers"] = int(
             data.get("num_nextn_predict_layers", data.get("num_mtp_layers", 0)) or 0
@@ -189,8 +200,39 @@ def fields_to_dict(config: Any) -> dict[str, Any]:
     else:
         out["rope_scaling"] = None
     out["rope_parameters"] = rope_parameters  # transformers 5 reads this
+    if config.model_type == "deepseek_v32":  # transformers' spelling of the layer pattern, beside DeepSeek's
+        dense = min(config.first_k_dense_replace, config.num_hidden_layers)
+        out["mlp_layer_types"] = ["dense"] * dense + ["sparse"] * (config.num_hidden_layers - dense)
+        out["layer_types"] = ["indexed_attention"] * config.num_hidden_layers
     out.update(config.extra)
     return out
+
+
+def _read_layer_types(data: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    """transformers' deepseek_v32 names each layer's kind; we model the released pattern only: every attention
+    indexed, the first `first_k_dense_replace` MLPs dense and the rest MoE."""
+    layers = kwargs.get("num_hidden_layers", 61)
+    attention = data.get("layer_types")
+    if attention is not None and (len(attention) != layers or set(attention) != {"indexed_attention"}):
+        raise ValueError(
+            f"invalid model config: layer_types {attention} is not supported; deepseek_v32 needs "
+            f"{layers} x 'indexed_attention'"
+        )
+    mlp = data.get("mlp_layer_types")
+    if mlp is None:
+        return
+    dense = mlp.count("dense")
+    if len(mlp) != layers or mlp != ["dense"] * dense + ["sparse"] * (layers - dense):
+        raise ValueError(
+            f"invalid model config: mlp_layer_types {mlp} is not supported; only {layers} entries of some "
+            "'dense' layers followed by 'sparse' (MoE) ones, as first_k_dense_replace describes"
+        )
+    if "first_k_dense_replace" in data and data["first_k_dense_replace"] != dense:
+        raise ValueError(
+            f"invalid model config: mlp_layer_types has {dense} dense layers but first_k_dense_replace is "
+            f"{data['first_k_dense_replace']}; make them agree"
+        )
+    kwargs["first_k_dense_replace"] = dense
 
 
 def _read_rope(data: dict[str, Any]) -> dict[str, Any]:

@@ -197,7 +197,7 @@ def test_unknown_or_unsupported_configs_are_refused(checkpoints, tmp_path):
     data = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**data, "model_type": "mistral"}))
     with pytest.raises(
-        ValueError, match="'mistral' is not supported; supported: deepseek_v3, deepseek_v2, qwen2, llama"
+        ValueError, match="'mistral' is not supported; supported: deepseek_v3, deepseek_v32, deepseek_v2, qwen2, llama"
     ):
         nanoseek.from_pretrained(path)
     (path / "config.json").write_text(json.dumps({**data, "use_sliding_window": True}))

@@ -3,7 +3,8 @@
 Per token and layer the cache stores `kv_heads` entries (see `ModelConfig.cache_spec`) and nothing else:
 - MLA (DeepSeek-V2/V3): one entry of kv_lora_rank + qk_rope_head_dim numbers, the normalised latent and the
   rotated shared key, whose first kv_lora_rank numbers double as the value;
-- GQA (Qwen2, Llama): per kv head, its rotated key and its value (2 x head_dim numbers).
+- GQA (Qwen2, Llama): per kv head, its rotated key and its value (2 x head_dim numbers);
+- V3.2: MLA's entry, then the lightning indexer's key (index_head_dim numbers), so prefix reuse and forks cover it.
 Sequences own lists of blocks (a block table), so memory is allocated as they grow, freed when they finish, and
 full blocks are shared:
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nanoseek.config import ModelConfig
+from nanoseek.model.indexer import IndexQuery, index_scores, top_k_visible
 
 
 class CacheFull(RuntimeError):
@@ -80,15 +82,19 @@ class PagedLatentCache:
         device: torch.device | str = "cpu",
         num_kv_heads: int = 1,
         value_offset: int = 0,
+        index_width: int = 0,
     ):
-        """width: the key's numbers at the start of each entry; values are entry[value_offset : + value_width]."""
+        """width: the key's numbers at the start of each entry; values are entry[value_offset : + value_width];
+        index_width: V3.2's index key, after both."""
         if num_blocks < 2:
             raise ValueError("the cache needs at least 2 blocks")
         if num_heads % num_kv_heads:
             raise ValueError(f"{num_heads} query heads cannot share {num_kv_heads} kv heads evenly")
         self.num_layers, self.width, self.value_width, self.num_heads = num_layers, width, value_width, num_heads
         self.num_kv_heads, self.value_offset = num_kv_heads, value_offset
-        self.entry_width = max(width, value_offset + value_width)
+        self.index_offset = max(width, value_offset + value_width)
+        self.index_width = index_width
+        self.entry_width = self.index_offset + index_width
         self.block_size, self.num_blocks = block_size, num_blocks
         # block 0 belongs to nobody: padding rows of block tables point at it (always under a -inf mask), and the
         # static decode step writes its padding rows' entries there
@@ -119,6 +125,7 @@ class PagedLatentCache:
             device=device,
             num_kv_heads=spec.kv_heads,
             value_offset=spec.value_offset,
+            index_width=spec.index_width,
         )
 
     # ---- sizes ----
@@ -256,9 +263,11 @@ class PagedLatentCache:
             plan.groups.append(_Group(rows, tables.to(device), mask.to(device), len(members), length))
         self._plan = plan
 
-    def attend(self, layer_idx: int, query: torch.Tensor, entry: torch.Tensor, scale: float) -> torch.Tensor:
+    def attend(
+        self, layer_idx: int, query: torch.Tensor, entry: torch.Tensor, scale: float, index: IndexQuery | None = None
+    ) -> torch.Tensor:
         """Store this step's entries [T, kv_heads * entry_width] for `layer_idx`, then attend:
-        query [T, H, width] -> [T, H, value_width]."""
+        query [T, H, width] -> [T, H, value_width]. With `index` (V3.2), only to each token's top-k entries."""
         plan = self._plan
         assert plan is not None, "call plan() before the forward pass"
         pool = self.pools[layer_idx]
@@ -266,15 +275,18 @@ class PagedLatentCache:
         rows.index_copy_(0, plan.write_index, entry.reshape(-1, self.entry_width).to(pool.dtype))
         heads = query.shape[1]
         if len(plan.groups) == 1:
-            return self._attend_group(layer_idx, query, plan.groups[0], scale)
+            return self._attend_group(layer_idx, query, plan.groups[0], scale, index)
         out = query.new_empty(query.shape[0], heads, self.value_width)
         for group in plan.groups:
-            out.index_copy_(
-                0, group.rows, self._attend_group(layer_idx, query.index_select(0, group.rows), group, scale)
-            )
+            rows = group.rows
+            assert rows is not None
+            part = None if index is None else IndexQuery(index.query[rows], index.weights[rows], index.topk)
+            out.index_copy_(0, rows, self._attend_group(layer_idx, query.index_select(0, rows), group, scale, part))
         return out
 
-    def _attend_group(self, layer_idx: int, query: torch.Tensor, group: _Group, scale: float) -> torch.Tensor:
+    def _attend_group(
+        self, layer_idx: int, query: torch.Tensor, group: _Group, scale: float, index: IndexQuery | None = None
+    ) -> torch.Tensor:
         # for each kv head, the query heads sharing it over all of a sequence's new tokens become rows of one
         # product against its cached entries (MLA: one shared latent key, so all heads)
         kv, n, t = self.num_kv_heads, group.n, group.length
@@ -283,10 +295,22 @@ class PagedLatentCache:
         keys = entries if self.width == self.entry_width else entries[..., : self.width]
         values = entries[..., self.value_offset : self.value_offset + self.value_width]
         q = self._fold(query, n, t)  # [kv * n, t * H / kv, width]
+        mask = group.mask if index is None else self._select(entries, group, index)
         # scores [kv * n, t * H / kv, keys] = q @ keys^T + mask; softmax; @ values [kv * n, keys, value_width]:
         # three kernels, cheaper than SDPA's general path for these small shapes
-        scores = torch.baddbmm(group.mask.to(q.dtype), q, keys.transpose(1, 2), alpha=scale)
+        scores = torch.baddbmm(mask.to(q.dtype), q, keys.transpose(1, 2), alpha=scale)
         return self._unfold(torch.bmm(torch.softmax(scores, dim=-1), values), n, t)
+
+    def _select(self, entries: torch.Tensor, group: _Group, index: IndexQuery) -> torch.Tensor:
+        """V3.2: the group's mask narrowed to each token's top-k visible entries by index score (MLA: one kv head).
+        entries [n, keys, entry] -> mask [n, t * H, keys]."""
+        n, t, heads = group.n, group.length, self.num_heads
+        visible = group.mask.view(n, t, heads, -1)[:, :, 0] == 0  # [n, t, keys]
+        index_keys = entries[..., self.index_offset :]  # [n, keys, Di]
+        scores = index_scores(index.query.view(n, t, *index.query.shape[1:]), index.weights.view(n, t, -1), index_keys)
+        selected = top_k_visible(scores, visible, index.topk)
+        mask = torch.zeros(selected.shape, dtype=group.mask.dtype, device=selected.device)
+        return mask.masked_fill_(~selected, float("-inf")).repeat_interleave(heads, dim=1)
 
     def _fold(self, query: torch.Tensor, n: int, t: int) -> torch.Tensor:
         """[n * t, H, width] -> [kv * n, t * H / kv, width]: rows (token, query head) per (kv head, sequence)."""

@@ -8,6 +8,9 @@ by all heads (qk_rope_head_dim wide). Two mathematically equal ways to attend:
 - absorbed: kv_b_proj's key half is folded into the query and its value half into the output, so attention runs
   directly over the latents (multi-query attention in latent space). Decoding reads only the latent cache.
 
+DeepSeek-V3.2 adds the lightning indexer (indexer.py): every path above then attends only to the top-`index_topk`
+past tokens the indexer picks for each query (a mask here; the engine's cache gathers just those rows).
+
 GQA: num_key_value_heads heads of keys and values, each shared by a group of query heads; the cache keeps each
 kv head's rotated key and value. Both kinds hand the engine's cache the same call (see `AttentionCache`).
 """
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoseek.config import ModelConfig
+from nanoseek.model.indexer import IndexQuery, LightningIndexer, index_scores, indexer_kl, top_k_visible
 from nanoseek.model.rope import apply_rope, softmax_scale
 
 
@@ -42,12 +46,20 @@ class RMSNorm(nn.Module):
 class AttentionCache(Protocol):
     """What the inference engine hands to attention: it stores new entries and attends over a sequence's past."""
 
-    def attend(self, layer_idx: int, query: torch.Tensor, entry: torch.Tensor, scale: float) -> torch.Tensor:
+    def attend(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        entry: torch.Tensor,
+        scale: float,
+        index: IndexQuery | None = None,
+    ) -> torch.Tensor:
         """query [T, H, key_width] for T new tokens; entry [T, kv_heads * entry_width] to store (see
-        `ModelConfig.cache_spec`: MLA stores latent | rope key, GQA each kv head's rotated key | value).
+        `ModelConfig.cache_spec`: MLA stores latent | rope key [| index key], GQA each kv head's rotated key | value).
 
         Returns [T, H, value_width]: softmax(query . keys) @ values per head, query head h reading kv head
-        h // (H / kv_heads), each token seeing its own sequence's entries up to its position.
+        h // (H / kv_heads), each token seeing its own sequence's entries up to its position. With `index` (V3.2),
+        each token sees only the `index.topk` of those its index query scores highest against the stored index keys.
         """
         ...
 
@@ -80,13 +92,22 @@ class MultiHeadLatentAttention(nn.Module):
             config.kv_lora_rank, heads * (config.qk_nope_head_dim + config.v_head_dim), bias=False
         )
         self.o_proj = nn.Linear(heads * config.v_head_dim, hidden, bias=bias)
+        self.indexer = LightningIndexer(config) if config.has_indexer else None
+        self.sparse = True  # False: the indexer's dense warm-up (attention reads every past token)
+        self.indexer_loss: torch.Tensor | None = None  # the indexer's KL of the last training forward
 
     # ---- projections shared by both paths ----
+    def query_residual(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The low-rank query q_a_layernorm(q_a_proj(x)) [..., q_lora_rank] (None without one)."""
+        return self.q_a_layernorm(self.q_a_proj(x)) if self.low_rank_query else None
+
     def project_query(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+        self, x: torch.Tensor, rope: torch.Tensor, q_resid: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x [..., hidden] -> q_nope [..., H, nope], q_rope [..., H, rope] (rotated)."""
-        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if self.low_rank_query else self.q_proj(x)
+        if q_resid is None and self.low_rank_query:
+            q_resid = self.query_residual(x)
+        q = self.q_b_proj(q_resid) if q_resid is not None else self.q_proj(x)
         q = q.view(*x.shape[:-1], self.num_heads, self.nope_dim + self.rope_dim)
         q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
         return q_nope, apply_rope(q_rope, rope.unsqueeze(-2), self.interleave)
@@ -110,29 +131,90 @@ class MultiHeadLatentAttention(nn.Module):
         absorb: bool = False,
     ) -> torch.Tensor:
         """x [B, S, hidden] with the rotations of its positions. Without a cache: causal attention within each row."""
-        q_nope, q_rope = self.project_query(x, rope)
+        q_resid = self.query_residual(x)
+        q_nope, q_rope = self.project_query(x, rope, q_resid)
         entry = self.project_latent(x, rope)
         if cache is not None:
-            out = self.attend_cached(q_nope, q_rope, entry, cache)
+            index = None
+            if self.indexer is not None:  # V3.2: the cache stores each token's index key after its MLA entry
+                entry = torch.cat([entry, self.indexer.project_key(x, rope)], dim=-1)
+                index = IndexQuery(*self.indexer.project_query(x, q_resid, rope), self.indexer.topk)
+            out = self.attend_cached(q_nope, q_rope, entry, cache, index)
+        elif self.indexer is not None:
+            out = self.attend_sparse(x, q_resid, rope, q_nope, q_rope, entry, absorb)
         elif absorb:
             out = self.attend_absorbed(q_nope, q_rope, entry)
         else:
             out = self.attend_expanded(q_nope, q_rope, entry)
         return self.o_proj(out.flatten(-2))
 
-    def attend_expanded(self, q_nope: torch.Tensor, q_rope: torch.Tensor, entry: torch.Tensor) -> torch.Tensor:
-        """Causal attention at head width: expand every latent to per-head keys/values. -> [B, S, H, v]."""
+    def attend_sparse(
+        self,
+        x: torch.Tensor,
+        q_resid: torch.Tensor | None,
+        rope: torch.Tensor,
+        q_nope: torch.Tensor,
+        q_rope: torch.Tensor,
+        entry: torch.Tensor,
+        absorb: bool,
+    ) -> torch.Tensor:
+        """V3.2 without a cache: each query attends to its top-k visible tokens (all of them in the dense warm-up).
+
+        Training (grad on) also sets `indexer_loss`, the KL towards this attention. The indexer's inputs are
+        detached: it learns from that KL only, and the model only from the LM loss (V3.2's sparse training)."""
+        assert self.indexer is not None and q_resid is not None
+        seq, topk = x.shape[1], self.indexer.topk
+        training = self.training and torch.is_grad_enabled()
+        visible = torch.ones(seq, seq, dtype=torch.bool, device=x.device).tril().expand(x.shape[0], -1, -1)
+        scores = None
+        if training or (self.sparse and seq > topk):
+            inputs = x.detach(), q_resid.detach()
+            query, weights = self.indexer.project_query(*inputs, rope)
+            scores = index_scores(query, weights, self.indexer.project_key(inputs[0], rope))  # [B, S, T]
+        selected = top_k_visible(scores, visible, topk) if scores is not None and self.sparse else visible
+        if not training:
+            self.indexer_loss = None
+            if absorb:
+                return self.attend_absorbed(q_nope, q_rope, entry, selected)
+            return self.attend_expanded(q_nope, q_rope, entry, selected)
+        out, probs = self.attend_explicit(q_nope, q_rope, entry, selected)
+        assert scores is not None
+        self.indexer_loss = indexer_kl(probs.sum(1), scores, selected)
+        return out
+
+    def expand(self, q_nope: torch.Tensor, q_rope: torch.Tensor, entry: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-head q [B, H, S, qk], k [B, H, T, qk], v [B, H, T, v] from the latents (kv_b_proj)."""
         batch, seq = entry.shape[:2]
         latent, k_rope = entry.split([self.kv_lora_rank, self.rope_dim], dim=-1)
         kv = self.kv_b_proj(latent).view(batch, seq, self.num_heads, self.nope_dim + self.v_dim)
         k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
         q = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)
         k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(-1, -1, self.num_heads, -1)], dim=-1).transpose(1, 2)
-        v = v.transpose(1, 2)
+        return q, k, v.transpose(1, 2)
+
+    def attend_explicit(
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, entry: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention written out, for training V3.2's indexer: -> output [B, S, H, v], probabilities [B, H, S, T]
+        (SDPA does not return them, and the indexer's KL needs them)."""
+        q, k, v = self.expand(q_nope, q_rope, entry)
+        scores = (q @ k.transpose(-1, -2)) * self.scale
+        probs = scores.masked_fill(~mask.unsqueeze(1), float("-inf")).softmax(-1)
+        return (probs @ v).transpose(1, 2), probs.detach()
+
+    def attend_expanded(
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, entry: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Causal attention at head width: expand every latent to per-head keys/values. -> [B, S, H, v].
+        mask [B, S, T] (bool, True = may attend) replaces causality (V3.2's selection)."""
+        q, k, v = self.expand(q_nope, q_rope, entry)
         qk_dim = self.nope_dim + self.rope_dim
         if self.v_dim < qk_dim:  # CPU's fused SDPA kernels need equal q/k/v widths; zero-padding v is exact
             v = F.pad(v, (0, qk_dim - self.v_dim))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1), scale=self.scale)
         return out[..., : self.v_dim].transpose(1, 2)
 
     def absorbed_query(self, q_nope: torch.Tensor, q_rope: torch.Tensor) -> torch.Tensor:
@@ -150,13 +232,19 @@ class MultiHeadLatentAttention(nn.Module):
         heads_first = out_latent.reshape(-1, self.num_heads, self.kv_lora_rank).transpose(0, 1)  # [H, N, r]
         return torch.bmm(heads_first, w_uv.transpose(1, 2)).transpose(0, 1).reshape(*out_latent.shape[:-1], self.v_dim)
 
-    def attend_absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, entries: torch.Tensor) -> torch.Tensor:
-        """Causal attention over latents [B, T, r + rope] for the last S positions; -> [B, S, H, v]."""
+    def attend_absorbed(
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, entries: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Causal attention over latents [B, T, r + rope] for the last S positions; -> [B, S, H, v].
+        mask [B, S, T] (bool, True = may attend) replaces causality (V3.2's selection)."""
         q = self.absorbed_query(q_nope, q_rope).transpose(1, 2)  # [B, H, S, r + rope]
         k = entries.unsqueeze(1)  # one shared key per token: [B, 1, T, r + rope]
         v = entries[..., : self.kv_lora_rank].unsqueeze(1)  # the latent is the value: [B, 1, T, r]
         seq, total = q.shape[2], k.shape[2]
-        mask = torch.ones(seq, total, dtype=torch.bool, device=q.device).tril(total - seq)
+        if mask is None:
+            mask = torch.ones(seq, total, dtype=torch.bool, device=q.device).tril(total - seq)
+        else:
+            mask = mask.unsqueeze(1)
         out = F.scaled_dot_product_attention(
             q,
             k.expand(-1, self.num_heads, -1, -1),
@@ -167,11 +255,20 @@ class MultiHeadLatentAttention(nn.Module):
         return self.absorbed_output(out.transpose(1, 2))  # [B, H, S, r] -> [B, S, H, r] -> [B, S, H, v]
 
     def attend_cached(
-        self, q_nope: torch.Tensor, q_rope: torch.Tensor, entry: torch.Tensor, cache: AttentionCache
+        self,
+        q_nope: torch.Tensor,
+        q_rope: torch.Tensor,
+        entry: torch.Tensor,
+        cache: AttentionCache,
+        index: IndexQuery | None = None,
     ) -> torch.Tensor:
         """Absorbed attention over the engine's latent cache; tokens arrive flattened as [1, T, ...]."""
         query = self.absorbed_query(q_nope, q_rope).flatten(0, 1)  # [T, H, r + rope]
-        out_latent = cache.attend(self.layer_idx, query, entry.flatten(0, 1), self.scale)  # [T, H, r]
+        if index is not None:
+            index = IndexQuery(index.query.flatten(0, 1), index.weights.flatten(0, 1), index.topk)
+            out_latent = cache.attend(self.layer_idx, query, entry.flatten(0, 1), self.scale, index)
+        else:
+            out_latent = cache.attend(self.layer_idx, query, entry.flatten(0, 1), self.scale)  # [T, H, r]
         return self.absorbed_output(out_latent).view(*q_nope.shape[:-1], self.v_dim)
 
 

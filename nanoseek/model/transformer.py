@@ -91,6 +91,7 @@ class LossOutput:
     main: torch.Tensor  # next-token cross-entropy
     mtp: list[torch.Tensor]  # cross-entropy of each MTP depth
     balance: torch.Tensor  # sum of the sequence-wise balance losses (0 when aux_loss_alpha is 0)
+    indexer: torch.Tensor | None = None  # V3.2: the indexers' KL towards attention, mean over layers
 
 
 class DeepseekV3ForCausalLM(nn.Module):
@@ -180,7 +181,23 @@ class DeepseekV3ForCausalLM(nn.Module):
         total = main + balance
         if mtp_losses and mtp_weight > 0:
             total = total + mtp_weight * torch.stack(mtp_losses).mean()
-        return LossOutput(total, main, mtp_losses, balance)
+        # V3.2: the indexers' KL joins the loss, but only the indexers receive its gradient (their inputs and the
+        # attention target are detached), and the LM loss never reaches them (top-k selection is not differentiable)
+        kls = [a.indexer_loss for a in self.sparse_attentions() if a.indexer_loss is not None]
+        indexer = torch.stack(kls).mean() if kls else None
+        if indexer is not None:
+            total = total + indexer
+        return LossOutput(total, main, mtp_losses, balance, indexer)
+
+    # ---- sparse attention (V3.2) ----
+    def sparse_attentions(self) -> list[MultiHeadLatentAttention]:
+        """The attention modules that carry a lightning indexer (every MLA layer of a deepseek_v32 model)."""
+        return [m for m in self.modules() if isinstance(m, MultiHeadLatentAttention) and m.indexer is not None]
+
+    def set_sparse_attention(self, sparse: bool) -> None:
+        """False: attend densely (the indexer's warm-up, where it learns to imitate attention); True: top-k."""
+        for m in self.sparse_attentions():
+            m.sparse = sparse
 
     # ---- expert balancing ----
     def moe_modules(self) -> list[MoE]:

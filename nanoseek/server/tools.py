@@ -122,8 +122,6 @@ def tool_description(fmt: ToolFormat, tools: list[dict[str, Any]]) -> str:
 Event = tuple  # ("content", text) | ("name", index, name) | ("args", index, text)
 
 
-
-
 class ToolCallParser:
     """feed(text) -> events; finish() -> the events of what was held back. `max_calls` (1 for
     parallel_tool_calls=false) drops later calls. DSML formats are parsed by nanoseek/dsml.py's DSMLParser."""

@@ -1,0 +1,170 @@
+"""DeepSeek-V3.2 (deepseek_v32): the lightning indexer and sparse attention, against transformers' implementation.
+
+Tiny random checkpoints are written by transformers' DeepseekV32ForCausalLM, with contexts several times
+`index_topk`, so the top-k selection really drops tokens. Index heads are 16: with few of them a query whose weights
+are all negative scores many keys exactly 0 (ReLU), top-k then breaks ties by position, and any two implementations
+(transformers' own generate against its own forward, with 4 heads) choose different tokens.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import nanoseek
+from nanoseek import Engine, SamplingParams
+from nanoseek.config import ModelConfig
+from nanoseek.model.indexer import index_scores, top_k_visible
+
+transformers = pytest.importorskip("transformers")
+
+_BASE = dict(
+    vocab_size=97,
+    hidden_size=48,
+    intermediate_size=80,
+    moe_intermediate_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    q_lora_rank=24,
+    kv_lora_rank=16,
+    qk_nope_head_dim=8,
+    qk_rope_head_dim=8,
+    v_head_dim=12,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    index_n_heads=16,
+    index_head_dim=16,
+    initializer_range=0.15,
+    max_position_embeddings=256,
+    bos_token_id=0,
+    eos_token_id=1,
+)
+CONFIGS = {
+    "grouped-dense-first": dict(n_group=2, topk_group=1, first_k_dense_replace=1, index_topk=8),
+    "all-moe": dict(n_group=1, topk_group=1, first_k_dense_replace=0, index_topk=6, num_hidden_layers=3),
+    "grouped-yarn": dict(
+        n_group=4,
+        topk_group=2,
+        first_k_dense_replace=2,
+        num_hidden_layers=3,
+        index_topk=5,
+        index_head_dim=24,
+        rope_parameters=dict(
+            rope_type="yarn",
+            rope_theta=10000.0,
+            factor=4.0,
+            original_max_position_embeddings=16,
+            beta_fast=32,
+            beta_slow=1,
+            mscale=1.0,
+            mscale_all_dim=1.0,
+        ),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    paths = {}
+    for i, (name, fields) in enumerate(CONFIGS.items()):
+        torch.manual_seed(i)
+        model = transformers.AutoModelForCausalLM.from_config(transformers.DeepseekV32Config(**{**_BASE, **fields}))
+        with torch.no_grad():
+            for key, p in model.named_parameters():
+                if key.endswith(".bias") or "norm" in key:
+                    p.add_(0.1 * torch.randn_like(p))
+        paths[name] = tmp_path_factory.mktemp(name)
+        model.save_pretrained(paths[name])
+    return paths
+
+
+def _theirs(path, dtype):
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, experts_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_logits_match_transformers_both_directions(name, checkpoints, tmp_path):
+    path = checkpoints[name]
+    ours, theirs = nanoseek.from_pretrained(path), _theirs(path, torch.float32)
+    assert ours.config.model_type == "deepseek_v32" and ours.num_parameters() == theirs.num_parameters()
+    tokens = torch.randint(0, 97, (3, 40), generator=torch.Generator().manual_seed(1))  # 40 >= 5 x index_topk
+    with torch.no_grad():
+        expected = theirs(tokens).logits
+        assert (ours(tokens) - expected).abs().max().item() < 1e-4
+        ours.save_pretrained(tmp_path)
+        assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["DeepseekV32ForCausalLM"]
+        assert (_theirs(tmp_path, torch.float32)(tokens).logits - expected).abs().max().item() < 1e-4
+        # the selection matters: attending densely gives other logits
+        ours.set_sparse_attention(False)
+        assert (ours(tokens) - expected).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_engine_greedy_equals_transformers_generate(name, checkpoints):
+    path = checkpoints[name]
+    theirs = _theirs(path, torch.float64)
+    engine = Engine(nanoseek.from_pretrained(path, dtype=torch.float64), block_size=4, max_step_tokens=7)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(2, 97, (n,), generator=g).tolist() for n in (3, 9, 17, 30)]
+    params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+    ours = engine.generate(prompts, params)
+    for prompt, completion in zip(prompts, ours):
+        expected = theirs.generate(
+            torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0
+        )[0, len(prompt) :].tolist()
+        assert completion.token_ids == expected
+    # prefix reuse covers the index keys: cached blocks give the same tokens
+    again = engine.generate(prompts, params)
+    assert [c.token_ids for c in again] == [c.token_ids for c in ours]
+    assert [c.prompt_cache_hit_tokens for c in again] == [0, 8, 16, 28]
+
+
+def test_indexer_rope_is_rotate_half_although_mla_is_interleaved(checkpoints):
+    """transformers rotates the index query/key's first qk_rope_head_dim dims in rotate-half pairs (i, i + d/2);
+    pairing them as MLA does (0,1), (2,3)... changes the scores, and so which tokens are read."""
+    from transformers.models.deepseek_v32 import modeling_deepseek_v32 as hf
+
+    theirs = _theirs(checkpoints["grouped-dense-first"], torch.float32)
+    ours = nanoseek.from_pretrained(checkpoints["grouped-dense-first"])
+    assert ours.config.interleaved_rope  # MLA's pairs
+    x = torch.randn(1, 20, 48, generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(20)
+    with torch.no_grad():
+        attention, indexer = ours.main_layers[1].self_attn, ours.main_layers[1].self_attn.indexer
+        rope = ours.model.rotary(positions)
+        q_resid = attention.query_residual(x)
+        query, weights = indexer.project_query(x, q_resid, rope)
+        mine = index_scores(query, weights, indexer.project_key(x, rope))
+        cos_sin = theirs.model.rotary_emb(x, positions[None])
+        mask = torch.zeros(1, 20, 20).masked_fill(~torch.ones(20, 20, dtype=torch.bool).tril(), float("-inf"))
+        picked = theirs.model.layers[1].self_attn.indexer(x, q_resid, cos_sin, mask, positions[None])
+        visible = torch.ones(1, 20, 20, dtype=torch.bool).tril()
+        selected = top_k_visible(mine, visible, 8)
+        theirs_selected = torch.zeros_like(selected).scatter_(-1, picked.long(), True) & visible
+        assert torch.equal(selected, theirs_selected)
+        # with MLA's interleaved pairs instead, the selection differs
+        indexer._rotate = (
+            lambda t, r: torch.cat(  # type: ignore[method-assign]
+                [nanoseek.model.rope.apply_rope(t[..., :8], r, interleave=True), t[..., 8:]], dim=-1
+            )
+        )
+        query, weights = indexer.project_query(x, q_resid, rope)
+        wrong = top_k_visible(index_scores(query, weights, indexer.project_key(x, rope)), visible, 8)
+        assert not torch.equal(wrong, selected)
+    assert hf.DeepseekV32Indexer is not None
+
+
+def test_layer_type_forms_are_read_and_odd_patterns_refused():
+    fields = dict(_BASE, model_type="deepseek_v32", num_hidden_layers=3, index_topk=4)
+    config = ModelConfig.from_dict({**fields, "mlp_layer_types": ["dense", "dense", "sparse"]})
+    assert config.first_k_dense_replace == 2 and config.is_moe_layer(2) and not config.is_moe_layer(1)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="mlp_layer_types"):
+        ModelConfig.from_dict({**fields, "mlp_layer_types": ["sparse", "dense", "sparse"]})
+    with pytest.raises(ValueError, match="layer_types"):
+        ModelConfig.from_dict({**fields, "layer_types": ["full_attention"] * 3})
+    with pytest.raises(ValueError, match="q_lora_rank"):
+        ModelConfig.from_dict({**fields, "q_lora_rank": None})
