@@ -454,6 +454,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_position_embeddings=4096,
     ),
 }
+# DeepSeek-V3.2 versions of the small shapes: the same model plus a lightning indexer in every layer (its index heads
+# and width scaled down from the release's 64 x 128, and index_topk from 2048, as the shapes are). bench-18m-v32 is the
+# long-context benchmark's pair for bench-18m (benchmarks/decode_speed.py).
+_INDEXER = {
+    "nano": dict(index_n_heads=4, index_head_dim=16, index_topk=16),
+    "tiny": dict(index_n_heads=4, index_head_dim=32, index_topk=64),
+    "bench-18m": dict(index_n_heads=8, index_head_dim=64, index_topk=512),
+}
+PRESETS.update({f"{name}-v32": dict(PRESETS[name], model_type="deepseek_v32", **f) for name, f in _INDEXER.items()})
 PRESETS.update({path.stem: json.loads(path.read_text()) for path in sorted(RELEASED_CONFIGS.glob("*.json"))})
 
 
