@@ -51,6 +51,12 @@ def _info(args: argparse.Namespace) -> int:
     mla, mha = cache["mla_all_layers"], cache["mha_all_layers"]
     kind = "latent cache (MLA)" if config.uses_mla else f"key/value cache ({config.num_key_value_heads} kv heads)"
     print(f"{kind} per token (bf16): {mla:,} bytes (multi-head attention would need {mha:,}: {mha / mla:.1f}x)")
+    if config.has_indexer:
+        print(
+            f"  of which the lightning indexer's keys: {cache['index_key_all_layers']:,} bytes "
+            f"({config.index_head_dim} per layer); attention reads at most {config.index_topk} tokens "
+            f"({config.index_n_heads} index heads score every one)"
+        )
     return 0
 
 

@@ -12,11 +12,14 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import nanoseek
 from nanoseek import Engine, SamplingParams
-from nanoseek.config import ModelConfig
+from nanoseek.config import ModelConfig, preset
+from nanoseek.model import build_model
 from nanoseek.model.indexer import index_scores, top_k_visible
+from nanoseek.model.sizes import flops_per_token, latent_cache_bytes_per_token, parameter_counts
 
 transformers = pytest.importorskip("transformers")
 
@@ -168,3 +171,55 @@ def test_layer_type_forms_are_read_and_odd_patterns_refused():
         ModelConfig.from_dict({**fields, "layer_types": ["full_attention"] * 3})
     with pytest.raises(ValueError, match="q_lora_rank"):
         ModelConfig.from_dict({**fields, "q_lora_rank": None})
+
+
+def test_released_config_counts_and_cache_bytes_without_weights():
+    config = preset("deepseek-v3.2")
+    assert config.model_type == "deepseek_v32" and (config.index_n_heads, config.index_head_dim) == (64, 128)
+    counts, v3 = parameter_counts(config), parameter_counts(preset("deepseek-v3"))
+    # the indexer adds wq_b (1536 x 64 x 128), wk (7168 x 128), k_norm, weights_proj (7168 x 64) to each of 61 layers
+    per_layer = 1536 * 64 * 128 + 7168 * 128 + 2 * 128 + 7168 * 64
+    assert counts.total - v3.total == 61 * per_layer and counts.active - v3.active == 61 * per_layer
+    cache = latent_cache_bytes_per_token(config, 2)
+    assert cache["mla_per_layer"] == (512 + 64 + 128) * 2 and cache["index_key_all_layers"] == 61 * 128 * 2
+    # past index_topk attention stops growing: only the indexer's scoring (64 heads x 128 wide, a fifth of dense
+    # MLA's 128 heads x (192 + 128) per key) still grows with the context
+    long, longer = (flops_per_token(config, n, training=False) for n in (65536, 131072))
+    v3_long, v3_longer = (flops_per_token(preset("deepseek-v3"), n, training=False) for n in (65536, 131072))
+    assert longer - long == pytest.approx(61 * 2 * 64 * 129 * (131072 - 65536) / 2, rel=0.01)
+    assert longer - long < 0.25 * (v3_longer - v3_long)
+    assert build_model(preset("nano-v32"), device="meta").num_parameters() == sum(
+        vars(parameter_counts(preset("nano-v32"))).get(k) for k in ("total", "mtp")
+    )
+
+
+def _quantize_ue8m0(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fp8 weight, power-of-two scale per block stored as float8_e8m0fnu, dequantised reference): V3.1/V3.2's
+    "scale_fmt": "ue8m0" blocks."""
+    rows, cols = -(-w.shape[0] // block), -(-w.shape[1] // block)
+    q, ref, scale = torch.empty(w.shape, dtype=torch.float8_e4m3fn), torch.empty(w.shape), torch.empty(rows, cols)
+    for i in range(rows):
+        for j in range(cols):
+            tile = (slice(i * block, (i + 1) * block), slice(j * block, (j + 1) * block))
+            scale[i, j] = 2.0 ** torch.ceil(torch.log2(w[tile].abs().max().clamp(min=1e-12) / 448.0))
+            q[tile] = (w[tile] / scale[i, j]).to(torch.float8_e4m3fn)
+            ref[tile] = q[tile].float() * scale[i, j]
+    return q, scale.to(torch.float8_e8m0fnu), ref
+
+
+def test_fp8_checkpoint_with_ue8m0_scales_loads_dequantised(tmp_path):
+    build_model(preset("nano-v32", hidden_size=72), seed=0).save_pretrained(tmp_path)
+    tensors, references = load_file(tmp_path / "model.safetensors"), {}
+    for key in list(tensors):
+        kept = ("embed_tokens", "lm_head", "shared_head.head", "norm", "mlp.gate.", "eh_proj", "weights_proj")
+        if tensors[key].dim() == 2 and not any(k in key for k in kept):
+            tensors[key], tensors[f"{key}_scale_inv"], references[key] = _quantize_ue8m0(tensors[key], 16)
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    data = json.loads((tmp_path / "config.json").read_text())
+    quant = dict(activation_scheme="dynamic", fmt="e4m3", quant_method="fp8", scale_fmt="ue8m0")
+    (tmp_path / "config.json").write_text(
+        json.dumps({**data, "quantization_config": {**quant, "weight_block_size": [16, 16]}})
+    )
+    state = nanoseek.from_pretrained(tmp_path, dtype=torch.float32).state_dict()
+    for key in ("model.layers.1.self_attn.indexer.wq_b.weight", "model.layers.1.self_attn.indexer.wk.weight"):
+        assert torch.equal(state[key], references[key])

@@ -38,12 +38,23 @@ def _attention_params(c: ModelConfig) -> int:
     kv = (h + bias) * (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank
     kv += c.kv_lora_rank * heads * (c.qk_nope_head_dim + c.v_head_dim)
     out = heads * c.v_head_dim * h + bias * h
-    return q + kv + out
+    return q + kv + out + _indexer_params(c)
+
+
+def _indexer_params(c: ModelConfig) -> int:
+    """V3.2's lightning indexer: wq_b, wk, k_norm (a LayerNorm: weight and bias), weights_proj."""
+    if not c.has_indexer:
+        return 0
+    heads, dim = c.index_n_heads, c.index_head_dim
+    return (c.q_lora_rank or 0) * heads * dim + c.hidden_size * dim + 2 * dim + c.hidden_size * heads
 
 
 def _attention_norm_params(c: ModelConfig) -> int:
-    """MLA's inner norms (on the latent and the low-rank query): weights no token multiplies through."""
-    return c.kv_lora_rank + (c.q_lora_rank or 0) if c.uses_mla else 0
+    """MLA's inner norms (on the latent and the low-rank query, V3.2's index key): weights no token multiplies
+    through."""
+    if not c.uses_mla:
+        return 0
+    return c.kv_lora_rank + (c.q_lora_rank or 0) + (2 * c.index_head_dim if c.has_indexer else 0)
 
 
 def _head_dims(c: ModelConfig) -> tuple[int, int]:
@@ -94,9 +105,12 @@ def matmul_params_per_token(c: ModelConfig) -> int:
 def flops_per_token(c: ModelConfig, seq_len: int, training: bool = True, mtp: bool = False) -> float:
     """Model FLOPs per token: 2 per weight multiply-add plus causal attention scores and values.
 
-    Training counts forward + backward (x3). With mtp=True the MTP modules' work is added.
+    Training counts forward + backward (x3). With mtp=True the MTP modules' work is added. V3.2 attends to at most
+    index_topk tokens, and its indexer scores every visible one (index heads x index_head_dim multiply-adds).
     """
-    attn = 2 * c.num_attention_heads * sum(_head_dims(c)) * (seq_len + 1) / 2  # average causal context
+    attn = 2 * c.num_attention_heads * sum(_head_dims(c)) * attended_keys(c, seq_len)
+    if c.has_indexer:
+        attn += 2 * c.index_n_heads * (c.index_head_dim + 1) * (seq_len + 1) / 2
     layers = c.num_hidden_layers
     forward = 2 * matmul_params_per_token(c) + layers * attn
     if mtp and c.num_nextn_predict_layers:
@@ -104,6 +118,15 @@ def flops_per_token(c: ModelConfig, seq_len: int, training: bool = True, mtp: bo
         per_depth = 2 * (_layer_params(c, c.num_hidden_layers)[1] + 2 * h * h + c.vocab_size * h) + attn
         forward += c.num_nextn_predict_layers * per_depth
     return forward * (3 if training else 1)
+
+
+def attended_keys(c: ModelConfig, seq_len: int) -> float:
+    """Keys a token attends to, averaged over the positions of a causal sequence (V3.2: at most index_topk)."""
+    full = (seq_len + 1) / 2
+    if not c.has_indexer or c.index_topk >= seq_len:
+        return full
+    k = c.index_topk
+    return (k * (k + 1) / 2 + (seq_len - k) * k) / seq_len
 
 
 def latent_cache_bytes_per_token(c: ModelConfig, dtype_bytes: int = 2) -> dict[str, int]:
@@ -119,4 +142,5 @@ def latent_cache_bytes_per_token(c: ModelConfig, dtype_bytes: int = 2) -> dict[s
         "mha_per_layer": mha,
         "mla_all_layers": mla * c.num_hidden_layers,
         "mha_all_layers": mha * c.num_hidden_layers,
+        "index_key_all_layers": spec.index_width * dtype_bytes * c.num_hidden_layers,  # V3.2 (included above)
     }
