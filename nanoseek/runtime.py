@@ -1,10 +1,14 @@
-"""Process-level settings that decide CPU speed more than any kernel does."""
+"""Process-level settings that decide CPU speed more than any kernel does, and the device a command runs on."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -27,6 +31,25 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """A command's --device: the one named, or by default a GPU when there is one, else the CPU. A named GPU that is
+    not there is refused here with what to do, not deep inside the first tensor operation."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            found = f"{count} CUDA device(s)" if count else "no CUDA device (or a CPU-only torch build)"
+            raise ValueError(f"--device {name}: this machine has {found}; use --device cpu")
+    return device
 
 
 @functools.cache

@@ -106,9 +106,10 @@ class Engine:
     ) -> Engine:
         """Load a checkpoint directory (or hub id) with its tokenizer. quantize="int8": see engine/quant.py."""
         from nanoseek.checkpoint import from_pretrained, resolve_model_path
+        from nanoseek.runtime import resolve_device
 
         path = str(resolve_model_path(path))
-        model = from_pretrained(path, dtype=dtype, device=device)
+        model = from_pretrained(path, dtype=dtype, device=None if device is None else resolve_device(device))
         if quantize == "int8":
             from nanoseek.engine.quant import quantize_int8
 

@@ -41,6 +41,7 @@ class GenerateConfig:
     concurrency: int = arg(8, "requests in flight to an endpoint")
     retries: int = arg(6, "retries of a failed endpoint request, with backoff")
     seed: int = 0
+    device: str | None = arg(None, "where a local teacher generates: cpu (default), cuda, cuda:1")
     progress: bool = True
 
 
@@ -56,7 +57,8 @@ class LocalTeacher:
     def __init__(self, path: str, config: GenerateConfig):
         from nanoseek.engine import Engine
 
-        self.engine, self.config, self.name = Engine.from_pretrained(path), config, str(path)
+        self.engine = Engine.from_pretrained(path, device=config.device)
+        self.config, self.name = config, str(path)
 
     def sample(self, batch: list[Example]) -> list[list[tuple[str, str]]]:
         from nanoseek.engine import SamplingParams

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from nanoseek.runtime import resolve_device
+
 
 @dataclass
 class Dist:
@@ -38,12 +40,12 @@ class Dist:
 def setup(device: str | None = None) -> Dist:
     """Join the process group torchrun describes (gloo on CPU, nccl on GPUs); a plain process gets a 1-rank Dist."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(device=resolve_device(device))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if world == 1:
-        return Dist(device=torch.device(device))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
+    if torch.device(device).type == "cuda":  # under torchrun each rank takes its own GPU, whatever index was named
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from nanoseek.configargs import arg
 from nanoseek.engine import Engine, SamplingParams
 from nanoseek.eval.evaluate import chat_prompt, evaluate, load_examples, response
-from nanoseek.runtime import keep_freed_memory
+from nanoseek.runtime import keep_freed_memory, resolve_device
 from nanoseek.tasks import Example, reward
 from nanoseek.train.optim import OptimConfig, build_optimizer, lr_at, set_lr
 from nanoseek.train.state import RunDir, rng_state, set_rng_state
@@ -46,7 +46,7 @@ RECIPES = ("r1-zero", "r1")
 ADVANTAGES = ("grpo", "dr-grpo", "reinforce")
 LOSS_AGGREGATIONS = ("token", "sequence", "constant")
 # settings that may change when a run is resumed (e.g. more steps); everything else must match
-_RESUMABLE = {"resume", "progress", "steps", "eval_every", "save_every", "keep", "threads", "time_budget"}
+_RESUMABLE = {"resume", "progress", "steps", "eval_every", "save_every", "keep", "threads", "time_budget", "device"}
 
 
 @dataclass
@@ -81,6 +81,7 @@ class RLConfig:
     keep: int = 2
     seed: int = 0
     threads: int | None = None
+    device: str | None = arg(None, "where the policy rolls out and trains: cpu, cuda, cuda:1 (default: a GPU if any)")
     time_budget: float | None = arg(None, "stop after the step that crosses this many seconds (equal-time comparisons)")
     resume: bool = False
     progress: bool = True
@@ -159,6 +160,7 @@ class GRPOTrainer:
     def __init__(self, config: RLConfig):
         config.validate()
         self.config = config
+        self.device = resolve_device(config.device)  # a missing GPU is refused before any work
         if config.threads:
             torch.set_num_threads(config.threads)
         keep_freed_memory()
@@ -168,7 +170,7 @@ class GRPOTrainer:
         from nanoseek.checkpoint import from_pretrained
         from nanoseek.tokenizer import Tokenizer
 
-        self.policy = from_pretrained(source, dtype=torch.float32).train()
+        self.policy = from_pretrained(source, dtype=torch.float32, device=self.device).train()
         self.tokenizer = Tokenizer.from_pretrained(source)
         self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False) if config.kl_beta > 0 else None
         sequences = config.prompts_per_step * config.group_size
@@ -276,8 +278,8 @@ class GRPOTrainer:
 
     def optimize(self, batch: list[Rollout]) -> dict[str, float]:
         c = self.config
-        ids, mask, targets = _pad(batch, self.tokenizer.pad_id)
-        adv = torch.tensor([r.advantage for r in batch])
+        ids, mask, targets = (t.to(self.device) for t in _pad(batch, self.tokenizer.pad_id))
+        adv = torch.tensor([r.advantage for r in batch], device=self.device)
         # a single update on the whole batch is on-policy: the sampling policy's log-probs are the current ones
         # (ratio 1, gradient intact), so the extra no-grad forward that would compute them is skipped
         # Every log-prob is of the policy that sampled: logits / temperature, as the engine drew them (the reference
@@ -379,7 +381,8 @@ class GRPOTrainer:
             torch.load(self.checkpoint / "trainer_state" / "optimizer.pt", weights_only=True)
         )
         if self.reference is not None:
-            self.reference = from_pretrained(self.checkpoint / "trainer_state" / "reference").requires_grad_(False)
+            reference = from_pretrained(self.checkpoint / "trainer_state" / "reference", device=self.device)
+            self.reference = reference.requires_grad_(False)
         set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.run.truncate_metrics(self.step)
@@ -450,6 +453,7 @@ def cold_start(start: Path, out: Path, config: RLConfig) -> Path:
         eval_every=10**9,
         save_every=10**9,
         seed=config.seed,
+        device=config.device,
         progress=config.progress,
     )
     model_dir = train(sft)

@@ -61,6 +61,7 @@ class TrainConfig:
     compile: bool = arg(False, "torch.compile the model")
     fp8: bool = arg(False, "float8 linear layers via torchao (GPUs with FP8, sm89+)")
     threads: int | None = arg(None, "CPU threads (tiny models can be faster on 1)")
+    device: str | None = arg(None, "where to train: cpu, cuda, cuda:1 (default: a GPU if any; torchrun: one per rank)")
     eval_every: int = 100
     eval_batches: int = 4
     save_every: int = 250
@@ -91,14 +92,17 @@ class TrainConfig:
 
 
 # settings that may change between a run and its resumption (everything else must match)
-_RESUMABLE = {"resume", "progress", "steps", "eval_every", "save_every", "log_every", "keep", "threads", "eval_batches"}
+_RESUMABLE = {
+    *("resume", "progress", "steps", "eval_every", "save_every", "log_every", "keep", "threads", "eval_batches"),
+    "device",  # a run may move between machines
+}
 
 
 class Trainer:
     def __init__(self, config: TrainConfig):
         config.validate()
         self.config = config
-        self.dist = distributed.setup()
+        self.dist = distributed.setup(config.device)
         if config.fp8:  # refused before any data is read or tokenised, not minutes into setup
             _check_fp8(self.dist.device)
         if config.threads:
