@@ -291,9 +291,9 @@ def _every_field_changed():
         out="runs/x y", data=["a.jsonl", "hf://b"], preset="nano", init_from="ckpt", tokenizer="tok",
         model_overrides={"num_hidden_layers": 2, "hidden_act": "silu", "rope_scaling": None, "lr": 1e-5},
         steps=9, batch_size=3, grad_accum=2, seq_len=33, optim=optim, grad_clip=0.5, mtp_weight=0.1,
-        bias_update_speed=0.0, aux_loss_alpha=1e-4, teacher="t", distill_weight=0.75, distill_temperature=2.0,
-        precision="bf16", compile=True, fp8=True, threads=1, eval_every=5, eval_batches=2, save_every=4, keep=1,
-        log_every=3, val_fraction=0.1, seed=7, resume=True, progress=False,
+        bias_update_speed=0.0, aux_loss_alpha=1e-4, indexer_warmup_steps=5, teacher="t", distill_weight=0.75,
+        distill_temperature=2.0, precision="bf16", compile=True, fp8=True, threads=1, eval_every=5, eval_batches=2,
+        save_every=4, keep=1, log_every=3, val_fraction=0.1, seed=7, resume=True, progress=False,
     )  # fmt: skip
     rl = dict(
         out="o", init_from="i", tasks=["countdown:count=3", "addition"], recipe="r1", cold_start_examples=5,

@@ -139,6 +139,9 @@ class DeepseekV3ForCausalLM(nn.Module):
         if positions is None:
             positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
         rope = self.model.rotary(positions)
+        if cache is None:  # a training pass sets each indexer's KL afresh: one it skips (MTP) must not keep a stale one
+            for attention in self.sparse_attentions():
+                attention.indexer_loss = None
         x = self.model.embed_tokens(input_ids)
         for layer in self.main_layers:
             x = layer(x, rope, cache)
@@ -183,8 +186,7 @@ class DeepseekV3ForCausalLM(nn.Module):
             total = total + mtp_weight * torch.stack(mtp_losses).mean()
         # V3.2: the indexers' KL joins the loss, but only the indexers receive its gradient (their inputs and the
         # attention target are detached), and the LM loss never reaches them (top-k selection is not differentiable)
-        kls = [a.indexer_loss for a in self.sparse_attentions() if a.indexer_loss is not None]
-        indexer = torch.stack(kls).mean() if kls else None
+        indexer = self.indexer_loss()
         if indexer is not None:
             total = total + indexer
         return LossOutput(total, main, mtp_losses, balance, indexer)
@@ -193,6 +195,11 @@ class DeepseekV3ForCausalLM(nn.Module):
     def sparse_attentions(self) -> list[MultiHeadLatentAttention]:
         """The attention modules that carry a lightning indexer (every MLA layer of a deepseek_v32 model)."""
         return [m for m in self.modules() if isinstance(m, MultiHeadLatentAttention) and m.indexer is not None]
+
+    def indexer_loss(self) -> torch.Tensor | None:
+        """The indexers' KL of the last training forward, mean over the layers it ran (None: no indexer ran)."""
+        kls = [a.indexer_loss for a in self.sparse_attentions() if a.indexer_loss is not None]
+        return torch.stack(kls).mean() if kls else None
 
     def set_sparse_attention(self, sparse: bool) -> None:
         """False: attend densely (the indexer's warm-up, where it learns to imitate attention); True: top-k."""

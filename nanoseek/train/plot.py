@@ -1,4 +1,5 @@
-"""`nanoseek plot RUN_DIR`: a run's metrics.jsonl as PNG figures (loss, lr, expert balance, throughput, RL).
+"""`nanoseek plot RUN_DIR`: a run's metrics.jsonl as PNG figures (loss, lr, expert balance, V3.2's indexer,
+throughput, RL).
 
 Each figure is drawn only when its data exists. Noisy curves (train loss, RL reward) are drawn faintly with a
 light EMA on top. A run resumed without truncating its metrics logs some steps twice: the later lines win.
@@ -253,6 +254,21 @@ def _balance(fig: Figure, records: list[dict[str, Any]]) -> bool:
     return True
 
 
+def _indexer(fig: Figure, records: list[dict[str, Any]]) -> bool:
+    """V3.2: the lightning indexers' KL to attention, with the end of their dense warm-up marked."""
+    kl = series(records, "train", "indexer_kl")
+    if not kl[0]:
+        return False
+    ax = fig.add_subplot()
+    _noisy(ax, kl, "indexer KL(attention || index scores)", "tab:blue")
+    warmup = [r["step"] for r in records if r.get("kind") == "train" and r.get("stage") == "indexer_warmup"]
+    if warmup:
+        ax.axvline(max(warmup), color="black", linestyle=":", linewidth=1.2, label="dense warm-up ends")
+    ax.set_ylim(bottom=0)
+    _finish(ax, "Lightning indexer", "KL (nats)")
+    return True
+
+
 def _throughput(fig: Figure, records: list[dict[str, Any]]) -> bool:
     tps, mfu = series(records, "train", "tokens_per_s"), series(records, "train", "mfu")
     if not tps[0]:
@@ -325,6 +341,7 @@ FIGURES: list[tuple[str, Callable[[Figure, list[dict[str, Any]]], bool]]] = [
     ("loss", _loss),
     ("lr", _lr),
     ("balance", _balance),
+    ("indexer", _indexer),
     ("throughput", _throughput),
     ("rl", _rl),
 ]

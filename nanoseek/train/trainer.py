@@ -5,6 +5,9 @@ the optimizer step with the scheduled learning rate, then DeepSeek-V3's auxiliar
 biases nudged by each expert's load over the step, summed over ranks). Logged as JSON lines, validated every
 `eval_every` steps, checkpointed every `save_every` steps; `--resume` continues from the newest checkpoint and,
 on CPU in float32, reproduces the uninterrupted run bit for bit.
+
+A DeepSeek-V3.2 model can first spend `indexer_warmup_steps` on its indexers' dense warm-up, then train sparse
+(`set_indexer_warmup`); a resumed run picks up in the stage its step belongs to.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class TrainConfig:
     mtp_weight: float = arg(0.3, "MTP loss weight (DeepSeek-V3's lambda: 0.3, later 0.1)")
     bias_update_speed: float = arg(1e-3, "aux-loss-free balancing speed, DeepSeek-V3's gamma (0: off)")
     aux_loss_alpha: float | None = arg(None, "sequence-wise balance loss weight (default: the model config's)")
+    indexer_warmup_steps: int = arg(
+        0, "V3.2: the first N steps attend densely and train only the lightning indexers (on their KL), then sparse"
+    )
     teacher: str | None = arg(None, "also distil this checkpoint's logits (it must share the student's tokenizer)")
     distill_weight: float = arg(0.5, "share of the KL-to-teacher term in the loss")
     distill_temperature: float = 1.0
@@ -82,6 +88,7 @@ class TrainConfig:
             (self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}"),
             (self.data, "no training data: pass --data FILE [FILE ...] (or a tokenised shard directory)"),
             (self.mtp_weight >= 0 and self.bias_update_speed >= 0, "mtp_weight and bias_update_speed must be >= 0"),
+            (self.indexer_warmup_steps >= 0, f"indexer_warmup_steps must be >= 0, got {self.indexer_warmup_steps}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -113,13 +120,20 @@ class Trainer:
         self.checkpoint = self.run.checkpoint_to_resume(config.to_json(), config.resume, _RESUMABLE)
         self.tokenizer = self._load_tokenizer()
         self.model = self._build_model()
+        if config.indexer_warmup_steps and not self.model.sparse_attentions():  # before any data is tokenised
+            raise ValueError(
+                "--indexer-warmup-steps trains DeepSeek-V3.2's lightning indexers, and this "
+                f"{self.model.config.model_type} model has none: train a deepseek_v32 model (--preset nano-v32, "
+                "tiny-v32 or bench-18m-v32, or --init-from a V3.2 checkpoint), or drop --indexer-warmup-steps"
+            )
         self.train_loader, self.val_loader = self._loaders()
         self.model_config: ModelConfig = self.model.config
         if config.fp8:
             _enable_fp8(self.model)
         if self.dist.enabled:
             distributed.shard(self.model)
-        self.optimizer = build_optimizer(self.model, config.optim)
+        # the stage of the last update made before this run's first step: a checkpoint holds that stage's optimizer
+        self._enter_stage(self._in_warmup(max(self._checkpoint_step() - 1, 0)))
         self.teacher = self._load_teacher() if config.teacher else None
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.step = 0
@@ -266,7 +280,36 @@ class Trainer:
         lengths += [0] * (self.model_config.vocab_size - len(lengths))
         return torch.tensor(lengths, dtype=torch.float64)
 
+    # ---- V3.2's two stages ----
+    def _in_warmup(self, step: int) -> bool:
+        return step < self.config.indexer_warmup_steps
+
+    def _enter_stage(self, warmup: bool) -> None:
+        """Freeze or unfreeze for the stage, then a fresh optimizer over exactly the parameters that now train.
+
+        A new optimizer per stage rather than one holding every parameter with the frozen ones idle: a checkpoint
+        of either stage then holds an optimizer whose parameters are exactly the trainable ones, which loads back
+        as it was saved (torch.distributed.checkpoint would otherwise have to invent state for the idle ones). The
+        indexers' Adam moments restart at the switch, as does the learning-rate schedule (`_lr`)."""
+        self.indexer_warmup = warmup
+        if self.config.indexer_warmup_steps:
+            set_indexer_warmup(self.model, warmup)
+        self.optimizer = build_optimizer(self.model, self.config.optim)
+
+    def _lr(self) -> float:
+        """Each stage runs the configured schedule over its own steps (each starts with a fresh optimizer, so
+        each warms up again); the warm-up's does not depend on --steps, so a run stopped after it resumes exactly."""
+        c, warmup = self.config, self.config.indexer_warmup_steps
+        if self.step < warmup:
+            return lr_at(self.step, warmup, c.optim)
+        return lr_at(self.step - warmup, c.steps - warmup, c.optim)
+
     # ---- checkpoints ----
+    def _checkpoint_step(self) -> int:
+        if self.checkpoint is None:
+            return 0
+        return int(json.loads((self.checkpoint / "trainer_state" / "state.json").read_text())["step"])
+
     def _state_dicts(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -364,8 +407,10 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         c = self.config
         start = time.perf_counter()
-        set_lr(self.optimizer, lr := lr_at(self.step, c.steps, c.optim))
-        sums = torch.zeros(4)  # loss, main, mtp, balance
+        if self.indexer_warmup != self._in_warmup(self.step):  # the first sparse step: unfreeze, full optimizer
+            self._enter_stage(self._in_warmup(self.step))
+        set_lr(self.optimizer, lr := self._lr())
+        sums = torch.zeros(5)  # loss, main, mtp, balance, indexer KL
         tokens = 0
         for _ in range(c.grad_accum):
             inputs, targets = next(self.train_loader)
@@ -376,9 +421,9 @@ class Trainer:
                     out = self._distill_loss(inputs, targets)
             (out.loss / c.grad_accum).backward()
             mtp = torch.stack(out.mtp).mean() if out.mtp else torch.zeros(())
-            sums += (
-                torch.stack([out.loss.detach(), out.main.detach(), mtp.detach(), out.balance.detach()]).float().cpu()
-            )
+            kl = out.indexer if out.indexer is not None else torch.zeros(())
+            parts = [out.loss, out.main, mtp, out.balance, kl]
+            sums += torch.stack([t.detach().float().cpu() for t in parts])
             tokens += inputs.numel()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         self.optimizer.step()
@@ -398,6 +443,9 @@ class Trainer:
             record["mtp_loss"] = sums[2].item()
         if self.model_config.aux_loss_alpha:
             record["balance_loss"] = sums[3].item()
+        if self.model_config.has_indexer:
+            record["indexer_kl"] = sums[4].item()
+            record["stage"] = "indexer_warmup" if self.indexer_warmup else "sparse"
         return record
 
     def _distill_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> LossOutput:
@@ -415,7 +463,10 @@ class Trainer:
             reduction="batchmean",
         )
         loss = (1 - c.distill_weight) * ce + c.distill_weight * c.distill_temperature**2 * kl
-        return LossOutput(loss, ce, [], torch.zeros(()))
+        indexer = self.model.indexer_loss()  # V3.2: the indexers learn from their KL here too
+        if indexer is not None:
+            loss = loss + indexer
+        return LossOutput(loss, ce, [], torch.zeros(()), indexer)
 
     def _balance_experts(self) -> dict[str, float]:
         """Sum each router's load over ranks, log max/mean per layer, then apply the bias update (gamma)."""
@@ -427,7 +478,8 @@ class Trainer:
             distributed.all_reduce_(gate.load)
             if gate.load.sum() > 0:
                 ratios.append((gate.load.max() / gate.load.mean()).item())
-            gate.update_bias(self.config.bias_update_speed)
+            # the warm-up leaves everything but the indexers as it was, the routers' biases too (0: reset the load)
+            gate.update_bias(0.0 if self.indexer_warmup else self.config.bias_update_speed)
         return (
             {"balance_max_over_mean": sum(ratios) / len(ratios), "balance_worst_layer": max(ratios)} if ratios else {}
         )
@@ -501,6 +553,19 @@ def _enable_fp8(model: DeepseekV3ForCausalLM) -> None:
         )
 
     convert_to_float8_training(model, module_filter_fn=eligible)
+
+
+def set_indexer_warmup(model: DeepseekV3ForCausalLM, warmup: bool) -> None:
+    """DeepSeek-V3.2's two stages (report 2.1.1). Dense warm-up (True): attention reads every past token and only
+    the lightning indexers train, learning from their KL to it what attention looks at; sparse training (False):
+    top-k attention, every parameter trains (the indexers still by their KL only, their inputs being detached)."""
+    attentions = model.sparse_attentions()
+    if not attentions:
+        raise ValueError(f"a {model.config.model_type} model has no lightning indexer to warm up (V3.2 only)")
+    model.set_sparse_attention(not warmup)
+    indexers = {id(p) for a in attentions for p in a.indexer.parameters()}  # type: ignore[union-attr]
+    for p in model.parameters():
+        p.requires_grad_(not warmup or id(p) in indexers)
 
 
 def train(config: TrainConfig) -> Path:
