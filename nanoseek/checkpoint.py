@@ -350,28 +350,33 @@ def from_pretrained(
 
         if config.is_v4:
             loaded = _load_v4(expected, weight_map, read_stored, dtype, device, fp8_block, path)
-        for key, meta in expected.items() if not config.is_v4 else ():
-            if config.tie_word_embeddings and key == "lm_head.weight":
-                continue
-            match = _EXPERTS.match(key)
-            if match is None:
-                t = read(key, meta.shape)
-                loaded[key] = t.to(device=device, dtype=_target_dtype(key, key, dtype, handles[weight_map[key]]))
-                continue
-            prefix, kind = match.groups()
-            probe = f"{prefix}.0.down_proj.weight"
-            if probe not in weight_map:
-                raise CheckpointError(f"{path}: missing tensor {probe!r}")
-            target_dtype = _target_dtype(key, probe, dtype, handles[weight_map[probe]])
-            stacked = torch.empty(meta.shape, dtype=target_dtype, device=device)
-            half = meta.shape[-1] // 2
-            for e in range(meta.shape[0]):
-                if kind == "w_down":
-                    stacked[e] = read(f"{prefix}.{e}.down_proj.weight", meta.shape[1:][::-1]).t()
-                else:
-                    stacked[e, :, :half] = read(f"{prefix}.{e}.gate_proj.weight", torch.Size([half, meta.shape[1]])).t()
-                    stacked[e, :, half:] = read(f"{prefix}.{e}.up_proj.weight", torch.Size([half, meta.shape[1]])).t()
-            loaded[key] = stacked
+        else:
+            for key, meta in expected.items():
+                if config.tie_word_embeddings and key == "lm_head.weight":
+                    continue
+                match = _EXPERTS.match(key)
+                if match is None:
+                    t = read(key, meta.shape)
+                    loaded[key] = t.to(device=device, dtype=_target_dtype(key, key, dtype, handles[weight_map[key]]))
+                    continue
+                prefix, kind = match.groups()
+                probe = f"{prefix}.0.down_proj.weight"
+                if probe not in weight_map:
+                    raise CheckpointError(f"{path}: missing tensor {probe!r}")
+                target_dtype = _target_dtype(key, probe, dtype, handles[weight_map[probe]])
+                stacked = torch.empty(meta.shape, dtype=target_dtype, device=device)
+                half = meta.shape[-1] // 2
+                for e in range(meta.shape[0]):
+                    if kind == "w_down":
+                        stacked[e] = read(f"{prefix}.{e}.down_proj.weight", meta.shape[1:][::-1]).t()
+                    else:
+                        stacked[e, :, :half] = read(
+                            f"{prefix}.{e}.gate_proj.weight", torch.Size([half, meta.shape[1]])
+                        ).t()
+                        stacked[e, :, half:] = read(
+                            f"{prefix}.{e}.up_proj.weight", torch.Size([half, meta.shape[1]])
+                        ).t()
+                loaded[key] = stacked
     unexpected = sorted(
         k
         for k in weight_map
@@ -468,7 +473,9 @@ def _load_v4(
         if t.dtype == torch.float8_e4m3fn or v4.is_fp4(t):
             scale = next((n for n in v4.scale_names(stored) if n in weight_map), None)
             if scale is None:
-                raise CheckpointError(f"{path}: {stored!r} is stored as {t.dtype} without its scales {stored}.scale")
+                raise CheckpointError(
+                    f"{path}: {stored!r} is stored as {t.dtype} without its scales {v4.scale_names(stored)[0]!r}"
+                )
             where = f"{path / weight_map[scale]}: {scale!r}"
             if v4.is_fp4(t):
                 try:

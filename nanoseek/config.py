@@ -101,6 +101,10 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.is_v4 and self.layer_types is not None and self.mlp_layer_types is not None:
+            # as DeepseekV4Config: the per-layer lists follow a smaller num_hidden_layers (preset(..., layers=4))
+            self.layer_types = list(self.layer_types[: self.num_hidden_layers])
+            self.mlp_layer_types = list(self.mlp_layer_types[: self.num_hidden_layers])
         self.validate()
 
     # ---- the family's architecture ----

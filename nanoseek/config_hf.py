@@ -12,7 +12,7 @@ from typing import Any
 
 from nanoseek.config_v4 import V4_DEFAULTS, V4_FIELDS, V4_SPECIAL_KEYS, read_v4_fields, write_v4_fields
 
-SUPPORTED_MODEL_TYPES = ("deepseek_v3", "deepseek_v32", "deepseek_v4", "deepseek_v2", "qwen2", "llama")
+SUPPORTED_MODEL_TYPES = ("deepseek_v3", "deepseek_v32", "deepseek_v2", "qwen2", "llama", "deepseek_v4")
 # MLA attention + DeepSeekMoE; the others are dense GQA models
 MLA_MODEL_TYPES = ("deepseek_v3", "deepseek_v32", "deepseek_v2")
 ARCHITECTURES = {

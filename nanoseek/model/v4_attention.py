@@ -38,6 +38,16 @@ from nanoseek.model.indexer import index_scores, top_k_visible
 from nanoseek.model.rope import apply_rope, yarn_frequencies
 
 
+class V4RMSNorm(RMSNorm):
+    """RMSNorm whose weight stays float32 (as transformers keeps V4's norms) while activations may be bf16: multiply
+    in float32, return the input's dtype. (The shared RMSNorm would promote a bf16 input to float32 here.)"""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight.float() * h).to(x.dtype)
+
+
 class V4Rotary(nn.Module):
     """Rotations for the qk_rope_head_dim tail of each head: the "main" rope of sliding layers, or the "compress"
     rope of compressed ones."""
@@ -96,7 +106,7 @@ class Compressor(nn.Module):
         self.kv_proj = nn.Linear(config.hidden_size, width, bias=False)
         self.gate_proj = nn.Linear(config.hidden_size, width, bias=False)
         self.position_bias = nn.Parameter(torch.empty(rate, width))
-        self.kv_norm = RMSNorm(dim, config.rms_norm_eps)
+        self.kv_norm = V4RMSNorm(dim, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, rotary: V4Rotary) -> torch.Tensor:
         """x [B, S, hidden] -> entries [B, W, dim], W = S // rate, the rope tail rotated at w * rate."""
@@ -158,10 +168,10 @@ class V4Attention(nn.Module):
         self.eps, self.scale = config.rms_norm_eps, config.head_dim**-0.5  # no YaRN mscale in V4
         hidden, heads, dim = config.hidden_size, config.num_attention_heads, config.head_dim
         self.q_a_proj = nn.Linear(hidden, config.q_lora_rank, bias=False)
-        self.q_a_norm = RMSNorm(config.q_lora_rank, config.rms_norm_eps)
+        self.q_a_norm = V4RMSNorm(config.q_lora_rank, config.rms_norm_eps)
         self.q_b_proj = nn.Linear(config.q_lora_rank, heads * dim, bias=False)
         self.kv_proj = nn.Linear(hidden, dim, bias=False)
-        self.kv_norm = RMSNorm(dim, config.rms_norm_eps)
+        self.kv_norm = V4RMSNorm(dim, config.rms_norm_eps)
         # o_a_proj holds one [o_lora_rank, heads * dim / o_groups] block per group, stacked along its rows
         self.o_a_proj = nn.Linear(heads * dim // config.o_groups, config.o_groups * config.o_lora_rank, bias=False)
         self.o_b_proj = nn.Linear(config.o_groups * config.o_lora_rank, hidden, bias=False)

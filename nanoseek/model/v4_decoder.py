@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from nanoseek.config import ModelConfig
-from nanoseek.model.attention import RMSNorm
 from nanoseek.model.hyper_connections import HyperConnection, HyperHead, merge_streams
-from nanoseek.model.v4_attention import V4Attention, V4Rotary
+from nanoseek.model.v4_attention import V4Attention, V4RMSNorm, V4Rotary
 from nanoseek.model.v4_moe import V4MoE
 
 # Weights transformers keeps in float32 whatever the load dtype (its `_keep_in_fp32_modules_strict`); we do too.
@@ -51,8 +50,8 @@ class V4DecoderLayer(nn.Module):
         hc = (config.hc_mult, config.hidden_size, config.hc_sinkhorn_iters, config.hc_eps, config.rms_norm_eps)
         self.self_attn = V4Attention(config, layer_idx)
         self.mlp = V4MoE(config, layer_idx)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = V4RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = V4RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.attn_hc = HyperConnection(*hc)
         self.ffn_hc = HyperConnection(*hc)
 
@@ -77,7 +76,7 @@ class V4Decoder(nn.Module):
         self.hc_mult = config.hc_mult
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList([V4DecoderLayer(config, i) for i in range(config.num_hidden_layers)])
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = V4RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.hc_head = HyperHead(config.hc_mult, config.hidden_size, config.hc_eps, config.rms_norm_eps)
         self.rotary_main = V4Rotary(config, compress=False)
         self.rotary_compress = V4Rotary(config, compress=True)
