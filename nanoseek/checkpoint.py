@@ -29,7 +29,7 @@ from nanoseek.config import ModelConfig
 from nanoseek.model.moe import Router
 from nanoseek.model.rope import RotaryEmbedding
 from nanoseek.model.transformer import DeepseekV3ForCausalLM
-from nanoseek.model.v4_decoder import V4Decoder
+from nanoseek.model.v4_decoder import V4Decoder, keeps_float32
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -310,8 +310,7 @@ def from_pretrained(
     config = ModelConfig.from_json(path / "config.json")
     fp8_block = _fp8_block_size(path)
     weight_map = _weight_files(path)
-    if not config.is_v4:  # V4: MTP weights are ignored whether present or not (checkpoint_v4.py)
-        config = _drop_absent_mtp(config, weight_map)
+    config = _drop_absent_mtp(config, weight_map)
     device = torch.device(device or "cpu")
     with torch.device("meta"):
         model = DeepseekV3ForCausalLM(config)
@@ -380,10 +379,7 @@ def from_pretrained(
     unexpected = sorted(
         k
         for k in weight_map
-        if k not in used
-        and not _IGNORABLE.search(k)
-        and not (config.tie_word_embeddings and k == "lm_head.weight")
-        and not (config.is_v4 and v4.IGNORED.search(k))
+        if k not in used and not _IGNORABLE.search(k) and not (config.tie_word_embeddings and k == "lm_head.weight")
     )
     if unexpected:
         raise CheckpointError(
@@ -499,7 +495,7 @@ def _load_v4(
             if not t.is_floating_point():
                 loaded[key] = t.to(device=device, dtype=torch.long)  # hash-routing tables (int32 or int64 stored)
             else:
-                keep = v4.keeps_float32(v4.release_name(key))
+                keep = keeps_float32(key)
                 loaded[key] = t.to(device=device, dtype=torch.float32 if keep else dtype or natural)
             continue
         layer, kind = match.groups()
@@ -521,13 +517,17 @@ def _load_v4(
 
 
 def _drop_absent_mtp(config: ModelConfig, weight_map: dict[str, str]) -> ModelConfig:
-    """transformers' DeepseekV3ForCausalLM saves no MTP weights yet keeps num_nextn_predict_layers in its config:
-    such a checkpoint loads without MTP. Partly present MTP weights are an error (found later as missing keys)."""
+    """transformers' DeepseekV3ForCausalLM (and V4) saves no MTP weights yet keeps num_nextn_predict_layers in its
+    config: such a checkpoint loads without MTP. Partly present MTP weights are an error (found later as missing
+    keys)."""
     n = config.num_nextn_predict_layers
     if n == 0:
         return config
-    first_mtp = f"model.layers.{config.num_hidden_layers}."
-    has_mtp = any(k.startswith(first_mtp) and not _IGNORABLE.search(k) for k in weight_map)
+    if config.is_v4:  # DeepSeek's V4 layout: mtp.{k}.* (transformers' own save prefixes model.)
+        has_mtp = any(k.startswith(("mtp.0.", "model.mtp.0.")) for k in weight_map)
+    else:
+        first_mtp = f"model.layers.{config.num_hidden_layers}."
+        has_mtp = any(k.startswith(first_mtp) and not _IGNORABLE.search(k) for k in weight_map)
     return config if has_mtp else config.replace(num_nextn_predict_layers=0)
 
 

@@ -21,7 +21,8 @@ Quantised releases (V4-Flash / V4-Pro instruct), dequantised on load to the requ
   ([out, in / 32]); W[r, c] = E2M1[code] * scale[r, c // 32]. Found in transformers' integrations/finegrained_fp8.py
   (`Fp8Dequantize._unpack_fp4` and FP8Experts' "per-row SF at gran_k=32" allocation for expert_dtype "fp4").
 
-MTP weights (`mtp.*`) are ignored on load, as transformers does: the model has no MTP module yet.
+The MTP module sits under `mtp.{k}.` with a layer's names plus e_proj, h_proj, enorm, hnorm, norm and its own
+hc_head_{fn,base,scale}; a checkpoint without it (as transformers saves, which skips MTP) loads without MTP.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ import torch
 
 from nanoseek.config import ModelConfig
 
-STACKED_EXPERTS = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(w_gate_up|w_down)$")
-IGNORED = re.compile(r"^(model\.)?mtp\.")  # the MTP module: not modelled (module docstring)
+STACKED_EXPERTS = re.compile(r"^model\.((?:layers|mtp)\.\d+)\.mlp\.experts\.(w_gate_up|w_down)$")
 E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 _TOP = {
@@ -51,18 +51,18 @@ _ATTENTION_PARTS = {
     "q_a_norm": "q_norm",
     "q_b_proj": "wq_b",
     "kv_proj": "wkv",
-    "kv_norm": "norm",
     "o_a_proj": "wo_a",
     "o_b_proj": "wo_b",
     "gate_proj": "wgate",
     "position_bias": "ape",
 }
 _MOE_PARTS = {"e_score_correction_bias": "bias", "gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.([a-z_]+)\.(.+)$")
+_LAYER = re.compile(r"^model\.(layers|mtp)\.(\d+)\.([a-z_]+)\.(.+)$")
+_MTP_TOP = {"hc_head.hc_fn": "hc_head_fn", "hc_head.hc_base": "hc_head_base", "hc_head.hc_scale": "hc_head_scale"}
 # DeepSeek's names of what transformers keeps in float32 (saved in float32 whatever the save dtype)
 _FLOAT32_RELEASE = re.compile(
-    r"(^hc_head_|\.hc_(attn|ffn)_|\.attn_sink$|\.ape$|\.ffn\.gate\.(weight|bias)$|\.(q_norm|norm|attn_norm|ffn_norm)"
-    r"\.weight$|^norm\.weight$)"
+    r"(^hc_head_|\.hc_(attn|ffn|head)_|\.attn_sink$|\.ape$|\.ffn\.gate\.(weight|bias)$|\.(q_norm|kv_norm|norm|attn_norm"
+    r"|ffn_norm)\.weight$|^norm\.weight$)"
 )
 
 
@@ -73,15 +73,23 @@ def release_name(key: str) -> str:
     match = _LAYER.match(key)
     if match is None:
         raise KeyError(f"no DeepSeek-V4 checkpoint name for {key!r}")
-    layer, block, rest = match.groups()
+    group, index, block, rest = match.groups()
+    prefix = f"{group}.{index}"
+    if group == "mtp" and block in ("e_proj", "h_proj", "enorm", "hnorm", "norm"):
+        return f"{prefix}.{block}.{rest}"
+    if group == "mtp" and f"{block}.{rest}" in _MTP_TOP:
+        return f"{prefix}.{_MTP_TOP[f'{block}.{rest}']}"
     if block in ("input_layernorm", "post_attention_layernorm"):
-        return f"layers.{layer}.{'attn' if block == 'input_layernorm' else 'ffn'}_norm.{rest}"
+        return f"{prefix}.{'attn' if block == 'input_layernorm' else 'ffn'}_norm.{rest}"
     if block in ("attn_hc", "ffn_hc"):
-        return f"layers.{layer}.hc_{block[:-3]}_{rest}"
+        return f"{prefix}.hc_{block[:-3]}_{rest}"
     if block == "self_attn":
-        return f"layers.{layer}.attn." + ".".join(_ATTENTION_PARTS.get(p, p) for p in rest.split("."))
+        parts = [_ATTENTION_PARTS.get(p, p) for p in rest.split(".")]
+        if "compressor" in parts:  # a compressor's norm is plain `norm`; the attention's own stays `kv_norm`
+            parts = ["norm" if p == "kv_norm" else p for p in parts]
+        return f"{prefix}.attn." + ".".join(parts)
     if block == "mlp":
-        return f"layers.{layer}.ffn." + ".".join(_MOE_PARTS.get(p, p) for p in rest.split("."))
+        return f"{prefix}.ffn." + ".".join(_MOE_PARTS.get(p, p) for p in rest.split("."))
     raise KeyError(f"no DeepSeek-V4 checkpoint name for {key!r}")
 
 
@@ -94,9 +102,14 @@ def transformers_name(key: str) -> str:
 
 def stored_names(key: str) -> list[str]:
     """Every name a V4 checkpoint may store our tensor `key` under: DeepSeek's, the same prefixed with `model.` (as
-    transformers saves), and transformers' in-memory name."""
+    transformers saves), and transformers' in-memory name. Footgun: transformers writes the attention's
+    `attn.kv_norm` back as `attn.norm` (its renames are one regex for both norms), so that spelling is read too."""
     release = release_name(key)
-    return [release, f"model.{release}", transformers_name(key)]
+    names = [release, f"model.{release}", transformers_name(key)]
+    if release.endswith(".attn.kv_norm.weight"):
+        saved = release.replace(".attn.kv_norm.", ".attn.norm.")
+        names += [saved, f"model.{saved}"]
+    return names
 
 
 def keeps_float32(release_key: str) -> bool:
@@ -104,8 +117,9 @@ def keeps_float32(release_key: str) -> bool:
 
 
 def expert_names(layer: str, expert: int) -> dict[str, str]:
-    """DeepSeek's names of one routed expert's gate, up and down weights ([out, in] each)."""
-    prefix = f"layers.{layer}.ffn.experts.{expert}"
+    """DeepSeek's names of one routed expert's gate, up and down weights ([out, in] each); layer "layers.3",
+    "mtp.0"."""
+    prefix = f"{layer}.ffn.experts.{expert}"
     return {"gate": f"{prefix}.w1.weight", "up": f"{prefix}.w3.weight", "down": f"{prefix}.w2.weight"}
 
 

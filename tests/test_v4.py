@@ -129,7 +129,9 @@ def test_logits_match_transformers_both_directions(name, checkpoints, tmp_path):
         assert (ours(TOKENS) - expected).abs().max().item() < 1e-4
         ours.save_pretrained(tmp_path)
         assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["DeepseekV4ForCausalLM"]
-        assert "layers.0.attn.wq_a.weight" in load_file(tmp_path / "model.safetensors")  # DeepSeek's names
+        stored = load_file(tmp_path / "model.safetensors")  # DeepSeek's names, as released (transformers reads both)
+        assert {"embed.weight", "head.weight", "hc_head_fn", "layers.0.attn.wq_a.weight"} <= stored.keys()
+        assert "layers.0.attn.kv_norm.weight" in stored and "layers.0.ffn.experts.0.w1.weight" in stored
         theirs = _theirs(tmp_path)
         assert theirs.num_parameters() == ours.num_parameters()
         assert (theirs(TOKENS).logits - expected).abs().max().item() < 1e-4
@@ -154,9 +156,37 @@ def test_loss_and_backward(checkpoints):
     ours = nanoseek.from_pretrained(checkpoints["mixed-hc2"][0]).train()
     out = ours(TOKENS, labels=torch.roll(TOKENS, -1, dims=1))
     out.loss.backward()
-    assert torch.isfinite(out.loss) and out.mtp == []
+    assert torch.isfinite(out.loss) and out.mtp == []  # transformers saves no MTP weights: loaded without MTP
     assert ours.main_layers[1].attn_hc.fn.grad is not None and ours.model.hc_head.hc_fn.grad is not None
     assert ours.main_layers[1].self_attn.sinks.grad.abs().sum() > 0
+
+
+def test_mtp_module_round_trips_under_deepseeks_names_and_trains(tmp_path):
+    """The MTP module (checked against DeepSeek's reference description only: transformers skips `mtp.*`): saved
+    under mtp.0.* as released, read back equal, ignored by transformers (same logits), one loss term per depth,
+    and depth 0 at position i reads token i + 1 where the main model cannot."""
+    config = ModelConfig.from_dict({**_BASE, **CONFIGS["mixed-hc2"], "model_type": "deepseek_v4"})
+    assert config.num_nextn_predict_layers == 1
+    model = build_model(config, seed=0)
+    model.save_pretrained(tmp_path)
+    stored = load_file(tmp_path / "model.safetensors")
+    names = ["mtp.0.e_proj.weight", "mtp.0.hc_head_fn", "mtp.0.attn.kv_norm.weight", "mtp.0.ffn.gate.bias"]
+    names += ["layers.1.attn.compressor.norm.weight", "layers.1.attn.indexer.compressor.ape"]
+    names += ["layers.1.attn.indexer.weights_proj.weight", "layers.1.attn.indexer.wq_b.weight", "layers.0.hc_attn_fn"]
+    assert set(names) <= stored.keys()
+    assert stored["mtp.0.hc_head_scale"].shape == (1,) and "mtp.0.ffn.gate.tid2eid" not in stored  # not hashed
+    ours = nanoseek.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), model.state_dict().values()))
+    with torch.no_grad():
+        assert (_theirs(tmp_path)(TOKENS).logits - ours(TOKENS)).abs().max().item() < 1e-4
+    out = ours.train()(TOKENS, labels=torch.roll(TOKENS, -1, dims=1))
+    out.loss.backward()
+    assert len(out.mtp) == 1 and torch.isfinite(out.mtp[0]) and ours.model.mtp[0].e_proj.weight.grad is not None
+    changed = TOKENS.clone()
+    changed[:, 11] = (changed[:, 11] + 1) % 97
+    with torch.no_grad():
+        (main, (mtp,)), (main2, (mtp2,)) = (ours.model.with_mtp(t, torch.arange(48), 1) for t in (TOKENS, changed))
+    assert torch.equal(main[:, :11], main2[:, :11]) and not torch.allclose(mtp[:, 10], mtp2[:, 10])
 
 
 def test_bfloat16_load_keeps_transformers_float32_weights(checkpoints):
@@ -215,7 +245,7 @@ def test_released_sizes_match_the_published_ones():
     assert round(flash.total / 1e9) == 284 and round((flash.active - flash.embedding) / 1e9) == 13
     assert round(pro.total / 1e12, 1) == 1.6 and round((pro.active - pro.embedding) / 1e9) == 49
     meta = build_model(preset("deepseek-v4-flash"), device="meta")
-    assert meta.num_parameters() == flash.total
+    assert meta.num_parameters() == flash.total + flash.mtp  # the MTP module is built (as released: mtp.0.*)
 
 
 def _fp8_ue8m0(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

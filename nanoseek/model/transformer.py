@@ -170,13 +170,21 @@ class DeepseekV3ForCausalLM(nn.Module):
         mtp_weight (DeepSeek's lambda) times the mean over depths.
         """
         positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
-        h = self.hidden_states(input_ids, positions)
+        v4_mtp = None
+        if isinstance(self.model, V4Decoder):  # V4's MTP reads the streams: the decoder runs every depth at once
+            h, v4_mtp = self.model.with_mtp(input_ids, positions, len(self.model.mtp) if mtp_weight > 0 else 0)
+        else:
+            h = self.hidden_states(input_ids, positions)
         main = linear_cross_entropy(h, self.lm_head.weight, labels)
         mtp_losses = []
-        for depth in range(len(self.mtp_layers) if mtp_weight > 0 else 0):  # weight 0: MTP is not computed
+        depths = len(v4_mtp) if v4_mtp is not None else len(self.mtp_layers)
+        for depth in range(depths if mtp_weight > 0 else 0):  # weight 0: MTP is not computed
             shift = depth + 1
-            next_ids = F.pad(input_ids[:, shift:], (0, shift), value=0)
-            h = self.mtp_hidden_states(depth, h, next_ids, positions)
+            if v4_mtp is not None:
+                h = v4_mtp[depth]
+            else:
+                next_ids = F.pad(input_ids[:, shift:], (0, shift), value=0)
+                h = self.mtp_hidden_states(depth, h, next_ids, positions)
             mtp_labels = F.pad(labels[:, shift:], (0, shift), value=IGNORE_INDEX)
             mtp_losses.append(linear_cross_entropy(h, self.lm_head.weight, mtp_labels))
         balance = sum(

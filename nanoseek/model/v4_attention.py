@@ -159,10 +159,10 @@ class V4Indexer(nn.Module):
 
 
 class V4Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int):
+    def __init__(self, config: ModelConfig, layer_idx: int, kind: str):
         super().__init__()
         assert config.head_dim is not None and config.q_lora_rank is not None  # validated in config_v4
-        self.layer_idx, self.kind = layer_idx, config.layer_types[layer_idx]  # type: ignore[index]
+        self.layer_idx, self.kind = layer_idx, kind
         self.num_heads, self.head_dim, self.window = config.num_attention_heads, config.head_dim, config.sliding_window
         self.o_groups, self.o_lora_rank = config.o_groups, config.o_lora_rank
         self.eps, self.scale = config.rms_norm_eps, config.head_dim**-0.5  # no YaRN mscale in V4

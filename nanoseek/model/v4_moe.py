@@ -86,12 +86,12 @@ class V4Router(Router):
 
 
 class V4MoE(MoE):
-    def __init__(self, config: ModelConfig, layer_idx: int):
+    def __init__(self, config: ModelConfig, hashed: bool):
         # not MoE.__init__: it would first allocate V3's unclipped experts, which at V4's size is gigabytes
         nn.Module.__init__(self)
         self.num_experts, self.top_k = config.n_routed_experts, config.num_experts_per_tok
         self.aux_loss_alpha = config.aux_loss_alpha
-        self.gate = V4Router(config, hashed=config.mlp_layer_types[layer_idx] == "hash_moe")  # type: ignore[index]
+        self.gate = V4Router(config, hashed)
         self.experts = ClippedExperts(config)
         self.shared_experts = ClippedMLP(config.hidden_size, config.moe_intermediate_size, config.swiglu_limit)
         self.aux_loss = None
