@@ -225,7 +225,9 @@ def attend_with_sinks(
     """Softmax attention of q [B, S, H, D] over one shared key/value head kv [B, T, D], mask [B, S, T] (True = may
     attend), where each head's softmax also counts exp(sinks[h]) in its denominator. -> [B, S, H, D].
 
-    Written out rather than through SDPA, which has no sink term (and the engine will want its own kernel anyway)."""
+    Written out rather than through SDPA, which has no sink term (and the engine will want its own kernel anyway).
+    Footgun: this materialises [B, H, S, S + W] scores, quadratic in the context although every query reads at most
+    window + top-k keys: fine for training lengths and tests, not for long prefills (the cache path's job)."""
     logits = torch.einsum("bshd,btd->bhst", q, kv) * scale
     logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
     sink = sinks.to(logits.dtype).view(1, -1, 1, 1).expand(*logits.shape[:-1], 1)
