@@ -7,6 +7,7 @@ The same loader reads every family (config.py): their checkpoints differ only in
 
 DeepSeek's FP8 releases (V3, R1) store weights as float8_e4m3fn with one float32 scale per 128x128 block in a
 `*.weight_scale_inv` companion; they are dequantised on load (`dequantize_fp8`) to the requested dtype.
+DeepSeek-V4 checkpoints use DeepSeek's own tensor names and FP4 experts: checkpoint_v4.py.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from nanoseek import checkpoint_v4 as v4
 from nanoseek.config import ModelConfig
 from nanoseek.model.moe import Router
 from nanoseek.model.rope import RotaryEmbedding
 from nanoseek.model.transformer import DeepseekV3ForCausalLM
+from nanoseek.model.v4_decoder import V4Decoder, keeps_float32
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -52,6 +55,9 @@ def _hf_tensors(
     state: dict[str, torch.Tensor], config: ModelConfig
 ) -> Iterator[tuple[str, Callable[[], torch.Tensor], int]]:
     """(hub key, producer, byte size) for every tensor of the checkpoint, producing tensors only on demand."""
+    if config.is_v4:
+        yield from v4.release_tensors(state, config)
+        return
     for key, tensor in state.items():
         if config.tie_word_embeddings and key == "lm_head.weight":
             continue
@@ -109,7 +115,8 @@ def save_state_dict(
         tensors = {}
         for key, produce in shard:
             t = produce().detach()
-            if dtype is not None and t.is_floating_point() and not _FLOAT32_KEYS.search(key):
+            keep = _FLOAT32_KEYS.search(key) or (config.is_v4 and v4.keeps_float32(key))
+            if dtype is not None and t.is_floating_point() and not keep:
                 t = t.to(dtype)
             tensors[key] = t.contiguous().cpu()
             weight_map[key] = name
@@ -340,28 +347,35 @@ def from_pretrained(
                 t = dequantize_fp8(t, read_stored(scale), fp8_block, f"{path / weight_map[scale]}: {scale!r}")
             return t
 
-        for key, meta in expected.items():
-            if config.tie_word_embeddings and key == "lm_head.weight":
-                continue
-            match = _EXPERTS.match(key)
-            if match is None:
-                t = read(key, meta.shape)
-                loaded[key] = t.to(device=device, dtype=_target_dtype(key, key, dtype, handles[weight_map[key]]))
-                continue
-            prefix, kind = match.groups()
-            probe = f"{prefix}.0.down_proj.weight"
-            if probe not in weight_map:
-                raise CheckpointError(f"{path}: missing tensor {probe!r}")
-            target_dtype = _target_dtype(key, probe, dtype, handles[weight_map[probe]])
-            stacked = torch.empty(meta.shape, dtype=target_dtype, device=device)
-            half = meta.shape[-1] // 2
-            for e in range(meta.shape[0]):
-                if kind == "w_down":
-                    stacked[e] = read(f"{prefix}.{e}.down_proj.weight", meta.shape[1:][::-1]).t()
-                else:
-                    stacked[e, :, :half] = read(f"{prefix}.{e}.gate_proj.weight", torch.Size([half, meta.shape[1]])).t()
-                    stacked[e, :, half:] = read(f"{prefix}.{e}.up_proj.weight", torch.Size([half, meta.shape[1]])).t()
-            loaded[key] = stacked
+        if config.is_v4:
+            loaded = _load_v4(expected, weight_map, read_stored, dtype, device, fp8_block, path)
+        else:
+            for key, meta in expected.items():
+                if config.tie_word_embeddings and key == "lm_head.weight":
+                    continue
+                match = _EXPERTS.match(key)
+                if match is None:
+                    t = read(key, meta.shape)
+                    loaded[key] = t.to(device=device, dtype=_target_dtype(key, key, dtype, handles[weight_map[key]]))
+                    continue
+                prefix, kind = match.groups()
+                probe = f"{prefix}.0.down_proj.weight"
+                if probe not in weight_map:
+                    raise CheckpointError(f"{path}: missing tensor {probe!r}")
+                target_dtype = _target_dtype(key, probe, dtype, handles[weight_map[probe]])
+                stacked = torch.empty(meta.shape, dtype=target_dtype, device=device)
+                half = meta.shape[-1] // 2
+                for e in range(meta.shape[0]):
+                    if kind == "w_down":
+                        stacked[e] = read(f"{prefix}.{e}.down_proj.weight", meta.shape[1:][::-1]).t()
+                    else:
+                        stacked[e, :, :half] = read(
+                            f"{prefix}.{e}.gate_proj.weight", torch.Size([half, meta.shape[1]])
+                        ).t()
+                        stacked[e, :, half:] = read(
+                            f"{prefix}.{e}.up_proj.weight", torch.Size([half, meta.shape[1]])
+                        ).t()
+                loaded[key] = stacked
     unexpected = sorted(
         k
         for k in weight_map
@@ -433,20 +447,96 @@ def dequantize_fp8(
     return w
 
 
+def _load_v4(
+    expected: dict[str, torch.Tensor],
+    weight_map: dict[str, str],
+    read_stored: Callable[[str], torch.Tensor],
+    dtype: torch.dtype | None,
+    device: torch.device,
+    fp8_block: tuple[int, int],
+    path: Path,
+) -> dict[str, torch.Tensor]:
+    """Our state dict from a V4 checkpoint under any of its spellings (checkpoint_v4.py), dequantising FP8/FP4."""
+
+    def find(names: list[str], shape: torch.Size) -> tuple[torch.Tensor, torch.dtype]:
+        """The tensor (dequantised) and the dtype to load it in when none is requested: as stored, bfloat16 for
+        FP8/FP4 (what DeepSeek's own tools dequantise to)."""
+        stored = next((n for n in names if n in weight_map), None)
+        if stored is None:
+            raise CheckpointError(f"{path}: missing tensor {names[0]!r} (expected shape {tuple(shape)})")
+        t = read_stored(stored)
+        natural = t.dtype
+        if t.dtype == torch.float8_e4m3fn or v4.is_fp4(t):
+            scale = next((n for n in v4.scale_names(stored) if n in weight_map), None)
+            if scale is None:
+                raise CheckpointError(
+                    f"{path}: {stored!r} is stored as {t.dtype} without its scales {v4.scale_names(stored)[0]!r}"
+                )
+            where = f"{path / weight_map[scale]}: {scale!r}"
+            if v4.is_fp4(t):
+                try:
+                    t = v4.dequantize_fp4(t, read_stored(scale), where)
+                except ValueError as e:
+                    raise CheckpointError(str(e)) from None
+            else:
+                t = dequantize_fp8(t, read_stored(scale), fp8_block, where)
+            natural = torch.bfloat16
+        if t.shape != shape:
+            raise CheckpointError(
+                f"{path / weight_map[stored]}: {stored!r} has shape {tuple(t.shape)}, the config implies {tuple(shape)}"
+            )
+        return t, natural
+
+    loaded: dict[str, torch.Tensor] = {}
+    for key, meta in expected.items():
+        match = v4.STACKED_EXPERTS.match(key)
+        if match is None:
+            t, natural = find(v4.stored_names(key), meta.shape)
+            if not t.is_floating_point():
+                loaded[key] = t.to(device=device, dtype=torch.long)  # hash-routing tables (int32 or int64 stored)
+            else:
+                keep = keeps_float32(key)
+                loaded[key] = t.to(device=device, dtype=torch.float32 if keep else dtype or natural)
+            continue
+        layer, kind = match.groups()
+        hidden = meta.shape[-1] if kind == "w_down" else meta.shape[1]
+        stacked: torch.Tensor | None = None
+        for e in range(meta.shape[0]):
+            names = v4.expert_names(layer, e)
+            if kind == "w_down":
+                parts = [find([names["down"], f"model.{names['down']}"], meta.shape[1:][::-1])]
+            else:
+                half = torch.Size([meta.shape[-1] // 2, hidden])
+                parts = [find([names[p], f"model.{names[p]}"], half) for p in ("gate", "up")]
+            if stacked is None:  # the first expert tells the dtype when none is requested
+                stacked = torch.empty(meta.shape, dtype=dtype or parts[0][1], device=device)
+            stacked[e] = torch.cat([t.t() for t, _ in parts], dim=-1)
+        assert stacked is not None
+        loaded[key] = stacked
+    return loaded
+
+
 def _drop_absent_mtp(config: ModelConfig, weight_map: dict[str, str]) -> ModelConfig:
-    """transformers' DeepseekV3ForCausalLM saves no MTP weights yet keeps num_nextn_predict_layers in its config:
-    such a checkpoint loads without MTP. Partly present MTP weights are an error (found later as missing keys)."""
+    """transformers' DeepseekV3ForCausalLM (and V4) saves no MTP weights yet keeps num_nextn_predict_layers in its
+    config: such a checkpoint loads without MTP. Partly present MTP weights are an error (found later as missing
+    keys)."""
     n = config.num_nextn_predict_layers
     if n == 0:
         return config
-    first_mtp = f"model.layers.{config.num_hidden_layers}."
-    has_mtp = any(k.startswith(first_mtp) and not _IGNORABLE.search(k) for k in weight_map)
+    if config.is_v4:  # DeepSeek's V4 layout: mtp.{k}.* (transformers' own save prefixes model.)
+        has_mtp = any(k.startswith(("mtp.0.", "model.mtp.0.")) for k in weight_map)
+    else:
+        first_mtp = f"model.layers.{config.num_hidden_layers}."
+        has_mtp = any(k.startswith(first_mtp) and not _IGNORABLE.search(k) for k in weight_map)
     return config if has_mtp else config.replace(num_nextn_predict_layers=0)
 
 
 def _init_buffers(model: DeepseekV3ForCausalLM, device: torch.device) -> None:
     """Non-persistent buffers are not in checkpoints: rebuild them on the real device."""
-    model.model.rotary = RotaryEmbedding(model.config).to(device)
+    if isinstance(model.model, V4Decoder):
+        model.model.rebuild_buffers(model.config, device)
+    else:
+        model.model.rotary = RotaryEmbedding(model.config).to(device)
     for module in model.modules():
         if isinstance(module, Router):
             module.load = torch.zeros(module.num_experts, device=device)

@@ -48,6 +48,13 @@ def _info(args: argparse.Namespace) -> int:
         f"MTP +{p['mtp'] / 1e6:,.1f}M"
     )
     print(f"training FLOPs per token at {args.seq_len} context: {info['train_flops_per_token'] / 1e9:,.3f} GFLOP")
+    if config.is_v4:
+        print(
+            f"cache (bf16, not built yet): a {config.sliding_window}-token window per layer "
+            f"({cache['window_all_layers']:,} bytes in all) + {cache['growing_per_token']:,} bytes per token of "
+            f"compressed entries and index keys (multi-head attention would need {cache['mha_per_token']:,})"
+        )
+        return 0
     mla, mha = cache["mla_all_layers"], cache["mha_all_layers"]
     kind = "latent cache (MLA)" if config.uses_mla else f"key/value cache ({config.num_key_value_heads} kv heads)"
     print(f"{kind} per token (bf16): {mla:,} bytes (multi-head attention would need {mha:,}: {mha / mla:.1f}x)")

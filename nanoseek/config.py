@@ -1,10 +1,13 @@
 """Model configuration: `ModelConfig`, the Hugging Face config fields of every supported family; the presets.
 
-One dataclass serves five families, chosen by `model_type` as in transformers:
+One dataclass serves six families, chosen by `model_type` as in transformers:
 
 - `deepseek_v3` (DeepSeek-V3/R1, Moonlight): MLA + DeepSeekMoE with sigmoid routing and a balancing bias, MTP;
 - `deepseek_v32` (DeepSeek-V3.2): V3 plus DeepSeek Sparse Attention, a lightning indexer choosing which
   `index_topk` past tokens each query attends to (model/indexer.py);
+- `deepseek_v4` (DeepSeek-V4-Flash/Pro): shared-key/value multi-query attention over a sliding window plus, per
+  layer, keys compressed 4:1 (top-k chosen by a lightning indexer) or 128:1; hyper-connections (`hc_mult` residual
+  streams); hash-routed then learned-routed MoE (model/v4_attention.py, hyper_connections.py, v4_decoder.py);
 - `deepseek_v2` (DeepSeek-V2, V2-Lite): MLA + DeepSeekMoE with softmax routing (greedy or group-limited);
 - `qwen2` (DeepSeek-R1-Distill-Qwen): dense, grouped-query attention with q/k/v biases;
 - `llama` (DeepSeek-R1-Distill-Llama): dense, grouped-query attention, llama3 rope scaling.
@@ -69,6 +72,18 @@ class ModelConfig:
     index_n_heads: int = 64  # index query heads (one index key per token, shared by them)
     index_head_dim: int = 128  # its first qk_rope_head_dim dims are rotated (rotate-half, even in V3.2)
     index_topk: int = 2048  # past tokens each query attends to; shorter contexts attend to all
+    # deepseek_v4 (also reads head_dim, num_key_value_heads = 1, q_lora_rank, qk_rope_head_dim, sliding_window, the
+    # index_* fields, scoring_func "sqrtsoftplus"): per-layer attention and MoE kinds, hyper-connections, output groups
+    layer_types: list[str] | None = None  # per layer: one of V4_LAYER_TYPES
+    mlp_layer_types: list[str] | None = None  # per layer: "hash_moe" (experts fixed per token id) or "moe"
+    compress_rates: dict[str, int] | None = None  # rows per compressed entry, per compressed layer type
+    compress_rope_theta: float = 160000.0  # RoPE base of compressed layers (and their compressors), with rope_scaling
+    hc_mult: int = 4  # residual streams of the hyper-connections
+    hc_sinkhorn_iters: int = 20
+    hc_eps: float = 1e-6
+    swiglu_limit: float = 10.0  # experts clip gate (above) and up (both sides) pre-activations; <= 0: no clip
+    o_groups: int = 8  # output projection: head groups, each projected to o_lora_rank before the final mix
+    o_lora_rank: int = 1024
     # gqa (qwen2, llama): grouped-query attention
     num_key_value_heads: int = 128  # heads of keys/values; MLA has none (kept for transformers)
     head_dim: int | None = None  # None: hidden_size // num_attention_heads
@@ -86,6 +101,10 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.is_v4 and self.layer_types is not None and self.mlp_layer_types is not None:
+            # as DeepseekV4Config: the per-layer lists follow a smaller num_hidden_layers (preset(..., layers=4))
+            self.layer_types = list(self.layer_types[: self.num_hidden_layers])
+            self.mlp_layer_types = list(self.mlp_layer_types[: self.num_hidden_layers])
         self.validate()
 
     # ---- the family's architecture ----
@@ -100,6 +119,11 @@ class ModelConfig:
         return self.model_type == "deepseek_v32"
 
     @property
+    def is_v4(self) -> bool:
+        """DeepSeek-V4: its own blocks (model/v4_decoder.py); none of the MLA/GQA properties below apply."""
+        return self.model_type == "deepseek_v4"
+
+    @property
     def head_size(self) -> int:
         """GQA: the width of every query, key and value head."""
         return self.head_dim or self.hidden_size // self.num_attention_heads
@@ -111,14 +135,14 @@ class ModelConfig:
     @property
     def rope_dim(self) -> int:
         """Dims each head rotates: MLA's decoupled rope dims, or the whole GQA head."""
-        return self.qk_rope_head_dim if self.uses_mla else self.head_size
+        return self.qk_rope_head_dim if self.uses_mla or self.is_v4 else self.head_size
 
     @property
     def interleaved_rope(self) -> bool:
         """Rotary pairs (0,1), (2,3)... (DeepSeek; configurable in V3) or i, i + d/2 (rotate-half: qwen2, llama)."""
         if self.model_type == "deepseek_v3":
             return self.rope_interleave
-        return self.model_type in ("deepseek_v2", "deepseek_v32")
+        return self.model_type in ("deepseek_v2", "deepseek_v32", "deepseek_v4")
 
     @property
     def qkv_bias(self) -> bool:
@@ -139,6 +163,8 @@ class ModelConfig:
         return self.rope_type == "yarn"
 
     def is_moe_layer(self, layer_idx: int) -> bool:
+        if self.is_v4:
+            return True
         return self.uses_mla and self.n_routed_experts > 0 and layer_idx >= self.first_k_dense_replace
 
     @property
@@ -146,6 +172,8 @@ class ModelConfig:
         """The inference cache's layout. MLA: one entry per token, the normalised latent | rotated shared key,
         whose first kv_lora_rank numbers are also the value (V3.2: then the token's rotated index key). GQA: per
         kv head, rotated key | value."""
+        if self.is_v4:
+            raise ValueError("the inference engine's cache does not support deepseek_v4 yet; run it without a cache")
         if self.uses_mla:
             width = self.kv_lora_rank + self.qk_rope_head_dim
             index = self.index_head_dim if self.has_indexer else 0
@@ -166,11 +194,15 @@ class ModelConfig:
         _need(not self.mlp_bias, "mlp_bias is not supported (no released checkpoint of these families uses it)")
         _need(self.num_nextn_predict_layers >= 0, "num_nextn_predict_layers must be >= 0")
         _need(
-            self.model_type in ("deepseek_v3", "deepseek_v32") or self.num_nextn_predict_layers == 0,
+            self.model_type in ("deepseek_v3", "deepseek_v32", "deepseek_v4") or self.num_nextn_predict_layers == 0,
             f"multi-token prediction is a deepseek_v3 feature; {self.model_type} must have num_nextn_predict_layers 0",
         )
         self._validate_rope()
-        if self.uses_mla:
+        if self.is_v4:
+            from nanoseek.config_v4 import validate_v4
+
+            validate_v4(self)
+        elif self.uses_mla:
             self._validate_mla()
         else:
             self._validate_gqa()

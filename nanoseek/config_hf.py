@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("deepseek_v3", "deepseek_v32", "deepseek_v2", "qwen2", "llama")
+from nanoseek.config_v4 import V4_DEFAULTS, V4_FIELDS, V4_SPECIAL_KEYS, read_v4_fields, write_v4_fields
+
+SUPPORTED_MODEL_TYPES = ("deepseek_v3", "deepseek_v32", "deepseek_v2", "qwen2", "llama", "deepseek_v4")
 # MLA attention + DeepSeekMoE; the others are dense GQA models
 MLA_MODEL_TYPES = ("deepseek_v3", "deepseek_v32", "deepseek_v2")
 ARCHITECTURES = {
     "deepseek_v3": "DeepseekV3ForCausalLM",
     "deepseek_v32": "DeepseekV32ForCausalLM",
+    "deepseek_v4": "DeepseekV4ForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "llama": "LlamaForCausalLM",
@@ -67,6 +70,8 @@ _FAMILY_FIELDS = {
     "deepseek_v32": _COMMON_FIELDS
     + _DEEPSEEK_FIELDS
     + ("num_nextn_predict_layers", "index_n_heads", "index_head_dim", "index_topk"),
+    # V4: its own attention and router fields; layer pattern, rope and rotary width are read in config_v4.py
+    "deepseek_v4": tuple(f for f in _COMMON_FIELDS if f != "intermediate_size") + V4_FIELDS,
     "deepseek_v2": _COMMON_FIELDS + _DEEPSEEK_FIELDS + ("mlp_bias",),
     "qwen2": (*_COMMON_FIELDS, "head_dim", "use_sliding_window", "sliding_window"),
     "llama": (*_COMMON_FIELDS, "head_dim", "attention_bias", "mlp_bias"),
@@ -75,6 +80,7 @@ _FAMILY_FIELDS = {
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "deepseek_v3": {},
     "deepseek_v32": {},
+    "deepseek_v4": V4_DEFAULTS,
     "deepseek_v2": dict(
         vocab_size=102400,
         hidden_size=4096,
@@ -163,6 +169,8 @@ def fields_from_dict(data: dict[str, Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(_FAMILY_DEFAULTS[model_type])
     kwargs.update({k: data[k] for k in known if k in data and k != "rope_theta"})
     kwargs["model_type"] = model_type
+    if model_type == "deepseek_v4":
+        return _v4_fields_from_dict(data, kwargs, known)
     if model_type == "deepseek_v32":
         _read_layer_types(data, kwargs)
     if model_type in ("deepseek_v3", "deepseek_v32"):
@@ -184,6 +192,16 @@ def fields_from_dict(data: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def _v4_fields_from_dict(data: dict[str, Any], kwargs: dict[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
+    kwargs["num_nextn_predict_layers"] = int(data.get("num_nextn_predict_layers", data.get("num_mtp_layers", 1)) or 0)
+    if data.get("mlp_bias"):
+        raise ValueError("invalid model config: mlp_bias is not supported for deepseek_v4")
+    read_v4_fields(data, kwargs, _read_rope(data))
+    ignored = _IGNORED_KEYS | V4_SPECIAL_KEYS
+    kwargs["extra"] = {k: v for k, v in data.items() if k not in known and k not in ignored}
+    return kwargs
+
+
 def fields_to_dict(config: Any) -> dict[str, Any]:
     """config.json contents from a `ModelConfig`: readable by transformers 4.x and 5.x, vLLM/SGLang and the
     releases' code."""
@@ -192,6 +210,10 @@ def fields_to_dict(config: Any) -> dict[str, Any]:
         out[name] = getattr(config, name)
     if out.get("head_dim", 0) is None:
         del out["head_dim"]  # transformers' Qwen2 reads a present head_dim as the width, even null
+    if config.model_type == "deepseek_v4":
+        write_v4_fields(config, out)
+        out.update(config.extra)
+        return out
     rope_parameters = {"rope_type": "default", "rope_theta": config.rope_theta}
     if config.rope_scaling:
         scaling = {k: v for k, v in config.rope_scaling.items() if k != "type"}

@@ -116,14 +116,17 @@ class Experts(nn.Module):
         # Only gathers by permutations, forward and backward: no scatter-adds, which are slow on CPU when compiled.
         rows = permute_rows(x.repeat_interleave(k, dim=0), order, inverse)
         h = grouped_matmul(rows, self.w_gate_up, offsets)
-        gate, up = h.split(self.intermediate, dim=-1)
-        out = permute_rows(grouped_matmul(F.silu(gate) * up, self.w_down, offsets), inverse, order)
+        out = permute_rows(grouped_matmul(self.activate(h), self.w_down, offsets), inverse, order)
         return (out.view(tokens, k, -1) * weights.unsqueeze(-1).to(out.dtype)).sum(1).to(x.dtype)
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e on its tokens x [n, hidden] -> [n, hidden]."""
-        gate, up = (x @ self.w_gate_up[e]).split(self.intermediate, dim=-1)
-        return (F.silu(gate) * up) @ self.w_down[e]
+        return self.activate(x @ self.w_gate_up[e]) @ self.w_down[e]
+
+    def activate(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """SwiGLU of the gate | up halves [n, 2I] -> [n, I] (V4 clips them first: v4_moe.py)."""
+        gate, up = gate_up.split(self.intermediate, dim=-1)
+        return F.silu(gate) * up
 
 
 def per_expert(expert: Callable, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor):

@@ -23,10 +23,10 @@ def rope_frequencies(config: ModelConfig) -> tuple[torch.Tensor, float]:
         return _llama3_frequencies(1.0 / pos_freqs, config.rope_scaling), 1.0
     if not config.is_yarn:
         return 1.0 / pos_freqs, 1.0
-    return _yarn_frequencies(pos_freqs, dim, base, config.rope_scaling)
+    return yarn_frequencies(pos_freqs, dim, base, config.rope_scaling)
 
 
-def _yarn_frequencies(pos_freqs: torch.Tensor, dim: int, base: float, rs: dict) -> tuple[torch.Tensor, float]:
+def yarn_frequencies(pos_freqs: torch.Tensor, dim: int, base: float, rs: dict) -> tuple[torch.Tensor, float]:
     """transformers' `_compute_yarn_parameters`: interpolate low frequencies by `factor`, keep high ones."""
     factor = float(rs["factor"])
     original = rs["original_max_position_embeddings"]

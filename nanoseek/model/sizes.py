@@ -78,6 +78,8 @@ def _layer_params(c: ModelConfig, layer_idx: int) -> tuple[int, int]:
 
 
 def parameter_counts(c: ModelConfig) -> ParameterCounts:
+    if c.is_v4:
+        return _v4_parameter_counts(c)
     h = c.hidden_size
     embedding = c.vocab_size * h * (1 if c.tie_word_embeddings else 2)
     total, active = embedding + h, embedding + h  # + final norm
@@ -95,6 +97,8 @@ def parameter_counts(c: ModelConfig) -> ParameterCounts:
 def matmul_params_per_token(c: ModelConfig) -> int:
     """Weights one token multiplies through (active, minus norms and the embedding lookup, plus lm_head)."""
     h = c.hidden_size
+    if c.is_v4:  # V4's inner norms, sinks and compressor biases are a rounding error at this scale
+        return parameter_counts(c).active - c.vocab_size * h
     n = c.vocab_size * h  # lm_head
     for i in range(c.num_hidden_layers):
         _, active = _layer_params(c, i)
@@ -108,6 +112,8 @@ def flops_per_token(c: ModelConfig, seq_len: int, training: bool = True, mtp: bo
     Training counts forward + backward (x3). With mtp=True the MTP modules' work is added. V3.2 attends to at most
     index_topk tokens, and its indexer scores every visible one (index heads x index_head_dim multiply-adds).
     """
+    if c.is_v4:
+        return _v4_flops_per_token(c, seq_len, mtp) * (3 if training else 1)
     attn = 2 * c.num_attention_heads * sum(_head_dims(c)) * attended_keys(c, seq_len)
     if c.has_indexer:
         attn += 2 * c.index_n_heads * (c.index_head_dim + 1) * (seq_len + 1) / 2
@@ -132,7 +138,9 @@ def attended_keys(c: ModelConfig, seq_len: int) -> float:
 def latent_cache_bytes_per_token(c: ModelConfig, dtype_bytes: int = 2) -> dict[str, int]:
     """Per token and layer, the engine's cache (`mla_*`: for MLA kv_lora_rank + qk_rope_head_dim, for the GQA
     families a key and a value per kv head) next to plain multi-head attention's (a key and a value per head).
-    Main layers only: MTP layers keep rows only while speculating."""
+    Main layers only: MTP layers keep rows only while speculating. V4: see `v4_cache_bytes`."""
+    if c.is_v4:
+        return v4_cache_bytes(c, dtype_bytes)
     spec = c.cache_spec
     mla = spec.kv_heads * spec.entry_width * dtype_bytes
     key, value = (c.qk_head_dim, c.v_head_dim) if c.uses_mla else (c.head_size, c.head_size)
@@ -143,4 +151,95 @@ def latent_cache_bytes_per_token(c: ModelConfig, dtype_bytes: int = 2) -> dict[s
         "mla_all_layers": mla * c.num_hidden_layers,
         "mha_all_layers": mha * c.num_hidden_layers,
         "index_key_all_layers": spec.index_width * dtype_bytes * c.num_hidden_layers,  # V3.2 (included above)
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DeepSeek-V4 (model/v4_decoder.py): its own attention, hyper-connections and MoE
+
+
+def _v4_compressor_params(c: ModelConfig, dim: int, rate: int, overlap: bool) -> int:
+    width = dim * (2 if overlap else 1)
+    return 2 * c.hidden_size * width + rate * width + dim  # kv_proj, gate_proj, position_bias, kv_norm
+
+
+def _v4_attention_params(c: ModelConfig, kind: str) -> tuple[int, int]:
+    """(total, active) of one V4 attention: everything runs for every token, so the two are equal."""
+    assert c.head_dim is not None and c.q_lora_rank is not None and c.compress_rates is not None
+    h, heads, dim, q = c.hidden_size, c.num_attention_heads, c.head_dim, c.q_lora_rank
+    n = h * q + q + q * heads * dim + h * dim + dim  # q_a_proj, q_a_norm, q_b_proj, kv_proj, kv_norm
+    n += heads * dim * c.o_lora_rank + c.o_groups * c.o_lora_rank * h + heads  # o_a_proj, o_b_proj, sinks
+    if kind != "sliding_attention":
+        rate = c.compress_rates[kind]
+        n += _v4_compressor_params(c, dim, rate, overlap=kind == "compressed_sparse_attention")
+    if kind == "compressed_sparse_attention":  # the indexer: its compressor, q_b_proj, weights_proj
+        n += _v4_compressor_params(c, c.index_head_dim, rate, overlap=True)
+        n += q * c.index_n_heads * c.index_head_dim + h * c.index_n_heads
+    return n, n
+
+
+def _v4_layer_params(c: ModelConfig, kind: str) -> tuple[int, int]:
+    h, n_hc = c.hidden_size, c.hc_mult
+    attention, _ = _v4_attention_params(c, kind)
+    expert = 3 * h * c.moe_intermediate_size
+    hyper = 2 * ((2 + n_hc) * n_hc * (n_hc * h + 1) + 3)  # attn_hc, ffn_hc: fn, base, scale
+    common = attention + 2 * h + hyper + c.n_routed_experts * h + expert  # + norms, router, shared expert
+    return common + c.n_routed_experts * expert, common + c.num_experts_per_tok * expert
+
+
+def _v4_parameter_counts(c: ModelConfig) -> ParameterCounts:
+    h, n_hc = c.hidden_size, c.hc_mult
+    embedding = c.vocab_size * h * (1 if c.tie_word_embeddings else 2)
+    head = h + n_hc * n_hc * h + n_hc + 1  # final norm, hc_head
+    total = active = embedding + head
+    for kind in c.layer_types or ():
+        t, a = _v4_layer_params(c, kind)
+        total, active = total + t, active + a
+    # The released MTP module (mtp.0.*, not built here): one sliding-window block plus e_proj, h_proj, enorm,
+    # hnorm, norm and its own hc_head
+    t, a = _v4_layer_params(c, "sliding_attention")
+    extra = 2 * h * h + 3 * h + n_hc * n_hc * h + n_hc + 1
+    mtp = c.num_nextn_predict_layers * (t + extra)
+    return ParameterCounts(total, active, c.vocab_size * h, mtp, c.num_nextn_predict_layers * (a + extra))
+
+
+def v4_attended(c: ModelConfig, kind: str, seq_len: int) -> tuple[float, float]:
+    """(keys attended, compressed entries the indexer scores) per token, averaged over a causal sequence."""
+    assert c.sliding_window is not None and c.compress_rates is not None
+    window = sum(min(t + 1, c.sliding_window) for t in range(min(seq_len, c.sliding_window)))
+    window = (window + max(0, seq_len - c.sliding_window) * c.sliding_window) / seq_len
+    if kind == "sliding_attention":
+        return window, 0.0
+    entries = (seq_len + 1) / 2 / c.compress_rates[kind]  # mean visible entries
+    if kind == "heavily_compressed_attention":
+        return window + entries, 0.0
+    return window + min(entries, c.index_topk), entries
+
+
+def _v4_flops_per_token(c: ModelConfig, seq_len: int, mtp: bool) -> float:
+    assert c.head_dim is not None
+    forward = 2.0 * matmul_params_per_token(c)
+    for kind in c.layer_types or ():
+        keys, scored = v4_attended(c, kind, seq_len)
+        forward += 2 * c.num_attention_heads * 2 * c.head_dim * keys  # scores and values (one shared head)
+        forward += 2 * c.index_n_heads * (c.index_head_dim + 1) * scored
+    if mtp:
+        forward += 2.0 * parameter_counts(c).mtp_active
+    return forward
+
+
+def v4_cache_bytes(c: ModelConfig, dtype_bytes: int = 2) -> dict[str, int]:
+    """V4's cache (not built yet; what the engine will keep): per layer a sliding window of sliding_window keys (the
+    keys are the values), plus per compressed layer one entry per compress rate tokens (CSA: and an index key).
+    `growing_per_token` is what each further token adds, `window_all_layers` the fixed part."""
+    assert c.head_dim is not None and c.sliding_window is not None and c.compress_rates is not None
+    growing = 0.0
+    for kind in c.layer_types or ():
+        if kind != "sliding_attention":
+            width = c.head_dim + (c.index_head_dim if kind == "compressed_sparse_attention" else 0)
+            growing += width / c.compress_rates[kind]
+    return {
+        "window_all_layers": c.num_hidden_layers * c.sliding_window * c.head_dim * dtype_bytes,
+        "growing_per_token": round(growing * dtype_bytes),
+        "mha_per_token": c.num_hidden_layers * c.num_attention_heads * 2 * c.head_dim * dtype_bytes,
     }

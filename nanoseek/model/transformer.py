@@ -1,7 +1,8 @@
 """The decoder of every supported family: (MLA | GQA) + (dense | DeepSeekMoE) blocks, multi-token prediction, losses.
 
 DeepSeek-V3 is the reference; DeepSeek-V2 differs only in its router, Qwen2 and Llama in their attention and
-dense MLPs (see config.py). Module names equal the Hugging Face checkpoint keys of each family
+dense MLPs (see config.py). DeepSeek-V4 has blocks of its own (`V4Decoder` in v4_decoder.py, chosen by model_type),
+behind the same forward and loss. Module names equal the Hugging Face checkpoint keys of each family
 (`model.layers.3.self_attn.kv_b_proj.weight`, `model.layers.3.self_attn.q_proj.bias`, ...), except routed experts,
 which are stacked (see moe.py). MTP modules live in `model.layers` after the main layers, exactly where
 DeepSeek's checkpoints put them (`model.layers.{num_hidden_layers + k}`); the main forward skips them.
@@ -27,6 +28,7 @@ from nanoseek.model.attention import AttentionCache, GroupedQueryAttention, Mult
 from nanoseek.model.loss import IGNORE_INDEX, linear_cross_entropy
 from nanoseek.model.moe import MLP, MoE
 from nanoseek.model.rope import RotaryEmbedding
+from nanoseek.model.v4_decoder import V4Decoder
 
 
 class DecoderLayer(nn.Module):
@@ -106,7 +108,7 @@ class DeepseekV3ForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.model = Decoder(config)
+        self.model = V4Decoder(config) if config.is_v4 else Decoder(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -138,6 +140,8 @@ class DeepseekV3ForCausalLM(nn.Module):
         """Final normalised hidden states [B, S, hidden] (what lm_head and the first MTP depth read)."""
         if positions is None:
             positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
+        if isinstance(self.model, V4Decoder):
+            return self.model(input_ids, positions, cache)
         rope = self.model.rotary(positions)
         if cache is None:  # a training pass sets each indexer's KL afresh: one it skips (MTP) must not keep a stale one
             for attention in self.sparse_attentions():
@@ -169,13 +173,21 @@ class DeepseekV3ForCausalLM(nn.Module):
         mtp_weight (DeepSeek's lambda) times the mean over depths.
         """
         positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
-        h = self.hidden_states(input_ids, positions)
+        v4_mtp = None
+        if isinstance(self.model, V4Decoder):  # V4's MTP reads the streams: the decoder runs every depth at once
+            h, v4_mtp = self.model.with_mtp(input_ids, positions, len(self.model.mtp) if mtp_weight > 0 else 0)
+        else:
+            h = self.hidden_states(input_ids, positions)
         main = linear_cross_entropy(h, self.lm_head.weight, labels)
         mtp_losses = []
-        for depth in range(len(self.mtp_layers) if mtp_weight > 0 else 0):  # weight 0: MTP is not computed
+        depths = len(v4_mtp) if v4_mtp is not None else len(self.mtp_layers)
+        for depth in range(depths if mtp_weight > 0 else 0):  # weight 0: MTP is not computed
             shift = depth + 1
-            next_ids = F.pad(input_ids[:, shift:], (0, shift), value=0)
-            h = self.mtp_hidden_states(depth, h, next_ids, positions)
+            if v4_mtp is not None:
+                h = v4_mtp[depth]
+            else:
+                next_ids = F.pad(input_ids[:, shift:], (0, shift), value=0)
+                h = self.mtp_hidden_states(depth, h, next_ids, positions)
             mtp_labels = F.pad(labels[:, shift:], (0, shift), value=IGNORE_INDEX)
             mtp_losses.append(linear_cross_entropy(h, self.lm_head.weight, mtp_labels))
         balance = sum(
@@ -243,6 +255,8 @@ class DeepseekV3ForCausalLM(nn.Module):
             if hasattr(m.gate, "e_score_correction_bias"):
                 m.gate.e_score_correction_bias.zero_()
             m.gate.load.zero_()
+        if isinstance(self.model, V4Decoder):
+            self.model.init_weights(generator)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -266,4 +280,6 @@ def build_model(
         model.to(dtype)
         for m in model.moe_modules():
             m.gate.float()  # routing stays float32 (as transformers keeps gate weights in float32)
+        if isinstance(model.model, V4Decoder):
+            model.model.keep_float32()
     return model
