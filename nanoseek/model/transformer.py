@@ -183,7 +183,10 @@ class DeepseekV3ForCausalLM(nn.Module):
             total = total + mtp_weight * torch.stack(mtp_losses).mean()
         # V3.2: the indexers' KL joins the loss, but only the indexers receive its gradient (their inputs and the
         # attention target are detached), and the LM loss never reaches them (top-k selection is not differentiable)
-        kls = [a.indexer_loss for a in self.sparse_attentions() if a.indexer_loss is not None]
+        attentions = self.sparse_attentions()
+        kls = [a.indexer_loss for a in attentions if a.indexer_loss is not None]
+        for a in attentions:  # taken: held by the modules, each would keep this step's graph alive past backward
+            a.indexer_loss = None  # (and copy.deepcopy refuses a trained model holding non-leaf tensors)
         indexer = torch.stack(kls).mean() if kls else None
         if indexer is not None:
             total = total + indexer
