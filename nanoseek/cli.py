@@ -50,6 +50,9 @@ def _info(args: argparse.Namespace) -> int:
     print(f"training FLOPs per token at {args.seq_len} context: {info['train_flops_per_token'] / 1e9:,.3f} GFLOP")
     mla, mha = cache["mla_all_layers"], cache["mha_all_layers"]
     kind = "latent cache (MLA)" if config.uses_mla else f"key/value cache ({config.num_key_value_heads} kv heads)"
+    index = cache["index_all_layers"]
+    if index:  # V3.2: every token's index key is cached beside its latent, and counts against the cache
+        kind = f"latent cache (MLA) + index key (latent {mla - index:,} + index key {index:,})"
     print(f"{kind} per token (bf16): {mla:,} bytes (multi-head attention would need {mha:,}: {mha / mla:.1f}x)")
     return 0
 
