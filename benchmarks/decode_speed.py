@@ -8,17 +8,24 @@
 (c) 32 concurrent prompts through continuous batching: total tokens/s against batch-1, eager and compiled;
 (d) MTP speculative decoding on a model whose MTP module was trained: acceptance rate and speed-up;
 (e) a dense Qwen2 of Qwen2.5-0.5B's shape (the R1-Distill students' family, random weights) in bf16 and int8:
-    batch-1 greedy decode tokens/s against transformers in bf16, and the fraction of the roofline.
+    batch-1 greedy decode tokens/s against transformers in bf16, and the fraction of the roofline;
+(f) long context, DeepSeek-V3.2's sparse attention: bench-18m (V3) against bench-18m-v32 (the same model plus a
+    lightning indexer, index_topk 512) with 2k, 8k and 16k tokens of context, batch 1. V3 attends to every past
+    token; V3.2 scores them all with its narrow indexer and attends only to the top 512. Not run by default
+    (the 16k prefills take minutes).
 
     python benchmarks/decode_speed.py              # all sections (~5 minutes on 2 cores)
     python benchmarks/decode_speed.py --sections a c --presets bench-18m
     python benchmarks/decode_speed.py --mtp-checkpoint runs/speedrun/base   # (d) on a pretrained model
     python benchmarks/decode_speed.py --sections e --qwen2-vocab 32768      # (e) with a smaller vocabulary
+    python benchmarks/decode_speed.py --sections f --threads 2              # (f) long context, V3 vs V3.2
 
 Both sides are timed the same way: the prompt is prefilled (and its first token produced) before the clock starts,
 and the clock stops at the last token, so a figure is (new tokens - 1) / decode seconds. nanoseek's engine is
 stepped until the prompt is cached; transformers' `generate` runs once and a stopping criterion (called after
-every token) records when each token was produced. Each figure is the median of --repeats runs.
+every token) records when each token was produced. Each figure is the median of --repeats runs. (f) times single
+decode steps after one prefill (`common.timed`: the median of --long-steps steps), as a 16k prefill is too long to
+repeat.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import table, timed_decode
+from common import table, timed, timed_decode
 
 from nanoseek.config import ModelConfig, preset
 from nanoseek.engine import Engine, SamplingParams
@@ -291,6 +298,47 @@ def section_e(bandwidth: float, vocab: int) -> list[dict]:
     return rows
 
 
+LONG_PAIR = ("bench-18m", "bench-18m-v32")  # (f): V3 and V3.2 of the same shape, random weights
+LONG_CONTEXTS = (2048, 8192, 16384)
+
+
+def long_context_step(name: str, context: int, steps: int, decode_step: str) -> tuple[float, str]:
+    """Seconds per batch-1 decode step (median of `steps`, after 4 untimed) with `context` tokens in the cache,
+    and the decode step the engine ran. The context is a prefill of random tokens, in 1k chunks (the masked
+    prefill's [chunk, context] score matrices stay a few hundred MB)."""
+    config = preset(name, num_nextn_predict_layers=0, max_position_embeddings=context + steps + 64)
+    model = build_model(config, seed=0)
+    engine = Engine(model, max_step_tokens=1024, cache_tokens=context + steps + 64, decode_step=decode_step)
+    prompt = torch.randint(2, config.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
+    engine.submit(prompt, SamplingParams(max_tokens=steps + 8, temperature=0, ignore_eos=True))
+    while any(len(s.tokens) - s.num_cached > 1 for s in engine.running) or engine.num_waiting:
+        engine.step()  # prefill (and the first token)
+    seconds, _ = timed(engine.step, warmup=4, steps=steps)
+    return seconds, engine.decode_step
+
+
+def section_f(contexts: list[int], steps: int, decode_steps: list[str]) -> list[dict]:
+    rows = []
+    for decode_step in decode_steps:
+        rates: dict[tuple[str, int], float] = {}
+        for context in contexts:
+            row: dict = {"context": context, "decode step": decode_step}
+            for name in LONG_PAIR:
+                seconds, ran = long_context_step(name, context, steps, decode_step)
+                rates[name, context] = 1 / seconds
+                row[f"{name} tok/s"] = f"{1 / seconds:.1f}"
+                row["decode step"] = ran
+                print(f"  f {name} {context} context, {ran}: {1 / seconds:.1f} tok/s", flush=True)
+            v3, v32 = (rates[name, context] for name in LONG_PAIR)
+            row["V3.2 / V3"] = f"{v32 / v3:.2f}x"
+            rows.append(row)
+        # how much each model slows down from the shortest context to each longer one
+        for row in rows[-len(contexts) :]:
+            for name in LONG_PAIR:
+                row[f"{name} vs {contexts[0]}"] = f"{rates[name, row['context']] / rates[name, contexts[0]]:.2f}x"
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["bench-18m", "bench-300m"])
@@ -300,6 +348,11 @@ def main() -> None:
     parser.add_argument("--qwen2-vocab", type=int, default=QWEN2_0_5B["vocab_size"], help="vocabulary for (e)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported")
+    parser.add_argument("--long-contexts", nargs="+", type=int, default=list(LONG_CONTEXTS), help="(f) contexts")
+    parser.add_argument("--long-steps", type=int, default=32, help="(f): timed decode steps per figure (median)")
+    parser.add_argument(
+        "--long-decode-steps", nargs="+", default=["eager"], choices=["eager", "compiled"], help="(f): engine paths"
+    )
     args = parser.parse_args()
     global REPEATS
     REPEATS = args.repeats
@@ -344,6 +397,13 @@ def main() -> None:
     if "e" in sections:
         rows = section_e(bandwidth, args.qwen2_vocab)
         print("\n(e) dense Qwen2 (Qwen2.5-0.5B's shape), batch-1 greedy decode, 32-token prompt:\n")
+        print(table(rows, list(rows[0])))
+    if "f" in sections:
+        rows = section_f(args.long_contexts, args.long_steps, args.long_decode_steps)
+        print(
+            f"\n(f) long context, batch 1, random weights: V3 ({LONG_PAIR[0]}) vs V3.2 ({LONG_PAIR[1]}, index_topk "
+            f"{preset(LONG_PAIR[1]).index_topk}); decode tok/s = 1 / median step of {args.long_steps}:\n"
+        )
         print(table(rows, list(rows[0])))
 
 

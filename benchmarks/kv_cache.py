@@ -1,9 +1,10 @@
 """Cache bytes per token: MLA's latent cache (measured in nanoseek's engine) next to plain multi-head attention.
 
 For each config: bytes per token per layer that nanoseek's engine allocates (kv_lora_rank + qk_rope_head_dim
-numbers), the multi-head-attention equivalent (a key and a value per head), and for the small configs the
-bytes transformers' DynamicCache actually holds after `generate` on the same checkpoint. The real DeepSeek-V3
-shape is computed from its config alone.
+numbers; DeepSeek-V3.2 adds each token's index key of index_head_dim numbers, shown apart), the multi-head-attention
+equivalent (a key and a value per head), and for the small configs the bytes transformers' DynamicCache actually
+holds after `generate` on the same checkpoint. The real DeepSeek-V3 and V3.2 shapes are computed from their configs
+alone.
 
     python benchmarks/kv_cache.py
 """
@@ -43,13 +44,14 @@ def transformers_cache_bytes(model, config) -> float:
 
 def main() -> None:
     rows = []
-    for name in ["nano", "bench-18m", "bench-300m", "deepseek-v3"]:
+    for name in ["nano", "bench-18m", "bench-18m-v32", "bench-300m", "deepseek-v3"]:
         config = preset(name, num_nextn_predict_layers=0)
         computed = latent_cache_bytes_per_token(config, dtype_bytes=2)
         row = {
             "config": name,
             "layers": config.num_hidden_layers,
-            "formula (r + rope) x 2B": computed["mla_per_layer"],
+            "formula (r + rope [+ index key]) x 2B": computed["mla_per_layer"],
+            "of which index key": computed["index_per_layer"],
             "MHA equivalent": computed["mha_per_layer"],
             "MHA / MLA": f"{computed['mha_per_layer'] / computed['mla_per_layer']:.1f}x",
             "per token, all layers": f"{computed['mla_all_layers'] / 1024:.1f} KiB",
@@ -68,7 +70,8 @@ def main() -> None:
             [
                 "config",
                 "layers",
-                "formula (r + rope) x 2B",
+                "formula (r + rope [+ index key]) x 2B",
+                "of which index key",
                 "nanoseek engine (measured)",
                 "transformers cache (measured)",
                 "MHA equivalent",
@@ -82,6 +85,12 @@ def main() -> None:
     print(
         f"\nDeepSeek-V3, 128k tokens of context: {v3['mla_all_layers'] * gib:.1f} GiB of latent cache "
         f"(multi-head attention: {v3['mha_all_layers'] * gib:.0f} GiB)"
+    )
+    # V3.2 is V3's shape plus the indexer (64 index heads of 128, one 128-wide key per token: the config defaults)
+    v32 = latent_cache_bytes_per_token(preset("deepseek-v3", model_type="deepseek_v32"), 2)
+    print(
+        f"DeepSeek-V3.2, 128k tokens of context: {v32['mla_all_layers'] * gib:.1f} GiB "
+        f"({v32['index_all_layers'] * gib:.1f} GiB of it index keys, {v32['mla_per_layer']:,} B per token and layer)"
     )
 
 

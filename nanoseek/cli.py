@@ -57,12 +57,14 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     mla, mha = cache["mla_all_layers"], cache["mha_all_layers"]
     kind = "latent cache (MLA)" if config.uses_mla else f"key/value cache ({config.num_key_value_heads} kv heads)"
+    index = cache["index_all_layers"]
+    if index:  # V3.2: every token's index key is cached beside its latent, and counts against the cache
+        kind = f"latent cache (MLA) + index key (latent {mla - index:,} + index key {index:,})"
     print(f"{kind} per token (bf16): {mla:,} bytes (multi-head attention would need {mha:,}: {mha / mla:.1f}x)")
     if config.has_indexer:
         print(
-            f"  of which the lightning indexer's keys: {cache['index_key_all_layers']:,} bytes "
-            f"({config.index_head_dim} per layer); attention reads at most {config.index_topk} tokens "
-            f"({config.index_n_heads} index heads score every one)"
+            f"  attention reads at most {config.index_topk} tokens; {config.index_n_heads} index heads x "
+            f"{config.index_head_dim} score every one"
         )
     return 0
 

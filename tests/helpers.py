@@ -97,13 +97,14 @@ def tiny_checkpoint(path, seed: int = 0, **overrides):
     return path
 
 
-def trained_mtp_model(steps: int = 150, seed: int = 0):
+def trained_mtp_model(steps: int = 150, seed: int = 0, name: str = "nano"):
     """A nano model (with one MTP module) trained briefly on sequences that step by a per-sequence stride, so
-    both the next token and the one after are predictable: a stand-in for a pretrained checkpoint."""
+    both the next token and the one after are predictable: a stand-in for a pretrained checkpoint. name: the
+    preset (nano-v32: with V3.2's indexer)."""
     from nanoseek.config import preset
 
     torch.manual_seed(seed)
-    config = preset("nano", vocab_size=64, num_hidden_layers=2, num_nextn_predict_layers=1, max_position_embeddings=256)
+    config = preset(name, vocab_size=64, num_hidden_layers=2, num_nextn_predict_layers=1, max_position_embeddings=256)
     model = build_model(config, seed=seed).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(steps):

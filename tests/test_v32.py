@@ -181,7 +181,7 @@ def test_released_config_counts_and_cache_bytes_without_weights():
     per_layer = 1536 * 64 * 128 + 7168 * 128 + 2 * 128 + 7168 * 64
     assert counts.total - v3.total == 61 * per_layer and counts.active - v3.active == 61 * per_layer
     cache = latent_cache_bytes_per_token(config, 2)
-    assert cache["mla_per_layer"] == (512 + 64 + 128) * 2 and cache["index_key_all_layers"] == 61 * 128 * 2
+    assert cache["mla_per_layer"] == (512 + 64 + 128) * 2 and cache["index_all_layers"] == 61 * 128 * 2
     # past index_topk attention stops growing: only the indexer's scoring (64 heads x 128 wide, a fifth of dense
     # MLA's 128 heads x (192 + 128) per key) still grows with the context
     long, longer = (flops_per_token(config, n, training=False) for n in (65536, 131072))
@@ -223,3 +223,127 @@ def test_fp8_checkpoint_with_ue8m0_scales_loads_dequantised(tmp_path):
     state = nanoseek.from_pretrained(tmp_path, dtype=torch.float32).state_dict()
     for key in ("model.layers.1.self_attn.indexer.wq_b.weight", "model.layers.1.self_attn.indexer.wk.weight"):
         assert torch.equal(state[key], references[key])
+
+
+def test_cache_attends_by_gathering_only_the_top_k_with_the_logits_of_a_full_forward(checkpoints, monkeypatch):
+    """The engine's cache gathers each new token's top-k entries (decode steps, and groups where t x k entries are
+    at most the context) and masks only long prefills; every path gives the full forward's logits (float64, but
+    for the router)."""
+    from nanoseek.engine.cache import PagedLatentCache, Segment
+
+    model = nanoseek.from_pretrained(checkpoints["all-moe"], dtype=torch.float64)  # index_topk 6, 3 layers
+    tokens = torch.randint(2, 97, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(tokens)  # attention.py's masked top-k over the whole sequence
+    cache = PagedLatentCache.for_model(model.config, num_blocks=40, block_size=4, dtype=torch.float64, device="cpu")
+    gathered = []
+    original = PagedLatentCache._attend_selected
+
+    def spy(self, layer_idx, query, group, scale, index):
+        gathered.append((group.n, group.length))
+        return original(self, layer_idx, query, group, scale, index)
+
+    monkeypatch.setattr(PagedLatentCache, "_attend_selected", spy)
+    blocks: list[list[int]] = [[], []]
+    # (tokens fed to each sequence per step): a prefill masked (20 x 6 > 20 keys), one too short to select (4 <=
+    # 6 keys: plain causal), mixed groups gathered (3 x 6 <= 24 keys), then one-token decode steps
+    steps = [(20, 4), (3, 1), (1, 3), *[(1, 1)] * 6, (10, 26)]
+    done = [0, 0]
+    for fed in steps:
+        segments, ids, positions = [], [], []
+        for i, n in enumerate(fed):
+            cache.ensure_capacity(blocks[i], done[i] + n)
+            segments.append(Segment(blocks[i], done[i], n))
+            ids += tokens[i, done[i] : done[i] + n].tolist()
+            positions += range(done[i], done[i] + n)
+        cache.plan(segments)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]), torch.tensor([positions]), cache)[0]
+        row = 0
+        for i, n in enumerate(fed):
+            got, want = logits[row : row + n], expected[i, done[i] : done[i] + n]
+            # not bit-exact: the router's gains are float32 (moe.py), so batch composition moves logits ~1e-7
+            assert (got - want).abs().max().item() < 1e-5, (fed, i)
+            row += n
+            done[i] += n
+    assert done == [40, 40]
+    layers = model.config.num_hidden_layers
+    assert gathered.count((1, 1)) == layers * 2 and gathered.count((2, 1)) == layers * 6  # decode steps gathered
+    assert (1, 3) in gathered and not any(t >= 10 for _, t in gathered)  # t x k past the context: masked
+
+
+def _v32_model(seed: int, **overrides):
+    """A random deepseek_v32 model (16 index heads, so index scores rarely tie; see the module docstring)."""
+    from helpers import random_config, random_model
+
+    fields = dict(model_type="deepseek_v32", q_lora_rank=24, index_n_heads=16, index_head_dim=16, index_topk=6)
+    return random_model(random_config(seed, **{**fields, **overrides}), seed)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_static_step_selects_the_same_tokens_as_the_eager_engine(seed):
+    """The static decode step scores the padded block table, keeps the top-k and attends over those k entries:
+    the same tokens as the eager engine, for contexts shorter and longer than index_topk and a 256-token bucket."""
+    model = _v32_model(seed, max_position_embeddings=512).double()
+    prompts = [
+        torch.randint(2, model.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+        for n in (2, 9, 30, 262)
+    ]
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    eager = [c.token_ids for c in Engine(model, block_size=4).generate(prompts, params)]
+    engine = Engine(model, block_size=4, decode_step="static")
+    assert engine.decode_step == "static"
+    assert [c.token_ids for c in engine.generate(prompts, params)] == eager
+    assert engine.stats["static_steps"] == 9
+    # the selection matters: with a top-k past every context (dense attention) the tokens differ
+    for attention in model.sparse_attentions():
+        attention.indexer.topk = 1024
+    dense = Engine(model, block_size=4, decode_step="static").generate(prompts, params)
+    assert [c.token_ids for c in dense] != eager
+
+
+@pytest.fixture(scope="module")
+def trained_v32():
+    from helpers import trained_mtp_model
+
+    model = trained_mtp_model(name="nano-v32")  # index_topk 16: prompts of 8 + 24 new tokens outgrow it
+    assert model.config.has_indexer and model.config.index_topk == 16
+    return model
+
+
+def test_mtp_speculation_is_exact_with_sparse_attention(trained_v32):
+    """Drafts by the MTP layer (its own indexer and index keys in the cache) and verify steps of 2 tokens (gathered
+    groups) give the plain engine's tokens."""
+    from helpers import stride_sequences
+
+    prompts = stride_sequences(6, 8, trained_v32.config.vocab_size, torch.Generator().manual_seed(1)).tolist()
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    plain = Engine(trained_v32).generate(prompts, params)
+    engine = Engine(trained_v32, speculative=True)
+    fast = engine.generate(prompts, params)
+    assert [c.token_ids for c in fast] == [c.token_ids for c in plain]
+    assert engine.stats["drafted"] > 50 and engine.acceptance_rate >= 0.5, engine.stats
+
+
+def test_int8_keeps_a_sparse_attention_model_close(trained_v32):
+    """int8 swaps the indexer's projections too (min_weights=0); its selection, and so the output, stays close."""
+    import copy
+
+    from helpers import stride_sequences
+
+    from nanoseek.engine.quant import Int8Linear, quantize_int8
+
+    quantized = copy.deepcopy(trained_v32)
+    quantize_int8(quantized, min_weights=0)
+    assert isinstance(quantized.main_layers[0].self_attn.indexer.wq_b, Int8Linear)
+    tokens = stride_sequences(8, 40, trained_v32.config.vocab_size, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref, got = trained_v32(tokens), quantized(tokens)
+    assert (got - ref).abs().mean() < 0.05 * ref.abs().mean()
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.95
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    prompts = tokens[:, :8].tolist()
+    a = [c.token_ids for c in Engine(trained_v32).generate(prompts, params)]
+    b = [c.token_ids for c in Engine(quantized).generate(prompts, params)]
+    agree = sum(x == y for u, v in zip(a, b) for x, y in zip(u, v)) / sum(map(len, a))
+    assert agree > 0.9

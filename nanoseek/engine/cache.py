@@ -16,6 +16,11 @@ full blocks are shared:
 Attention reads the blocks of each sequence in place of its past: for each kv head, the query heads that share it
 (all heads, for MLA's latent space, see attention.py's absorbed path) and all of a sequence's new tokens become
 rows of one matrix product against that kv head's cached entries.
+
+V3.2 (an `IndexQuery` given): a decode step, or any group whose t x index_topk entries are at most its context,
+scores the index keys of the visible context (only those columns are read), keeps each token's top-k and gathers
+just those entries: attention then costs O(index_topk) per token at any context, the scoring O(context) at the
+indexer's narrow width. Long prefill chunks attend over the whole context under a top-k mask instead.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nanoseek.config import ModelConfig
-from nanoseek.model.indexer import IndexQuery, index_scores, top_k_visible
+from nanoseek.model.indexer import IndexQuery, index_scores, top_k_indices, top_k_visible
 
 
 class CacheFull(RuntimeError):
@@ -51,8 +56,10 @@ class _Group:
     tables: torch.Tensor  # (kv head, block) rows [kv_heads * n, blocks] of the block tables, padded with block 0
     mask: torch.Tensor  # [kv_heads * n, t * heads / kv_heads, keys]: 0 where a (token, head) row may see a
     # cached position, else -inf
+    visible: torch.Tensor  # [n, t, keys] bool: the mask's causal pattern per token (V3.2's top-k reads it)
     n: int
     length: int
+    slots: torch.Tensor | None = None  # V3.2: [n, keys] flat pool row of each position (gathers by index_select)
 
 
 @dataclass
@@ -260,7 +267,10 @@ class PagedLatentCache:
                 rows = torch.cat([torch.arange(offsets[i], offsets[i] + length) for i in members]).to(device)
             # (kv head, block) rows of the pool: each kv head's block tables, kv-head-major
             tables = (tables[None] + torch.arange(self.num_kv_heads)[:, None, None] * self.num_blocks).flatten(0, 1)
-            plan.groups.append(_Group(rows, tables.to(device), mask.to(device), len(members), length))
+            group = _Group(rows, tables.to(device), mask.to(device), visible.to(device), len(members), length)
+            if self.index_width:  # MLA (one kv head): block * block_size + offset, for every padded position
+                group.slots = (group.tables[:, :, None] * bs + torch.arange(bs, device=device)).flatten(1)
+            plan.groups.append(group)
         self._plan = plan
 
     def attend(
@@ -290,6 +300,12 @@ class PagedLatentCache:
         # for each kv head, the query heads sharing it over all of a sequence's new tokens become rows of one
         # product against its cached entries (MLA: one shared latent key, so all heads)
         kv, n, t = self.num_kv_heads, group.n, group.length
+        if index is not None:
+            keys_total = group.tables.shape[1] * self.block_size
+            if index.topk >= keys_total:  # top-k keeps every visible token: the causal mask, no scoring needed
+                index = None
+            elif t * index.topk <= keys_total:  # t x k gathered entries read no more than the whole context
+                return self._attend_selected(layer_idx, query, group, scale, index)
         blocks = self.pools[layer_idx].view(-1, self.block_size, self.entry_width)  # (kv head, block) rows
         entries = blocks[group.tables].view(kv * n, -1, self.entry_width).to(query.dtype)  # [kv * n, keys, entry]
         keys = entries if self.width == self.entry_width else entries[..., : self.width]
@@ -301,14 +317,44 @@ class PagedLatentCache:
         scores = torch.baddbmm(mask.to(q.dtype), q, keys.transpose(1, 2), alpha=scale)
         return self._unfold(torch.bmm(torch.softmax(scores, dim=-1), values), n, t)
 
+    def _index_scores(self, index_keys: torch.Tensor, group: _Group, index: IndexQuery) -> torch.Tensor:
+        """index_keys [n, keys, Di] -> I [n, t, keys] for the group's tokens (see indexer.py)."""
+        n, t = group.n, group.length
+        return index_scores(index.query.view(n, t, *index.query.shape[1:]), index.weights.view(n, t, -1), index_keys)
+
+    def _attend_selected(
+        self, layer_idx: int, query: torch.Tensor, group: _Group, scale: float, index: IndexQuery
+    ) -> torch.Tensor:
+        """V3.2's sparse attention by gathering (MLA: one kv head): score the context's index keys, then attend over
+        each token's top-k entries only, so attention costs O(k) per token however long the context; the scoring
+        stays O(context) but reads only the index-key columns. query [n * t, H, width] -> [n * t, H, value_width].
+
+        The same tokens as the masked path (`_select`: same scores, same `top_k_indices`), in another order: equal
+        results up to the summation order of the softmax."""
+        n, t, k, slots = group.n, group.length, index.topk, group.slots
+        assert slots is not None, "plan() makes slots for caches with index keys"
+        flat = self.pools[layer_idx].view(-1, self.entry_width)
+        # index_select of the column slice copies Di numbers per token, not whole entries (and is 6x faster than
+        # advanced indexing of the blocks at 16k context, measured)
+        index_keys = flat[:, self.index_offset :].index_select(0, slots.flatten()).view(n, -1, self.index_width)
+        scores = self._index_scores(index_keys.to(query.dtype), group, index)
+        chosen, valid = top_k_indices(scores, group.visible, k)  # [n, t, k]
+        rows = slots.gather(1, chosen.view(n, t * k))  # flat pool rows [n, t * k]
+        entries = flat[:, : self.index_offset].index_select(0, rows.flatten())
+        entries = entries.view(n * t, k, -1).to(query.dtype)  # [n * t, k, width | value]
+        keys = entries[..., : self.width]
+        values = entries[..., self.value_offset : self.value_offset + self.value_width]
+        mask = torch.zeros(valid.shape, dtype=query.dtype, device=query.device).masked_fill_(~valid, float("-inf"))
+        scores = torch.baddbmm(mask.view(n * t, 1, k), query, keys.transpose(1, 2), alpha=scale)  # [n * t, H, k]
+        return torch.bmm(torch.softmax(scores, dim=-1), values)
+
     def _select(self, entries: torch.Tensor, group: _Group, index: IndexQuery) -> torch.Tensor:
-        """V3.2: the group's mask narrowed to each token's top-k visible entries by index score (MLA: one kv head).
+        """V3.2 by masking, for groups of many tokens (long prefills, where t x k entries would outweigh the
+        context): the group's mask narrowed to each token's top-k visible entries (MLA: one kv head).
         entries [n, keys, entry] -> mask [n, t * H, keys]."""
-        n, t, heads = group.n, group.length, self.num_heads
-        visible = group.mask.view(n, t, heads, -1)[:, :, 0] == 0  # [n, t, keys]
-        index_keys = entries[..., self.index_offset :]  # [n, keys, Di]
-        scores = index_scores(index.query.view(n, t, *index.query.shape[1:]), index.weights.view(n, t, -1), index_keys)
-        selected = top_k_visible(scores, visible, index.topk)
+        heads = self.num_heads
+        scores = self._index_scores(entries[..., self.index_offset :], group, index)
+        selected = top_k_visible(scores, group.visible, index.topk)
         mask = torch.zeros(selected.shape, dtype=group.mask.dtype, device=selected.device)
         return mask.masked_fill_(~selected, float("-inf")).repeat_interleave(heads, dim=1)
 

@@ -9,7 +9,9 @@ padded to a batch bucket B (1, 2, 4, ... 32) and becomes tensors only:
   [B, blocks]; a position mask hides the padding. Padding rows decode token 0 at position 0 into block 0, which
   belongs to nobody and is only ever read under a -inf mask.
 - attention: MLA's absorbed path over the latent cache (DeepSeek-V2/V3), or grouped-query attention over each kv
-  head's key | value entries (Qwen2, Llama: the R1-Distill students).
+  head's key | value entries (Qwen2, Llama: the R1-Distill students). DeepSeek-V3.2: the indexer scores every
+  position of the padded table (index-key columns only), `topk` keeps index_topk of them (fixed k, so static
+  shapes) and attention runs over those k entries; a table no longer than index_topk is attended whole.
 - MoE by expert gathering: top-k routing, then the chosen experts' weights read with `index_select` ([B, k, ...]),
   no `.tolist()` and no per-expert loop; the shared expert is one more (always chosen) matrix product. Once rows
   share experts (2 B k > experts, the eager engine's threshold) the model's grouped kernel reads each expert once,
@@ -39,6 +41,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from nanoseek.model.indexer import index_scores, top_k_indices
 from nanoseek.model.moe import MoE
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
@@ -262,15 +265,23 @@ class StaticDecodeStep:
         """MLA's absorbed path (model/attention.py) for one token per row: x [B, hidden] -> [B, hidden].
         Letters: b row, h head, n nope dim, r latent dim, w cache entry width (r + rope), t key position, v value."""
         batch, heads = x.shape[0], attn.num_heads
+        q_resid = None
         if attn.low_rank_query:
-            q = self._linear(_norm(attn.q_a_layernorm, self._linear(x, attn.q_a_proj)), attn.q_b_proj)
+            q_resid = _norm(attn.q_a_layernorm, self._linear(x, attn.q_a_proj))
+            q = self._linear(q_resid, attn.q_b_proj)
         else:
             q = self._linear(x, attn.q_proj)
         q_nope, q_rope = q.view(batch, heads, -1).split([attn.nope_dim, attn.rope_dim], dim=-1)
         latent, k_rope = self._linear(x, attn.kv_a_proj_with_mqa).split([attn.kv_lora_rank, attn.rope_dim], dim=-1)
         entry = torch.cat([_norm(attn.kv_a_layernorm, latent), _rope(k_rope, cos, sin, attn.interleave)], dim=-1)
+        if attn.indexer is not None:  # V3.2: the token's index key follows its MLA entry, as in the eager cache
+            key = self._index_rope(attn.indexer.k_norm(self._linear(x, attn.indexer.wk)), attn.indexer, cos, sin)
+            entry = torch.cat([entry, key], dim=-1)
         flat = pool.view(-1, pool.shape[-1])  # [all blocks * block, w]
         flat.index_copy_(0, slot, entry.to(pool.dtype))  # written first: each token attends to itself too
+        if attn.indexer is not None and attn.indexer.topk < rows.shape[1]:
+            assert q_resid is not None  # V3.2 always has a low-rank query (validated in ModelConfig)
+            rows, mask = self._select(attn, x, q_resid, cos, sin, flat, rows, mask)
         w_uk, w_uv = attn.absorbed_weights()  # [h, n, r], [h, v, r]
         fused = self.compiled and batch <= FUSED_MAX_ROWS
         query = torch.cat(
@@ -280,7 +291,9 @@ class StaticDecodeStep:
             ],
             dim=-1,
         )  # [b, h, w]
-        keys = flat.index_select(0, rows.flatten()).view(batch, rows.shape[1], -1).to(query.dtype)  # [b, t, w]
+        width = attn.kv_lora_rank + attn.rope_dim
+        table = flat if flat.shape[-1] == width else flat[:, :width]  # V3.2: without the index keys
+        keys = table.index_select(0, rows.flatten()).view(batch, rows.shape[1], width).to(query.dtype)  # [b, t, w]
         scores = _contract("bhw,btw->bht", query, keys, fused) * attn.scale + mask.unsqueeze(1)
         probs = torch.softmax(scores, dim=-1)
         # a batched matmul, not a fused sum: inductor would vectorize this one along t, through gathered loads
@@ -288,6 +301,26 @@ class StaticDecodeStep:
         out_latent = torch.matmul(probs, keys[..., : attn.kv_lora_rank])  # [b, h, r]
         out = _contract("bhr,hvr->bhv", out_latent, w_uv, fused)
         return self._linear(out.flatten(1), attn.o_proj)
+
+    def _index_rope(self, x: torch.Tensor, indexer, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The indexer's RoPE: rotate-half on the first rope dims (indexer.py), x [B, ..., Di] with cos/sin [B, d/2]."""
+        for _ in range(x.dim() - 2):
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return torch.cat([_rope(x[..., : indexer.rope_dim], cos, sin, False), x[..., indexer.rope_dim :]], dim=-1)
+
+    def _select(self, attn, x, q_resid, cos, sin, flat, rows, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """V3.2's top-k over the padded block table (indexer.py, as the eager cache's `_attend_selected`): score
+        every position's index key (only those columns are read), keep the k best visible ones. -> their pool rows
+        [B, k] and mask [B, k] (-inf on fillers where fewer than k are visible), for attention over k entries."""
+        indexer, batch = attn.indexer, x.shape[0]
+        query = self._linear(q_resid, indexer.wq_b).view(batch, indexer.num_heads, indexer.head_dim)
+        query = self._index_rope(query, indexer, cos, sin)
+        weights = self._linear(x, indexer.weights_proj) * indexer.weight_scale
+        offset = attn.kv_lora_rank + attn.rope_dim
+        keys = flat[:, offset:].index_select(0, rows.flatten()).view(batch, rows.shape[1], -1).to(x.dtype)
+        scores = index_scores(query.unsqueeze(1), weights.unsqueeze(1), keys).squeeze(1)  # [B, positions]
+        chosen, _ = top_k_indices(scores, mask == 0, indexer.topk)
+        return rows.gather(1, chosen), mask.gather(1, chosen)
 
     def _gqa_attention(self, attn, x, cos, sin, rows, slot, mask, pool) -> torch.Tensor:
         """Grouped-query attention (Qwen2, Llama) for one token per row: x [B, hidden] -> [B, hidden]. The pool holds

@@ -81,8 +81,17 @@ def top_k_visible(scores: torch.Tensor, visible: torch.Tensor, k: int) -> torch.
     scores [..., T] and visible [..., T] (bool) -> bool [..., T]."""
     if k >= scores.shape[-1]:
         return visible
-    best = scores.masked_fill(~visible, float("-inf")).topk(k, dim=-1).indices
+    best, _ = top_k_indices(scores, visible, k)
     return torch.zeros_like(visible).scatter_(-1, best, True) & visible
+
+
+def top_k_indices(scores: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`top_k_visible` as positions, for gathering just those tokens: the k best-scored visible ones [..., k] and
+    whether each is visible [..., k] (where fewer than k are, the rest are invisible fillers to mask). k <= T.
+
+    One function for both forms, so the masked and the gathered paths break ties between equal scores alike."""
+    best = scores.masked_fill(~visible, float("-inf")).topk(k, dim=-1).indices
+    return best, visible.gather(-1, best)
 
 
 def indexer_kl(attention: torch.Tensor, scores: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:

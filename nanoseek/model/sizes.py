@@ -136,21 +136,24 @@ def attended_keys(c: ModelConfig, seq_len: int) -> float:
 
 
 def latent_cache_bytes_per_token(c: ModelConfig, dtype_bytes: int = 2) -> dict[str, int]:
-    """Per token and layer, the engine's cache (`mla_*`: for MLA kv_lora_rank + qk_rope_head_dim, for the GQA
-    families a key and a value per kv head) next to plain multi-head attention's (a key and a value per head).
+    """Per token and layer, the engine's cache (`mla_*`: for MLA kv_lora_rank + qk_rope_head_dim, plus V3.2's
+    index key; for the GQA families a key and a value per kv head) next to plain multi-head attention's (a key and
+    a value per head). `index_*`: the part of `mla_*` that is V3.2's index key (0 for other models).
     Main layers only: MTP layers keep rows only while speculating. V4: see `v4_cache_bytes`."""
     if c.is_v4:
         return v4_cache_bytes(c, dtype_bytes)
     spec = c.cache_spec
     mla = spec.kv_heads * spec.entry_width * dtype_bytes
+    index = spec.kv_heads * spec.index_width * dtype_bytes
     key, value = (c.qk_head_dim, c.v_head_dim) if c.uses_mla else (c.head_size, c.head_size)
     mha = c.num_attention_heads * (key + value) * dtype_bytes
     return {
         "mla_per_layer": mla,
         "mha_per_layer": mha,
+        "index_per_layer": index,
         "mla_all_layers": mla * c.num_hidden_layers,
         "mha_all_layers": mha * c.num_hidden_layers,
-        "index_key_all_layers": spec.index_width * dtype_bytes * c.num_hidden_layers,  # V3.2 (included above)
+        "index_all_layers": index * c.num_hidden_layers,
     }
 
 

@@ -209,8 +209,14 @@ class DeepseekV3ForCausalLM(nn.Module):
         return [m for m in self.modules() if isinstance(m, MultiHeadLatentAttention) and m.indexer is not None]
 
     def indexer_loss(self) -> torch.Tensor | None:
-        """The indexers' KL of the last training forward, mean over the layers it ran (None: no indexer ran)."""
-        kls = [a.indexer_loss for a in self.sparse_attentions() if a.indexer_loss is not None]
+        """The indexers' KL of the last training forward, mean over the layers it ran (None: no indexer ran).
+
+        Taken, not read: held by the modules, each KL would keep its step's graph alive past backward (and
+        copy.deepcopy refuses a model holding non-leaf tensors)."""
+        attentions = self.sparse_attentions()
+        kls = [a.indexer_loss for a in attentions if a.indexer_loss is not None]
+        for a in attentions:
+            a.indexer_loss = None
         return torch.stack(kls).mean() if kls else None
 
     def set_sparse_attention(self, sparse: bool) -> None:
