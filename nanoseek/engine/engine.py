@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from nanoseek.engine.cache import CacheFull, PagedLatentCache, Segment
+from nanoseek.engine.cache_v4 import V4Cache
 from nanoseek.engine.grammar import GrammarCompiler, mask_logits
 from nanoseek.engine.records import Completion, GenerationRequest, SequenceState, StreamDelta, Work
 from nanoseek.engine.sampling import SamplingParams, make_generator, sample
@@ -59,16 +60,14 @@ class Engine:
         self.max_running, self.max_step_tokens = max_running, max_step_tokens
         self.max_context = max_context or config.max_position_embeddings
         cache_dtype = cache_dtype or next(model.parameters()).dtype
-        if cache_tokens is None:  # four full contexts, at least 16k tokens, at most DEFAULT_CACHE_BYTES
-            per_token = config.cache_spec.bytes_per_token(cache_dtype.itemsize)
-            cache_tokens = max(16 * 1024, min(4 * self.max_context, DEFAULT_CACHE_BYTES // per_token))
-        self.cache = PagedLatentCache.for_model(
-            config,
-            num_blocks=-(-cache_tokens // block_size) + 1,
-            block_size=block_size,
-            dtype=cache_dtype,
-            device=self.device,
-        )
+        if config.is_v4:  # windows, compressed entries and compressor rows: engine/cache_v4.py
+            self.cache = V4Cache.for_engine(config, self, cache_tokens, block_size, cache_dtype, decode_step)
+        else:
+            if cache_tokens is None:  # four full contexts, at least 16k tokens, at most DEFAULT_CACHE_BYTES
+                per_token = config.cache_spec.bytes_per_token(cache_dtype.itemsize)
+                cache_tokens = max(16 * 1024, min(4 * self.max_context, DEFAULT_CACHE_BYTES // per_token))
+            num_blocks = -(-cache_tokens // block_size) + 1
+            self.cache = PagedLatentCache.for_model(config, num_blocks, block_size, cache_dtype, self.device)
         self.eos_ids = _as_list(config.eos_token_id)
         # ids the model can emit but its tokenizer cannot decode (DeepSeek-V3 and Qwen2.5 pad the embedding past
         # the tokenizer): their logits are masked for every choice (sampled, greedy, drafted), so none is ever made

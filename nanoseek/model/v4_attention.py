@@ -121,6 +121,27 @@ class Compressor(nn.Module):
         entries = self.kv_norm((kv * weights).sum(dim=2))
         return rotate_tail(entries, rotary(window_positions(windows, self.rate, x.device)))
 
+    def pool(self, rows: torch.Tensor, windows: torch.Tensor, rotary: V4Rotary) -> torch.Tensor:
+        """The cached path's pooling (engine/cache_v4.py), the arithmetic of `forward` on stored projections:
+        rows [N, 2 rate, 2 width] the kv | gate rows of window w - 1 then window w (non-overlapping compressors
+        read only the second half), windows [N] the w -> entries [N, dim], rotated at w * rate."""
+        kv, gate = rows.chunk(2, dim=-1)  # [N, 2 rate, width]
+        gate = gate + self.position_bias.repeat(2, 1)  # each row's bias by its place in its own window
+        rate, d = self.rate, self.dim
+        if self.overlap:  # window w-1's Ca half, then window w's Cb half; window 0 has no predecessor
+            first = (windows == 0).view(-1, 1, 1)
+            kv = torch.cat([kv[:, :rate, :d].masked_fill(first, 0.0), kv[:, rate:, d:]], dim=1)
+            gate = torch.cat([gate[:, :rate, :d].masked_fill(first, float("-inf")), gate[:, rate:, d:]], dim=1)
+        else:
+            kv, gate = kv[:, rate:], gate[:, rate:]
+        weights = gate.softmax(dim=1, dtype=torch.float32).to(kv.dtype)
+        entries = self.kv_norm((kv * weights).sum(dim=1))
+        return rotate_tail(entries, rotary(windows * rate))
+
+    def projections(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, hidden] -> the kv | gate rows the cache keeps until their window is pooled [T, 2 width]."""
+        return torch.cat([self.kv_proj(x), self.gate_proj(x)], dim=-1)
+
     def _overlapping(self, kv: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, W, rate, 2 dim] -> [B, W, 2 rate, dim]: rows of window w-1's Ca, then window w's Cb."""
         d = self.dim
@@ -189,9 +210,10 @@ class V4Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor, main: V4Rotary, compress: V4Rotary, cache: object = None
     ) -> torch.Tensor:
-        """x [B, S, hidden], positions [S] (from 0: no cache) -> [B, S, hidden]."""
+        """x [B, S, hidden], positions [S] (from 0: no cache) -> [B, S, hidden]. With the engine's cache
+        (engine/cache_v4.py): x [1, T, hidden], the step's new tokens sequence after sequence, see `_forward_cached`."""
         if cache is not None:
-            raise NotImplementedError("deepseek_v4 attention has no inference cache yet; call the model without one")
+            return self._forward_cached(x, positions, main, compress, cache)
         rotary = main if self.compressor is None else compress
         rotation = rotary(positions)  # [S, rope/2]
         q_resid = self.q_a_norm(self.q_a_proj(x))
@@ -211,6 +233,47 @@ class V4Attention(nn.Module):
         out = attend_with_sinks(q, kv, mask, self.sinks, self.scale)  # [B, S, H, D]
         out = rotate_tail(out, rotation.conj().unsqueeze(-2))  # undo the values' rotation (module docstring)
         return self.o_b_proj(self.grouped_output(out).flatten(-2))
+
+    def _forward_cached(self, x: torch.Tensor, positions: torch.Tensor, main: V4Rotary, compress: V4Rotary, cache):
+        """The engine's path (cached prefill chunks and one-token decodes alike): this step's keys and compressor
+        rows go into `cache` (a V4Cache, planned for this step's segments), then each sequence's tokens attend to its
+        window, plus its compressed entries (HCA: all complete ones; CSA: the indexer's top-k of them). Costs
+        O(window + entries) per token, not O(context): the cache keeps nothing else of the past.
+        x [1, T, hidden], positions [1, T] or [T] -> [1, T, hidden]."""
+        h, positions = x[0], positions.reshape(-1)
+        rotation = (main if self.compressor is None else compress)(positions)  # [T, rope/2]
+        q_resid = self.q_a_norm(self.q_a_proj(h))
+        q = unweighted_rms_norm(self.q_b_proj(q_resid).unflatten(-1, (self.num_heads, self.head_dim)), self.eps)
+        q = rotate_tail(q, rotation.unsqueeze(-2))  # [T, H, D]
+        cache.store_keys(self.layer_idx, rotate_tail(self.kv_norm(self.kv_proj(h)), rotation))
+        if self.compressor is not None:
+            c = self.compressor
+            cache.compress(self.layer_idx, "attn", c.projections(h), lambda rows, w: c.pool(rows, w, compress))
+        if self.indexer is not None:
+            ix, ic = self.indexer, self.indexer.compressor
+            cache.compress(self.layer_idx, "index", ic.projections(h), lambda rows, w: ic.pool(rows, w, compress))
+            index_q = ix.q_b_proj(q_resid).unflatten(-1, (ix.num_heads, ix.head_dim))
+            index_q = rotate_tail(index_q, rotation.unsqueeze(-2))  # [T, Hi, Di]
+            index_w = ix.weights_proj(h) * ix.weight_scale
+        out = torch.empty_like(q)
+        for i, seg in enumerate(cache.segments):  # one sequence's tokens: their window and entries
+            keys, mask = cache.window(self.layer_idx, seg)  # [K, D], [L, K]
+            picked = picked_mask = None
+            if self.compressor is not None:
+                entries = cache.entries(self.layer_idx, "attn", i)  # [E, D]
+                visible = compressed_visible(seg.positions, entries.shape[0], self.compressor.rate)  # [L, E]
+                if self.indexer is None or entries.shape[0] <= self.indexer.topk:
+                    keys, mask = torch.cat([keys, entries]), torch.cat([mask, visible], dim=-1)
+                else:  # read only each token's top-k entries, gathered: [L, k, D]
+                    index_keys = cache.entries(self.layer_idx, "index", i).to(index_q.dtype)
+                    scores = index_scores(index_q[seg.rows][None], index_w[seg.rows][None], index_keys[None])[0]
+                    best = scores.masked_fill(~visible, float("-inf")).topk(self.indexer.topk, dim=-1).indices
+                    picked, picked_mask = entries[best].to(q.dtype), visible.gather(1, best)
+            out[seg.rows] = attend_cached(
+                q[seg.rows], keys.to(q.dtype), mask, picked, picked_mask, self.sinks, self.scale
+            )
+        out = rotate_tail(out, rotation.conj().unsqueeze(-2))  # undo the values' rotation (module docstring)
+        return self.o_b_proj(self.grouped_output(out.unsqueeze(0)).flatten(-2))
 
     def grouped_output(self, out: torch.Tensor) -> torch.Tensor:
         """[B, S, H, D] -> [B, S, o_groups, o_lora_rank]: each group of H / o_groups heads through its own block."""
@@ -233,3 +296,26 @@ def attend_with_sinks(
     sink = sinks.to(logits.dtype).view(1, -1, 1, 1).expand(*logits.shape[:-1], 1)
     probs = torch.cat([logits, sink], dim=-1).softmax(dim=-1)[..., :-1]  # the sink's share is dropped
     return torch.einsum("bhst,btd->bshd", probs.to(kv.dtype), kv)
+
+
+def attend_cached(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    mask: torch.Tensor,
+    picked: torch.Tensor | None,
+    picked_mask: torch.Tensor | None,
+    sinks: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """`attend_with_sinks` for one sequence's tokens in the cached path: q [L, H, D] over keys (= values) [K, D]
+    shared by its tokens (mask [L, K]) and, for CSA, keys picked per token [L, P, D] (mask [L, P]). -> [L, H, D]."""
+    logits = [torch.einsum("lhd,kd->lhk", q, keys).mul(scale).masked_fill(~mask.unsqueeze(1), float("-inf"))]
+    if picked is not None and picked_mask is not None:
+        per = torch.einsum("lhd,lpd->lhp", q, picked).mul(scale)
+        logits.append(per.masked_fill(~picked_mask.unsqueeze(1), float("-inf")))
+    sink = sinks.to(logits[0].dtype).view(1, -1, 1).expand(q.shape[0], -1, 1)
+    probs = torch.cat([*logits, sink], dim=-1).softmax(dim=-1).to(keys.dtype)  # the sink's share is dropped
+    out = torch.einsum("lhk,kd->lhd", probs[..., : keys.shape[0]], keys)
+    if picked is not None:
+        out = out + torch.einsum("lhp,lpd->lhd", probs[..., keys.shape[0] : -1], picked)
+    return out

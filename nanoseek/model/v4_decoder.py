@@ -20,7 +20,8 @@ before (the main model's last layer output, before hc_head), not a collapsed sta
 The pair (state at i, token i + k) sits at position i, as in our V3 (transformer.py). transformers does not model
 the MTP (it skips `mtp.*`), so this part is checked against nothing but that description.
 
-Not here yet: the inference cache.
+The engine's inference cache: engine/cache_v4.py (windows, compressed entries, compressor rows), read by
+V4Attention's cached path.
 """
 
 from __future__ import annotations
@@ -74,10 +75,12 @@ class V4DecoderLayer(nn.Module):
         positions: torch.Tensor,
         main: V4Rotary,
         compress: V4Rotary,
+        cache: object = None,
     ) -> torch.Tensor:
-        """streams [B, S, hc_mult, hidden] -> the same shape."""
+        """streams [B, S, hc_mult, hidden] -> the same shape (cache: the engine's V4Cache, see V4Attention)."""
         post, comb, x = self.attn_hc(streams)
-        streams = merge_streams(streams, self.self_attn(self.input_layernorm(x), positions, main, compress), post, comb)
+        attended = self.self_attn(self.input_layernorm(x), positions, main, compress, cache)
+        streams = merge_streams(streams, attended, post, comb)
         post, comb, x = self.ffn_hc(streams)
         return merge_streams(streams, self.mlp(self.post_attention_layernorm(x), token_ids), post, comb)
 
@@ -131,17 +134,16 @@ class V4Decoder(nn.Module):
         self.rotary_compress = V4Rotary(config, compress=True)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: object = None) -> torch.Tensor:
-        """input_ids [B, S], positions [S] -> final normalised hidden states [B, S, hidden]."""
-        if cache is not None:
-            raise NotImplementedError("deepseek_v4 has no inference cache yet: call the model without one")
-        return self.norm(self.hc_head(self.streams(input_ids, positions)))
+        """input_ids [B, S], positions [S] -> final normalised hidden states [B, S, hidden]. With the engine's cache
+        (engine/cache_v4.py, planned for this step): input_ids and positions [1, T], the step's new tokens."""
+        return self.norm(self.hc_head(self.streams(input_ids, positions, cache)))
 
-    def streams(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def streams(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: object = None) -> torch.Tensor:
         """The last layer's output streams [B, S, hc_mult, hidden] (what hc_head collapses and MTP reads)."""
         x = self.embed_tokens(input_ids)
         streams = x.unsqueeze(2).expand(-1, -1, self.hc_mult, -1).contiguous()  # [B, S, hc_mult, hidden]
         for layer in self.layers:
-            streams = layer(streams, input_ids, positions, self.rotary_main, self.rotary_compress)
+            streams = layer(streams, input_ids, positions, self.rotary_main, self.rotary_compress, cache)
         return streams
 
     def with_mtp(
