@@ -25,7 +25,12 @@ def _info(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nanoseek.config import PRESETS, ModelConfig, preset
-    from nanoseek.model.sizes import flops_per_token, latent_cache_bytes_per_token, parameter_counts
+    from nanoseek.model.sizes import (
+        cache_bytes_per_token_at,
+        flops_per_token,
+        latent_cache_bytes_per_token,
+        parameter_counts,
+    )
 
     if args.model in PRESETS:
         config = preset(args.model)
@@ -50,10 +55,13 @@ def _info(args: argparse.Namespace) -> int:
     print(f"training FLOPs per token at {args.seq_len} context: {info['train_flops_per_token'] / 1e9:,.3f} GFLOP")
     if config.is_v4:
         print(
-            f"cache (bf16, not built yet): a {config.sliding_window}-token window per layer "
-            f"({cache['window_all_layers']:,} bytes in all) + {cache['growing_per_token']:,} bytes per token of "
-            f"compressed entries and index keys (multi-head attention would need {cache['mha_per_token']:,})"
+            f"cache (bf16, engine/cache_v4.py): a {config.sliding_window}-token window per layer and the compressors' "
+            f"unpooled rows ({cache['window_all_layers'] + cache['state_all_layers']:,} bytes per sequence) + "
+            f"{cache['growing_per_token']:,} bytes per token of compressed entries and index keys (multi-head "
+            f"attention would need {cache['mha_per_token']:,})"
         )
+        at = {n: cache_bytes_per_token_at(config, n) for n in (128 * 1024, 1024 * 1024)}
+        print("  per token of one sequence: " + ", ".join(f"{v:,.0f} bytes at {n // 1024}k" for n, v in at.items()))
         return 0
     mla, mha = cache["mla_all_layers"], cache["mha_all_layers"]
     kind = "latent cache (MLA)" if config.uses_mla else f"key/value cache ({config.num_key_value_heads} kv heads)"

@@ -173,7 +173,7 @@ class ModelConfig:
         whose first kv_lora_rank numbers are also the value (V3.2: then the token's rotated index key). GQA: per
         kv head, rotated key | value."""
         if self.is_v4:
-            raise ValueError("the inference engine's cache does not support deepseek_v4 yet; run it without a cache")
+            raise ValueError("deepseek_v4 has its own cache layout (engine/cache_v4.py: V4Cache), not a cache_spec")
         if self.uses_mla:
             width = self.kv_lora_rank + self.qk_rope_head_dim
             index = self.index_head_dim if self.has_indexer else 0

@@ -101,7 +101,9 @@ def test_cache_bytes_match_the_formula_and_the_window_stays_bounded(checkpoints)
     assert cache.bytes_per_token == v4_bytes_per_token(model.config, 2) == formula
     # one window slot: per layer block_size keys of head_dim, and the compressors' rings of two windows
     layers, keys = model.config.num_hidden_layers, cache.block_size * model.config.head_dim * 2
-    assert cache.window_slot_bytes > layers * keys
+    assert cache.window_slot_bytes == layers * keys + v4_cache_bytes(model.config, 2)["state_all_layers"]
+    per_block = cache.block_size * cache.bytes_per_token
+    assert cache.memory_bytes() == cache.num_blocks * per_block + cache.window_slots * cache.window_slot_bytes
     request = engine.submit(_prompts([40])[0], SamplingParams(max_tokens=60, **GREEDY))
     while not request.finished():
         engine.step()

@@ -8,8 +8,8 @@ its `rate` rows (CSA: also the previous window's, the overlapping "Ca" half). So
 - growing, kept for the whole sequence, paged like PagedLatentCache (`entries`): per compressed layer one entry of
   head_dim numbers per `rate` tokens, and for CSA one index key of index_head_dim numbers per entry;
 - bounded, needed only near the sequence's end (`window`, in "window slots"): per layer the key of every token of
-  the block, and per compressor the projected (kv | gate) rows of the block's last two windows (a ring indexed
-  by window parity): the window being filled and, for CSA's overlap, the one before it.
+  the block, and per compressor the projected (kv | gate) rows of the window being filled (CSA, for its overlap:
+  and of the one before it, a ring indexed by window parity).
 
 A block of `block_size` tokens (rounded up to a multiple of every compress rate, so windows never straddle blocks)
 owns its entries for as long as it lives; its window slot only while some sequence may still read it. That is
@@ -21,8 +21,9 @@ Prefix reuse: a full block's entries and window slot are final, so a cached pref
 window slots of its last blocks (those the next token reads) are still there; `match_prefix` shortens the hit to
 the longest such prefix. Forks share full blocks and copy the partial one (entries and window slot).
 
-Tensors, per main layer: keys [window slots, block_size, head_dim]; per compressor: ring [window slots, 2, rate,
-2 * width] (kv | gate rows, width = 2 head_dim for CSA's overlapping pair), entries [blocks, block_size / rate, dim].
+Tensors, per main layer: keys [window slots, block_size, head_dim]; per compressor: ring [window slots, kept, rate,
+2 * width] (kv | gate rows; CSA: kept 2, width 2 dim for its overlapping pair), entries [blocks, block_size / rate,
+dim]. Everything in the cache dtype (the rows too: they are the model's projections, rounded as it rounds them).
 Window slot 0 and block 0 belong to nobody (padding reads).
 """
 
@@ -44,21 +45,22 @@ class _Compressed:
 
     def __init__(self, rate: int, dim: int, overlap: bool, window_slots: int, num_blocks: int, block_size: int, **kw):
         self.rate, self.dim, self.overlap = rate, dim, overlap
+        self.kept = 2 if overlap else 1  # windows of rows kept: the one being filled (CSA: and the one before)
         width = 2 * dim if overlap else dim
-        self.ring = torch.zeros(window_slots, 2, rate, 2 * width, **kw)  # kv | gate, per window parity
+        self.ring = torch.zeros(window_slots, self.kept, rate, 2 * width, **kw)  # kv | gate rows, by window
         self.entries = torch.zeros(num_blocks, block_size // rate, dim, **kw)
 
 
 @dataclass
 class _RatePlan:
-    """The compression work of one step for the compressors of one rate."""
+    """The compression work of one step for the compressors of one rate keeping `kept` windows of rows."""
 
     ring_write: torch.Tensor  # [n] flat ring rows the step's tokens are stored at (the last two windows per block)
     ring_source: torch.Tensor  # [n] those tokens' rows in the step
     windows: torch.Tensor  # [N] windows completed this step
-    from_step: torch.Tensor  # [N, 2 rate] bool: row j of window w (position (w - 1) rate + j) is a token of this step
-    step_rows: torch.Tensor  # [N, 2 rate] its row in the step (0 where not)
-    ring_rows: torch.Tensor  # [N, 2 rate] its flat ring row (0 where from the step or before position 0)
+    from_step: torch.Tensor  # [N, kept rate] bool: row j of window w (position (w + 1 - kept) rate + j) is new
+    step_rows: torch.Tensor  # [N, kept rate] its row in the step (0 where not)
+    ring_rows: torch.Tensor  # [N, kept rate] its flat ring row (0 where from the step or before position 0)
     entry_write: torch.Tensor  # [N] flat entry rows of the completed windows
     entry_read: list[torch.Tensor]  # per segment, the flat entry rows of all its complete windows [E]
 
@@ -75,7 +77,7 @@ class _SegmentPlan:
 class _Plan:
     key_write: torch.Tensor  # [T] flat key row of every new token
     segments: list[_SegmentPlan]
-    rates: dict[int, _RatePlan]
+    rates: dict[tuple[int, int], _RatePlan]  # by (rate, windows kept)
 
 
 class V4Cache(PagedLatentCache):
@@ -119,7 +121,7 @@ class V4Cache(PagedLatentCache):
                 if kind == CSA:
                     parts["index"] = _Compressed(rate, config.index_head_dim, True, *sizes, **kw)
             self.compressed.append(parts)
-        self.rates = sorted(rates)
+        self.rates = sorted({(p.rate, p.kept) for ps in self.compressed for p in ps.values()})
         self.window_slots = window_slots
         self.wfree: list[int] = list(range(window_slots - 1, 0, -1))
         self.wslot = [-1] * num_blocks  # block -> its window slot (-1: none, or evicted)
@@ -290,16 +292,16 @@ class V4Cache(PagedLatentCache):
                 )
             )
             offset += seg.length
-        rates = {r: self._plan_rate(r, segments, slot, device) for r in self.rates}
+        rates = {(r, k): self._plan_rate(r, k, segments, slot, device) for r, k in self.rates}
         self._v4plan = _Plan(torch.tensor(key_write, device=device), plans, rates)
 
-    def _plan_rate(self, rate: int, segments: list[Segment], slot, device) -> _RatePlan:
+    def _plan_rate(self, rate: int, kept: int, segments: list[Segment], slot, device) -> _RatePlan:
         bs, per_block = self.block_size, self.block_size // rate
         ring_write, ring_source, windows, entry_write = [], [], [], []
         from_step, step_rows, ring_rows, entry_read = [], [], [], []
 
         def ring_row(blocks: list[int], p: int) -> int:
-            return (slot(blocks, p) * 2 + (p // rate) % 2) * rate + p % rate
+            return (slot(blocks, p) * kept + (p // rate) % kept) * rate + p % rate
 
         def entry_row(blocks: list[int], w: int) -> int:
             return blocks[w * rate // bs] * per_block + (w * rate % bs) // rate
@@ -308,13 +310,13 @@ class V4Cache(PagedLatentCache):
         for seg in segments:
             start, end = seg.start, seg.start + seg.length
             for p in range(start, end):
-                # only the last two windows of each block up to here: the ring keeps two
+                # only the last `kept` windows of each block up to here: all the ring holds
                 last = min(end - 1, (p // bs + 1) * bs - 1)
-                if p // rate >= last // rate - 1:
+                if p // rate > last // rate - kept:
                     ring_write.append(ring_row(seg.blocks, p))
                     ring_source.append(offset + p - start)
             for w in range(start // rate, end // rate):
-                positions = range((w - 1) * rate, (w + 1) * rate)
+                positions = range((w + 1 - kept) * rate, (w + 1) * rate)
                 windows.append(w)
                 from_step.append([p >= start for p in positions])
                 step_rows.append([offset + p - start if p >= start else 0 for p in positions])
@@ -326,8 +328,8 @@ class V4Cache(PagedLatentCache):
         def t(x: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
             return torch.tensor(x, dtype=dtype, device=device)
 
-        def rows(x: list, dtype: torch.dtype = torch.long) -> torch.Tensor:  # [N, 2 rate], N may be 0
-            return t(x, dtype).view(-1, 2 * rate)
+        def rows(x: list, dtype: torch.dtype = torch.long) -> torch.Tensor:  # [N, kept rate], N may be 0
+            return t(x, dtype).view(-1, kept * rate)
 
         return _RatePlan(
             t(ring_write),
@@ -360,11 +362,11 @@ class V4Cache(PagedLatentCache):
 
     def compress(self, layer_idx: int, part: str, rows: torch.Tensor, pool) -> None:
         """rows [T, 2 width]: the compressor's kv | gate projections of this step's tokens. Stores them, then pools
-        every window they complete: pool(rows [N, 2 rate, 2 width] (the window before, then the window; rows before
-        position 0 are masked by the pooling), windows [N]) -> entries [N, dim], stored."""
+        every window they complete: pool(rows [N, kept rate, 2 width] (CSA: the window before, then the window;
+        rows before position 0 are masked by the pooling), windows [N]) -> entries [N, dim], stored."""
         store, plan = self.compressed[layer_idx][part], self._v4plan
         assert plan is not None, "call plan() before the forward pass"
-        rp = plan.rates[store.rate]
+        rp = plan.rates[store.rate, store.kept]
         ring = store.ring.view(-1, store.ring.shape[-1])
         if rp.windows.numel():
             rows_of = torch.where(
@@ -378,7 +380,9 @@ class V4Cache(PagedLatentCache):
         """A segment's complete compressed entries [E, dim] (E = its last position + 1 // rate)."""
         store, plan = self.compressed[layer_idx][part], self._v4plan
         assert plan is not None
-        return store.entries.view(-1, store.dim).index_select(0, plan.rates[store.rate].entry_read[segment_index])
+        return store.entries.view(-1, store.dim).index_select(
+            0, plan.rates[store.rate, store.kept].entry_read[segment_index]
+        )
 
     def rate(self, layer_idx: int) -> int:
         return self.compressed[layer_idx]["attn"].rate

@@ -232,17 +232,32 @@ def _v4_flops_per_token(c: ModelConfig, seq_len: int, mtp: bool) -> float:
 
 
 def v4_cache_bytes(c: ModelConfig, dtype_bytes: int = 2) -> dict[str, int]:
-    """V4's cache (not built yet; what the engine will keep): per layer a sliding window of sliding_window keys (the
-    keys are the values), plus per compressed layer one entry per compress rate tokens (CSA: and an index key).
-    `growing_per_token` is what each further token adds, `window_all_layers` the fixed part."""
+    """V4's cache (engine/cache_v4.py) as a formula: per layer a sliding window of sliding_window keys (the keys are
+    the values), plus per compressed layer one entry per compress rate tokens (CSA: and an index key), plus each
+    compressor's rows not pooled yet (kv | gate projections of the window being filled; CSA's overlapping compressors
+    keep the window before it too). `growing_per_token` is what each further token adds, `window_all_layers` and
+    `state_all_layers` the fixed part of one sequence. (The engine holds a few blocks of window per sequence rather
+    than exactly sliding_window keys: V4Cache.tail_blocks.)"""
     assert c.head_dim is not None and c.sliding_window is not None and c.compress_rates is not None
-    growing = 0.0
+    growing, state = 0.0, 0
     for kind in c.layer_types or ():
         if kind != "sliding_attention":
-            width = c.head_dim + (c.index_head_dim if kind == "compressed_sparse_attention" else 0)
-            growing += width / c.compress_rates[kind]
+            rate, csa = c.compress_rates[kind], kind == "compressed_sparse_attention"
+            growing += (c.head_dim + (c.index_head_dim if csa else 0)) / rate
+            # rows x (kv | gate) x width: CSA 2 windows of rate rows, 2 dim wide (its own and the indexer's)
+            state += 2 * rate * 2 * 2 * (c.head_dim + c.index_head_dim) if csa else rate * 2 * c.head_dim
     return {
         "window_all_layers": c.num_hidden_layers * c.sliding_window * c.head_dim * dtype_bytes,
+        "state_all_layers": state * dtype_bytes,
         "growing_per_token": round(growing * dtype_bytes),
         "mha_per_token": c.num_hidden_layers * c.num_attention_heads * 2 * c.head_dim * dtype_bytes,
     }
+
+
+def cache_bytes_per_token_at(c: ModelConfig, context: int, dtype_bytes: int = 2) -> float:
+    """One sequence's cache at `context` tokens, divided by them: V4's fixed window and state spread over the
+    context plus its growing part; MLA/GQA (and V3.2's index keys) a constant."""
+    if not c.is_v4:
+        return latent_cache_bytes_per_token(c, dtype_bytes)["mla_all_layers"]
+    v4 = v4_cache_bytes(c, dtype_bytes)
+    return v4["growing_per_token"] + (v4["window_all_layers"] + v4["state_all_layers"]) / context

@@ -123,17 +123,15 @@ class Compressor(nn.Module):
 
     def pool(self, rows: torch.Tensor, windows: torch.Tensor, rotary: V4Rotary) -> torch.Tensor:
         """The cached path's pooling (engine/cache_v4.py), the arithmetic of `forward` on stored projections:
-        rows [N, 2 rate, 2 width] the kv | gate rows of window w - 1 then window w (non-overlapping compressors
-        read only the second half), windows [N] the w -> entries [N, dim], rotated at w * rate."""
-        kv, gate = rows.chunk(2, dim=-1)  # [N, 2 rate, width]
-        gate = gate + self.position_bias.repeat(2, 1)  # each row's bias by its place in its own window
+        rows [N, rate, 2 width] the kv | gate rows of window w (overlap: [N, 2 rate, 2 width], window w - 1's rows
+        first), windows [N] the w -> entries [N, dim], rotated at w * rate."""
+        kv, gate = rows.chunk(2, dim=-1)  # [N, rows, width]
+        gate = gate + self.position_bias.repeat(rows.shape[1] // self.rate, 1)  # by each row's place in its window
         rate, d = self.rate, self.dim
         if self.overlap:  # window w-1's Ca half, then window w's Cb half; window 0 has no predecessor
             first = (windows == 0).view(-1, 1, 1)
             kv = torch.cat([kv[:, :rate, :d].masked_fill(first, 0.0), kv[:, rate:, d:]], dim=1)
             gate = torch.cat([gate[:, :rate, :d].masked_fill(first, float("-inf")), gate[:, rate:, d:]], dim=1)
-        else:
-            kv, gate = kv[:, rate:], gate[:, rate:]
         weights = gate.softmax(dim=1, dtype=torch.float32).to(kv.dtype)
         entries = self.kv_norm((kv * weights).sum(dim=1))
         return rotate_tail(entries, rotary(windows * rate))
