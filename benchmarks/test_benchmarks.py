@@ -119,3 +119,15 @@ def test_rl_speed_runs_with_trl_gradient_checkpointing_off():
     )
     assert "TRL: gradient_checkpointing=False" in out and "gradient checkpointing off" in out, out
     assert "TRL failed" not in out, out
+
+
+@pytest.mark.slow
+def test_kv_cache_v4_table_and_the_tiny_engine_match_the_formula():
+    out = _smoke("kv_cache.py", "--v4")
+    assert "deepseek-v4-flash" in out and "as the formula says" in out, out
+
+
+@pytest.mark.slow
+def test_decode_speed_v4_runs_all_three_arms():
+    out = _smoke("decode_speed_v4.py", "--contexts 1024 --steps 2 --repeats 1 --chunk 512")
+    assert "V4 transformers tok/s" in out and "V3 (MLA) nanoseek tok/s" in out, out

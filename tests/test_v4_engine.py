@@ -88,6 +88,11 @@ def test_preemption_and_window_slot_eviction_keep_tokens_exact(checkpoints):
     repeat = engine.generate(prompts[:1], long)[0]
     assert repeat.token_ids == first.token_ids and repeat.prompt_cache_hit_tokens < 24
     assert sum(1 for s in engine.cache.wslot if s >= 0) <= engine.cache.window_slots - 1
+    # prefill chunks of several blocks with barely enough window slots: growing the block table must not evict
+    # the slots of the blocks the chunk reads
+    chunked = Engine(model, max_running=1, max_step_tokens=20)
+    assert chunked.cache.window_slots == chunked.cache.tail_blocks + 2
+    assert chunked.generate(prompts[:1], long)[0].token_ids == first.token_ids
 
 
 def test_cache_bytes_match_the_formula_and_the_window_stays_bounded(checkpoints):

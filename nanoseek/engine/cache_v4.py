@@ -39,6 +39,11 @@ from nanoseek.config import ModelConfig
 from nanoseek.config_v4 import CSA, SLIDING
 from nanoseek.engine.cache import CacheFull, PagedLatentCache, Segment
 
+# The engine's default cap on window slots, allocated up front: V4-Flash's are 11.7 MB each (43 layers x 128 keys
+# of 512 numbers, and the compressors' rows), 6 per sequence at max_step_tokens 512: 2 GiB holds 25 sequences' tails
+# (more running sequences than that are preempted as for a full cache).
+WINDOW_SLOT_BYTES = 2 * 1024**3
+
 
 class _Compressed:
     """One compressor's storage in one layer: its projected rows (ring, window slots) and entries (blocks)."""
@@ -55,7 +60,7 @@ class _Compressed:
 class _RatePlan:
     """The compression work of one step for the compressors of one rate keeping `kept` windows of rows."""
 
-    ring_write: torch.Tensor  # [n] flat ring rows the step's tokens are stored at (the last two windows per block)
+    ring_write: torch.Tensor  # [n] flat ring rows the step's tokens are stored at (the last `kept` windows/block)
     ring_source: torch.Tensor  # [n] those tokens' rows in the step
     windows: torch.Tensor  # [N] windows completed this step
     from_step: torch.Tensor  # [N, kept rate] bool: row j of window w (position (w + 1 - kept) rate + j) is new
@@ -145,12 +150,12 @@ class V4Cache(PagedLatentCache):
         if cache_tokens is None:  # entries are small: four full contexts, at least 16k tokens
             cache_tokens = max(16 * 1024, 4 * engine.max_context)
         probe = cls(config, 2, block_size, 1, engine.max_step_tokens, dtype, "meta")  # the rounded block size
-        size = probe.block_size
+        size, wanted = probe.block_size, engine.max_running * (probe.tail_blocks + 1) + 1
         return cls(
             config,
             num_blocks=-(-cache_tokens // size) + 1,
             block_size=size,
-            window_slots=engine.max_running * (probe.tail_blocks + 1) + 1,
+            window_slots=min(wanted, WINDOW_SLOT_BYTES // probe.window_slot_bytes),
             max_step_tokens=engine.max_step_tokens,
             dtype=dtype,
             device=engine.device,
@@ -222,11 +227,13 @@ class V4Cache(PagedLatentCache):
             self._forget(block)
 
     def ensure_capacity(self, blocks: list[int], num_tokens: int) -> None:
-        self._count(blocks, -1)
-        try:
-            super().ensure_capacity(blocks, num_tokens)
-        finally:
-            self._count(blocks, +1)
+        """Grow a block table; each new block joins the sequence's tail and pushes its oldest block out. (The tail
+        stays counted while allocating: the slots it needs must not be the ones evicted for the new blocks.)"""
+        while len(blocks) * self.block_size < num_tokens:
+            blocks.append(self.allocate())
+            self.wref[blocks[-1]] += 1
+            if len(blocks) > self.tail_blocks:
+                self.wref[blocks[-self.tail_blocks - 1]] -= 1
 
     def fork(self, blocks: list[int], num_tokens: int) -> list[int]:
         """Full blocks shared, the partial last one copied (entries and window slot)."""
@@ -281,7 +288,7 @@ class V4Cache(PagedLatentCache):
                 key_write.append(slot(seg.blocks, p) * bs + p % bs)
             lo = max(0, seg.start - self.sliding_window + 1)
             key_rows = [slot(seg.blocks, p) * bs + p % bs for p in range(lo, end)]
-            for b in {seg.blocks[p // bs] for p in range(lo, end)}:
+            for b in seg.blocks[lo // bs : (end - 1) // bs + 1]:  # read now: the last to evict
                 self.wlru.move_to_end(b)
             plans.append(
                 _SegmentPlan(
@@ -322,7 +329,10 @@ class V4Cache(PagedLatentCache):
                 step_rows.append([offset + p - start if p >= start else 0 for p in positions])
                 ring_rows.append([ring_row(seg.blocks, p) if 0 <= p < start else 0 for p in positions])
                 entry_write.append(entry_row(seg.blocks, w))
-            entry_read.append(torch.tensor([entry_row(seg.blocks, w) for w in range(end // rate)], dtype=torch.long))
+            # every complete entry, block after block (one tensor op: long contexts have many)
+            table = torch.tensor(seg.blocks[: -(-end // bs)], dtype=torch.long)
+            rows_of = (table.unsqueeze(-1) * per_block + torch.arange(per_block)).flatten()
+            entry_read.append(rows_of[: end // rate])
             offset += seg.length
 
         def t(x: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
