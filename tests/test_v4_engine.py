@@ -59,6 +59,23 @@ def test_greedy_equals_transformers_and_prefix_hits_give_the_same_tokens(name, c
     assert [c.prompt_cache_hit_tokens for c in again] == [(n - 1) // block * block for n in LENGTHS]
 
 
+def test_a_request_reuses_the_prefix_of_one_still_running(checkpoints):
+    """B's prompt starts with A's first 27 tokens and arrives while A decodes: B resumes from A's blocks (entries
+    and window slots of a live sequence) and makes the tokens it makes alone."""
+    model = _ours(checkpoints, "mixed-hc2")
+    shared, a_tail, b_tail = _prompts([27, 6, 9], seed=11)
+    params = SamplingParams(max_tokens=10, **GREEDY)
+    alone = Engine(model).generate([shared + b_tail], params)[0].token_ids
+    engine = Engine(model, block_size=8, max_step_tokens=7)
+    a = engine.submit(shared + a_tail, params)
+    while not engine.running or not engine.running[0].generated:
+        engine.step()
+    b = engine.submit(shared + b_tail, params)
+    while not (a.finished() and b.finished()):
+        engine.step()
+    assert b.completions[0].token_ids == alone and b.completions[0].prompt_cache_hit_tokens == 24
+
+
 def test_forks_share_the_prompt_and_each_sample_equals_its_seed_alone(checkpoints):
     """n = 3 samples fork after the prompt (mid-block for 13 tokens, at a block boundary for 16): sample i is the
     request with seed + i on its own, so the copied window slot and shared entries carry exactly its state."""
