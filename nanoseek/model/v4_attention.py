@@ -34,7 +34,7 @@ from nanoseek.config import ModelConfig
 from nanoseek.config_v4 import CSA, SLIDING
 from nanoseek.model.attention import RMSNorm
 from nanoseek.model.hyper_connections import unweighted_rms_norm
-from nanoseek.model.indexer import index_scores, top_k_visible
+from nanoseek.model.indexer import index_scores, top_k_indices, top_k_visible
 from nanoseek.model.rope import apply_rope, yarn_frequencies
 
 
@@ -265,8 +265,8 @@ class V4Attention(nn.Module):
                 else:  # read only each token's top-k entries, gathered: [L, k, D]
                     index_keys = cache.entries(self.layer_idx, "index", i).to(index_q.dtype)
                     scores = index_scores(index_q[seg.rows][None], index_w[seg.rows][None], index_keys[None])[0]
-                    best = scores.masked_fill(~visible, float("-inf")).topk(self.indexer.topk, dim=-1).indices
-                    picked, picked_mask = entries[best].to(q.dtype), visible.gather(1, best)
+                    best, picked_mask = top_k_indices(scores, visible, self.indexer.topk)  # as the masked path
+                    picked = entries[best].to(q.dtype)
             out[seg.rows] = attend_cached(
                 q[seg.rows], keys.to(q.dtype), mask, picked, picked_mask, self.sinks, self.scale
             )
