@@ -360,7 +360,7 @@ def test_batches_are_made_on_the_models_device(tmp_path, monkeypatch, mode):
 
     start = tiny_checkpoint(tmp_path / "start")
     data = _corpus(tmp_path / "corpus.txt", 200) if mode == "pretrain" else _chat(tmp_path / "chat.jsonl")
-    monkeypatch.setattr(distributed, "setup", lambda: distributed.Dist(device=torch.device("meta")))
+    monkeypatch.setattr(distributed, "setup", lambda device=None: distributed.Dist(device=torch.device("meta")))
     monkeypatch.setattr(trainer_module, "matmul_peak", lambda *args: 1e12)  # nothing to time on meta
     config = trainer_module.TrainConfig(
         out=str(tmp_path / "run"),
@@ -384,7 +384,9 @@ def test_fp8_without_a_gpu_is_refused_before_reading_data(workspace, tmp_path, m
     from nanoseek.train import distributed
     from nanoseek.train.trainer import TrainConfig, Trainer
 
-    monkeypatch.setattr(distributed, "setup", lambda: distributed.Dist(device=torch.device("cpu")))  # GPU or not
+    monkeypatch.setattr(
+        distributed, "setup", lambda device=None: distributed.Dist(device=torch.device("cpu"))
+    )  # GPU or not
     missing = str(tmp_path / "no-such-corpus.txt")
     config = TrainConfig(out=str(tmp_path / "run"), data=[missing], tokenizer=str(workspace / "tok"), fp8=True)
     with pytest.raises(ValueError, match=r"--fp8 needs an NVIDIA GPU.*this run is on cpu"):
