@@ -13,6 +13,8 @@
     lightning indexer, index_topk 512) with 2k, 8k and 16k tokens of context, batch 1. V3 attends to every past
     token; V3.2 scores them all with its narrow indexer and attends only to the top 512. Not run by default
     (the 16k prefills take minutes).
+DeepSeek-V4 (its own cache: window, compressed rows, indexer) at 16k and 64k beside transformers and a same-size V3
+is `benchmarks/decode_speed_v4.py`: its prefills alone take minutes.
 
     python benchmarks/decode_speed.py              # all sections (~5 minutes on 2 cores)
     python benchmarks/decode_speed.py --sections a c --presets bench-18m
