@@ -170,8 +170,8 @@ class ModelConfig:
     @property
     def cache_spec(self) -> CacheSpec:
         """The inference cache's layout. MLA: one entry per token, the normalised latent | rotated shared key,
-        whose first kv_lora_rank numbers are also the value (V3.2: then the token's rotated index key). GQA: per
-        kv head, rotated key | value."""
+        whose first kv_lora_rank numbers are also the value (V3.2: and the token's rotated index key, in a pool of
+        its own). GQA: per kv head, rotated key | value."""
         if self.is_v4:
             raise ValueError("deepseek_v4 has its own cache layout (engine/cache_v4.py: V4Cache), not a cache_spec")
         if self.uses_mla:
@@ -321,25 +321,23 @@ class ModelConfig:
 
 class CacheSpec(NamedTuple):
     """What the inference cache keeps per token and layer: `kv_heads` entries of `entry_width` numbers each,
-    attended with keys `entry[:key_width]` and values `entry[value_offset : value_offset + value_width]`."""
+    attended with keys `entry[:key_width]` and values `entry[value_offset : value_offset + value_width]`, and V3.2's
+    index key (`index_width` numbers, one per token: MLA has one kv head), stored apart from the entries."""
 
     layers: int
     kv_heads: int
     key_width: int
     value_offset: int
     value_width: int
-    index_width: int = 0  # V3.2: the lightning indexer's key, stored after the attention key and value
-
-    @property
-    def index_offset(self) -> int:
-        return max(self.key_width, self.value_offset + self.value_width)
+    index_width: int = 0  # V3.2: the lightning indexer's key
 
     @property
     def entry_width(self) -> int:
-        return self.index_offset + self.index_width
+        return max(self.key_width, self.value_offset + self.value_width)
 
     def bytes_per_token(self, element_size: int) -> int:
-        return self.layers * self.kv_heads * self.entry_width * element_size
+        """All layers' entries and index keys."""
+        return self.layers * (self.kv_heads * self.entry_width + self.index_width) * element_size
 
 
 def _need(cond: bool, msg: str) -> None:

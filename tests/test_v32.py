@@ -347,3 +347,24 @@ def test_int8_keeps_a_sparse_attention_model_close(trained_v32):
     b = [c.token_ids for c in Engine(quantized).generate(prompts, params)]
     agree = sum(x == y for u, v in zip(a, b) for x, y in zip(u, v)) / sum(map(len, a))
     assert agree > 0.9
+
+
+def test_index_keys_have_their_own_pool_counted_in_the_cache_and_copied_by_forks():
+    """The index keys sit in a pool of their own per layer (same block ids as the entries, which stay V3's latent |
+    rope key); the cache's bytes per token still count them, and a fork copies the partial block of both pools: n
+    greedy samples of a prompt that ends mid-block (context past index_topk) all equal the single sample."""
+    model = _v32_model(3, max_position_embeddings=256).double()
+    c = model.config
+    engine = Engine(model, block_size=4, cache_tokens=256)
+    cache = engine.cache
+    assert cache.pools[0].shape[-1] == c.kv_lora_rank + c.qk_rope_head_dim
+    assert cache.index_pools[0].shape == (cache.num_blocks, 4, c.index_head_dim)
+    assert cache.bytes_per_token == c.cache_spec.bytes_per_token(8)
+    assert cache.bytes_per_token == latent_cache_bytes_per_token(c, 8)["mla_per_layer"] * cache.num_layers
+    assert cache.memory_bytes() == cache.num_blocks * 4 * cache.bytes_per_token
+    prompt = torch.randint(2, c.vocab_size, (30,), generator=torch.Generator().manual_seed(4)).tolist()
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    single = engine.generate([prompt], params)[0].token_ids
+    engine.reset_prefix_cache()  # no prefix hit: the samples must share the prompt's blocks by forking
+    samples = engine.generate([prompt], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, n=3))[0]
+    assert [s.token_ids for s in samples] == [single] * 3

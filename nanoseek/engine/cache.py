@@ -4,7 +4,8 @@ Per token and layer the cache stores `kv_heads` entries (see `ModelConfig.cache_
 - MLA (DeepSeek-V2/V3): one entry of kv_lora_rank + qk_rope_head_dim numbers, the normalised latent and the
   rotated shared key, whose first kv_lora_rank numbers double as the value;
 - GQA (Qwen2, Llama): per kv head, its rotated key and its value (2 x head_dim numbers);
-- V3.2: MLA's entry, then the lightning indexer's key (index_head_dim numbers), so prefix reuse and forks cover it.
+- V3.2: MLA's entry, and the lightning indexer's key (index_head_dim numbers) in a pool of its own per layer with the
+  same block ids, so block tables, prefix reuse, forks and freeing cover it with no bookkeeping of its own.
 Sequences own lists of blocks (a block table), so memory is allocated as they grow, freed when they finish, and
 full blocks are shared:
 
@@ -18,9 +19,9 @@ Attention reads the blocks of each sequence in place of its past: for each kv he
 rows of one matrix product against that kv head's cached entries.
 
 V3.2 (an `IndexQuery` given): a decode step, or any group whose t x index_topk entries are at most its context,
-scores the index keys of the visible context (only those columns are read), keeps each token's top-k and gathers
-just those entries: attention then costs O(index_topk) per token at any context, the scoring O(context) at the
-indexer's narrow width. Long prefill chunks attend over the whole context under a top-k mask instead.
+scores the index keys of the visible context (read block by block from the index pool), keeps each token's top-k
+and gathers just those entries: attention then costs O(index_topk) per token at any context, the scoring
+O(context) at the indexer's narrow width. Long prefill chunks attend over the whole context under a top-k mask instead.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ class PagedLatentCache:
     gives each kv head's entries contiguously, ready for a batched product. One buffer per layer, not one stacked
     buffer, because the compiled decode step (step.py) writes each layer's pool in place: views of one stacked
     buffer alias each other, and torch.compile then copies the whole cache per layer and step (-24% at 2k context).
+
+    V3.2's index keys live in `index_pools[layer]` [blocks, block_size, index_width], not in the entries: a decode
+    step reads every visible token's index key, and as contiguous blocks of block_size x index_width numbers that is
+    one memcpy per block, where a column slice of the entries is a strided copy per token (2 ms of a 10 ms step at
+    16k context on bench-18m-v32, measured). Attention then reads only the k chosen entries.
     """
 
     def __init__(
@@ -92,22 +98,28 @@ class PagedLatentCache:
         index_width: int = 0,
     ):
         """width: the key's numbers at the start of each entry; values are entry[value_offset : + value_width];
-        index_width: V3.2's index key, after both."""
+        index_width: V3.2's index key, stored in `index_pools` (attend's entries carry it after the entry)."""
         if num_blocks < 2:
             raise ValueError("the cache needs at least 2 blocks")
         if num_heads % num_kv_heads:
             raise ValueError(f"{num_heads} query heads cannot share {num_kv_heads} kv heads evenly")
         self.num_layers, self.width, self.value_width, self.num_heads = num_layers, width, value_width, num_heads
         self.num_kv_heads, self.value_offset = num_kv_heads, value_offset
-        self.index_offset = max(width, value_offset + value_width)
+        self.entry_width = max(width, value_offset + value_width)
         self.index_width = index_width
-        self.entry_width = self.index_offset + index_width
+        if index_width and num_kv_heads != 1:
+            raise ValueError("index keys (V3.2) need MLA's single kv head")
         self.block_size, self.num_blocks = block_size, num_blocks
         # block 0 belongs to nobody: padding rows of block tables point at it (always under a -inf mask), and the
         # static decode step writes its padding rows' entries there
         self.pools = [
             torch.zeros(num_kv_heads, num_blocks, block_size, self.entry_width, dtype=dtype, device=device)
             for _ in range(num_layers)
+        ]
+        # V3.2: the index keys, same block ids as `pools` (block 0 again nobody's)
+        self.index_pools = [
+            torch.zeros(num_blocks, block_size, index_width, dtype=dtype, device=device)
+            for _ in range(num_layers if index_width else 0)
         ]
         self.refcount = [0] * num_blocks
         self.free: list[int] = list(range(num_blocks - 1, 0, -1))
@@ -138,9 +150,10 @@ class PagedLatentCache:
     # ---- sizes ----
     @property
     def bytes_per_token(self) -> int:
-        """Cache bytes per token over all layers: MLA (r + rope) x dtype size x layers; GQA 2 x head_dim x kv heads
-        x dtype size x layers."""
-        return self.num_layers * self.num_kv_heads * self.entry_width * self.pools[0].element_size()
+        """Cache bytes per token over all layers: MLA (r + rope [+ V3.2's index key]) x dtype size x layers; GQA
+        2 x head_dim x kv heads x dtype size x layers."""
+        width = self.num_kv_heads * self.entry_width + self.index_width
+        return self.num_layers * width * self.pools[0].element_size()
 
     @property
     def capacity_tokens(self) -> int:
@@ -151,7 +164,7 @@ class PagedLatentCache:
         return len(self.free) + sum(1 for b in self.cached.values() if self.refcount[b] == 0)
 
     def memory_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.pools)
+        return sum(p.numel() * p.element_size() for p in [*self.pools, *self.index_pools])
 
     # ---- allocation ----
     def allocate(self) -> int:
@@ -190,6 +203,8 @@ class PagedLatentCache:
             copy = self.allocate()
             for pool in self.pools:
                 pool[:, copy] = pool[:, blocks[shared]]
+            for pool in self.index_pools:
+                pool[copy] = pool[blocks[shared]]
             new.append(copy)
         return new
 
@@ -268,7 +283,8 @@ class PagedLatentCache:
             # (kv head, block) rows of the pool: each kv head's block tables, kv-head-major
             tables = (tables[None] + torch.arange(self.num_kv_heads)[:, None, None] * self.num_blocks).flatten(0, 1)
             group = _Group(rows, tables.to(device), mask.to(device), visible.to(device), len(members), length)
-            if self.index_width:  # MLA (one kv head): block * block_size + offset, for every padded position
+            if self.index_width:  # MLA (one kv head): tables are block ids, and block * block_size + offset the pool
+                # row of every padded position (index_pools' flat rows too)
                 group.slots = (group.tables[:, :, None] * bs + torch.arange(bs, device=device)).flatten(1)
             plan.groups.append(group)
         self._plan = plan
@@ -276,11 +292,16 @@ class PagedLatentCache:
     def attend(
         self, layer_idx: int, query: torch.Tensor, entry: torch.Tensor, scale: float, index: IndexQuery | None = None
     ) -> torch.Tensor:
-        """Store this step's entries [T, kv_heads * entry_width] for `layer_idx`, then attend:
-        query [T, H, width] -> [T, H, value_width]. With `index` (V3.2), only to each token's top-k entries."""
+        """Store this step's entries [T, kv_heads * entry_width (+ index_width: V3.2's index key)] for `layer_idx`,
+        then attend: query [T, H, width] -> [T, H, value_width]. With `index` (V3.2), only to each token's top-k
+        entries."""
         plan = self._plan
         assert plan is not None, "call plan() before the forward pass"
         pool = self.pools[layer_idx]
+        if self.index_width:  # one kv head: write_index is each token's block * block_size + offset in both pools
+            entry, key = entry.split([self.entry_width, self.index_width], dim=-1)
+            keys = self.index_pools[layer_idx]
+            keys.view(-1, self.index_width).index_copy_(0, plan.write_index, key.to(keys.dtype))
         rows = pool.view(-1, self.entry_width)
         rows.index_copy_(0, plan.write_index, entry.reshape(-1, self.entry_width).to(pool.dtype))
         heads = query.shape[1]
@@ -311,7 +332,7 @@ class PagedLatentCache:
         keys = entries if self.width == self.entry_width else entries[..., : self.width]
         values = entries[..., self.value_offset : self.value_offset + self.value_width]
         q = self._fold(query, n, t)  # [kv * n, t * H / kv, width]
-        mask = group.mask if index is None else self._select(entries, group, index)
+        mask = group.mask if index is None else self._select(layer_idx, group, index)
         # scores [kv * n, t * H / kv, keys] = q @ keys^T + mask; softmax; @ values [kv * n, keys, value_width]:
         # three kernels, cheaper than SDPA's general path for these small shapes
         scores = torch.baddbmm(mask.to(q.dtype), q, keys.transpose(1, 2), alpha=scale)
@@ -327,33 +348,35 @@ class PagedLatentCache:
     ) -> torch.Tensor:
         """V3.2's sparse attention by gathering (MLA: one kv head): score the context's index keys, then attend over
         each token's top-k entries only, so attention costs O(k) per token however long the context; the scoring
-        stays O(context) but reads only the index-key columns. query [n * t, H, width] -> [n * t, H, value_width].
+        stays O(context) but reads only the index pool. query [n * t, H, width] -> [n * t, H, value_width].
 
         The same tokens as the masked path (`_select`: same scores, same `top_k_indices`), in another order: equal
         results up to the summation order of the softmax."""
         n, t, k, slots = group.n, group.length, index.topk, group.slots
         assert slots is not None, "plan() makes slots for caches with index keys"
         flat = self.pools[layer_idx].view(-1, self.entry_width)
-        # index_select of the column slice copies Di numbers per token, not whole entries (and is 6x faster than
-        # advanced indexing of the blocks at 16k context, measured)
-        index_keys = flat[:, self.index_offset :].index_select(0, slots.flatten()).view(n, -1, self.index_width)
-        scores = self._index_scores(index_keys.to(query.dtype), group, index)
+        scores = self._index_scores(self._index_keys(layer_idx, group), group, index)
         chosen, valid = top_k_indices(scores, group.visible, k)  # [n, t, k]
         rows = slots.gather(1, chosen.view(n, t * k))  # flat pool rows [n, t * k]
-        entries = flat[:, : self.index_offset].index_select(0, rows.flatten())
-        entries = entries.view(n * t, k, -1).to(query.dtype)  # [n * t, k, width | value]
+        entries = flat.index_select(0, rows.flatten()).view(n * t, k, -1).to(query.dtype)  # [n * t, k, entry]
         keys = entries[..., : self.width]
         values = entries[..., self.value_offset : self.value_offset + self.value_width]
         mask = torch.zeros(valid.shape, dtype=query.dtype, device=query.device).masked_fill_(~valid, float("-inf"))
         scores = torch.baddbmm(mask.view(n * t, 1, k), query, keys.transpose(1, 2), alpha=scale)  # [n * t, H, k]
         return torch.bmm(torch.softmax(scores, dim=-1), values)
 
-    def _select(self, entries: torch.Tensor, group: _Group, index: IndexQuery) -> torch.Tensor:
+    def _index_keys(self, layer_idx: int, group: _Group) -> torch.Tensor:
+        """The index keys of the group's padded block tables [n, keys, Di]: whole blocks, each one contiguous
+        block_size x Di chunk (tables hold block ids: one kv head)."""
+        blocks = self.index_pools[layer_idx].index_select(0, group.tables.flatten())
+        return blocks.view(group.n, -1, self.index_width)
+
+    def _select(self, layer_idx: int, group: _Group, index: IndexQuery) -> torch.Tensor:
         """V3.2 by masking, for groups of many tokens (long prefills, where t x k entries would outweigh the
         context): the group's mask narrowed to each token's top-k visible entries (MLA: one kv head).
-        entries [n, keys, entry] -> mask [n, t * H, keys]."""
+        -> mask [n, t * H, keys]."""
         heads = self.num_heads
-        scores = self._index_scores(entries[..., self.index_offset :], group, index)
+        scores = self._index_scores(self._index_keys(layer_idx, group), group, index)
         selected = top_k_visible(scores, group.visible, index.topk)
         mask = torch.zeros(selected.shape, dtype=group.mask.dtype, device=selected.device)
         return mask.masked_fill_(~selected, float("-inf")).repeat_interleave(heads, dim=1)

@@ -10,8 +10,9 @@ padded to a batch bucket B (1, 2, 4, ... 32) and becomes tensors only:
   belongs to nobody and is only ever read under a -inf mask.
 - attention: MLA's absorbed path over the latent cache (DeepSeek-V2/V3), or grouped-query attention over each kv
   head's key | value entries (Qwen2, Llama: the R1-Distill students). DeepSeek-V3.2: the indexer scores every
-  position of the padded table (index-key columns only), `topk` keeps index_topk of them (fixed k, so static
-  shapes) and attention runs over those k entries; a table no longer than index_topk is attended whole.
+  position of the padded table (its index keys read block by block from the cache's index pool), `topk` keeps
+  index_topk of them (fixed k, so static shapes) and attention runs over those k entries; a table no longer than
+  index_topk is attended whole.
 - MoE by expert gathering: top-k routing, then the chosen experts' weights read with `index_select` ([B, k, ...]),
   no `.tolist()` and no per-expert loop; the shared expert is one more (always chosen) matrix product. Once rows
   share experts (2 B k > experts, the eager engine's threshold) the model's grouped kernel reads each expert once,
@@ -141,7 +142,7 @@ class StaticDecodeStep:
             if cuda:  # CUDA graphs (reduce-overhead) replay writes into the cache only if its addresses never change;
                 # and inputs not marked static are copied into the graph's own buffers at every replay
                 copies = [t for pair in self.experts if pair is not None for t in pair]
-                for tensor in [*cache.pools, *copies]:
+                for tensor in [*cache.pools, *cache.index_pools, *copies]:
                     torch._dynamo.mark_static_address(tensor)
             # CPU: the wrapper that calls the kernels in C++ rather than Python (~7% of a bench-18m step, measured)
             options = None if cuda else {"cpp_wrapper": True}
@@ -214,7 +215,9 @@ class StaticDecodeStep:
                 flush=True,
             )
             start = time.perf_counter()
-        args = (ids_t, positions_t, tables_t, self.cache.pools[: len(self.layers)], self.experts)
+        layers = len(self.layers)
+        index_pools = self.cache.index_pools[:layers] or [None] * layers
+        args = (ids_t, positions_t, tables_t, self.cache.pools[:layers], index_pools, self.experts)
         if self.compiled and key in self.shapes:
             # this step already passed every guard for this shape: check only those that tell compiled graphs
             # apart (shapes, buckets), not the ~2400 on the model's modules and weights (0.1-0.3 ms a step here)
@@ -228,12 +231,11 @@ class StaticDecodeStep:
         return logits[:n]
 
     # ---- the graph ----
-    def _forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor, pools: list[torch.Tensor], experts
-    ) -> torch.Tensor:
+    def _forward(self, ids, positions, tables, pools, index_pools, experts) -> torch.Tensor:
         """ids, positions [B]; tables [B, blocks]; pools: each main layer's cache [kv heads (MLA: 1), all blocks,
-        block, entry width]; experts: each layer's transposed expert copies or None. Writes each token's cache
-        entry, returns logits [B, vocab] float32."""
+        block, entry width]; index_pools: V3.2's index keys [all blocks, block, index width] per main layer, or
+        Nones; experts: each layer's transposed expert copies or None. Writes each token's cache entry, returns
+        logits [B, vocab] float32."""
         model, bs = self.model, self.cache.block_size
         length = tables.shape[1] * bs
         # flat pool row of every key position [B, length], and of this token's entry [B]
@@ -246,8 +248,9 @@ class StaticDecodeStep:
         angles = positions.float().unsqueeze(-1) * rotary.inv_freq.float()  # [B, rope / 2], float32 as rope.py
         cos, sin = rotary.attention_factor * torch.cos(angles), rotary.attention_factor * torch.sin(angles)
         attend = self._attention if model.config.uses_mla else self._gqa_attention
-        for layer, pool, copies in zip(self.layers, pools, experts):
-            x = x + attend(layer.self_attn, _norm(layer.input_layernorm, x), cos, sin, rows, slot, mask, pool)
+        for layer, pool, keys, copies in zip(self.layers, pools, index_pools, experts):
+            h = _norm(layer.input_layernorm, x)
+            x = x + attend(layer.self_attn, h, cos, sin, rows, slot, mask, pool, tables, keys)
             h = _norm(layer.post_attention_layernorm, x)
             x = x + (self._moe(layer.mlp, h, copies) if isinstance(layer.mlp, MoE) else self._mlp(layer.mlp, h))
         logits = self._linear(_norm(model.model.norm, x), model.lm_head).float()
@@ -261,7 +264,7 @@ class StaticDecodeStep:
         y = _contract("bi,oi->bo", x, linear.weight, True)
         return y if linear.bias is None else y + linear.bias
 
-    def _attention(self, attn, x, cos, sin, rows, slot, mask, pool) -> torch.Tensor:
+    def _attention(self, attn, x, cos, sin, rows, slot, mask, pool, tables, index_pool) -> torch.Tensor:
         """MLA's absorbed path (model/attention.py) for one token per row: x [B, hidden] -> [B, hidden].
         Letters: b row, h head, n nope dim, r latent dim, w cache entry width (r + rope), t key position, v value."""
         batch, heads = x.shape[0], attn.num_heads
@@ -274,14 +277,14 @@ class StaticDecodeStep:
         q_nope, q_rope = q.view(batch, heads, -1).split([attn.nope_dim, attn.rope_dim], dim=-1)
         latent, k_rope = self._linear(x, attn.kv_a_proj_with_mqa).split([attn.kv_lora_rank, attn.rope_dim], dim=-1)
         entry = torch.cat([_norm(attn.kv_a_layernorm, latent), _rope(k_rope, cos, sin, attn.interleave)], dim=-1)
-        if attn.indexer is not None:  # V3.2: the token's index key follows its MLA entry, as in the eager cache
-            key = self._index_rope(attn.indexer.k_norm(self._linear(x, attn.indexer.wk)), attn.indexer, cos, sin)
-            entry = torch.cat([entry, key], dim=-1)
         flat = pool.view(-1, pool.shape[-1])  # [all blocks * block, w]
         flat.index_copy_(0, slot, entry.to(pool.dtype))  # written first: each token attends to itself too
-        if attn.indexer is not None and attn.indexer.topk < rows.shape[1]:
-            assert q_resid is not None  # V3.2 always has a low-rank query (validated in ModelConfig)
-            rows, mask = self._select(attn, x, q_resid, cos, sin, flat, rows, mask)
+        if attn.indexer is not None:  # V3.2: the token's index key, at the same row of the index pool
+            key = self._index_rope(attn.indexer.k_norm(self._linear(x, attn.indexer.wk)), attn.indexer, cos, sin)
+            index_pool.view(-1, index_pool.shape[-1]).index_copy_(0, slot, key.to(index_pool.dtype))
+            if attn.indexer.topk < rows.shape[1]:
+                assert q_resid is not None  # V3.2 always has a low-rank query (validated in ModelConfig)
+                rows, mask = self._select(attn, x, q_resid, cos, sin, index_pool, tables, rows, mask)
         w_uk, w_uv = attn.absorbed_weights()  # [h, n, r], [h, v, r]
         fused = self.compiled and batch <= FUSED_MAX_ROWS
         query = torch.cat(
@@ -292,8 +295,7 @@ class StaticDecodeStep:
             dim=-1,
         )  # [b, h, w]
         width = attn.kv_lora_rank + attn.rope_dim
-        table = flat if flat.shape[-1] == width else flat[:, :width]  # V3.2: without the index keys
-        keys = table.index_select(0, rows.flatten()).view(batch, rows.shape[1], width).to(query.dtype)  # [b, t, w]
+        keys = flat.index_select(0, rows.flatten()).view(batch, rows.shape[1], width).to(query.dtype)  # [b, t, w]
         scores = _contract("bhw,btw->bht", query, keys, fused) * attn.scale + mask.unsqueeze(1)
         probs = torch.softmax(scores, dim=-1)
         # a batched matmul, not a fused sum: inductor would vectorize this one along t, through gathered loads
@@ -308,21 +310,21 @@ class StaticDecodeStep:
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return torch.cat([_rope(x[..., : indexer.rope_dim], cos, sin, False), x[..., indexer.rope_dim :]], dim=-1)
 
-    def _select(self, attn, x, q_resid, cos, sin, flat, rows, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    def _select(self, attn, x, q_resid, cos, sin, index_pool, tables, rows, mask) -> tuple[torch.Tensor, torch.Tensor]:
         """V3.2's top-k over the padded block table (indexer.py, as the eager cache's `_attend_selected`): score
-        every position's index key (only those columns are read), keep the k best visible ones. -> their pool rows
-        [B, k] and mask [B, k] (-inf on fillers where fewer than k are visible), for attention over k entries."""
+        every position's index key (read by whole blocks of the index pool), keep the k best visible ones. -> their
+        pool rows [B, k] and mask [B, k] (-inf on fillers where fewer than k are visible), for attention over k
+        entries."""
         indexer, batch = attn.indexer, x.shape[0]
         query = self._linear(q_resid, indexer.wq_b).view(batch, indexer.num_heads, indexer.head_dim)
         query = self._index_rope(query, indexer, cos, sin)
         weights = self._linear(x, indexer.weights_proj) * indexer.weight_scale
-        offset = attn.kv_lora_rank + attn.rope_dim
-        keys = flat[:, offset:].index_select(0, rows.flatten()).view(batch, rows.shape[1], -1).to(x.dtype)
+        keys = index_pool.index_select(0, tables.flatten()).view(batch, rows.shape[1], -1)
         scores = index_scores(query.unsqueeze(1), weights.unsqueeze(1), keys).squeeze(1)  # [B, positions]
         chosen, _ = top_k_indices(scores, mask == 0, indexer.topk)
         return rows.gather(1, chosen), mask.gather(1, chosen)
 
-    def _gqa_attention(self, attn, x, cos, sin, rows, slot, mask, pool) -> torch.Tensor:
+    def _gqa_attention(self, attn, x, cos, sin, rows, slot, mask, pool, tables, index_pool) -> torch.Tensor:
         """Grouped-query attention (Qwen2, Llama) for one token per row: x [B, hidden] -> [B, hidden]. The pool holds
         per kv head its rotated key | value [kv heads, blocks, block, 2 d]. Letters: b row, k kv head, g query head
         of a kv head (query head k * G + g reads kv head k), d head dim, t key position."""

@@ -55,7 +55,8 @@ class AttentionCache(Protocol):
         index: IndexQuery | None = None,
     ) -> torch.Tensor:
         """query [T, H, key_width] for T new tokens; entry [T, kv_heads * entry_width] to store (see
-        `ModelConfig.cache_spec`: MLA stores latent | rope key [| index key], GQA each kv head's rotated key | value).
+        `ModelConfig.cache_spec`: MLA stores latent | rope key, GQA each kv head's rotated key | value; V3.2's entry
+        is followed by the token's index key [T, index_width], which the cache keeps in a pool of its own).
 
         Returns [T, H, value_width]: softmax(query . keys) @ values per head, query head h reading kv head
         h // (H / kv_heads), each token seeing its own sequence's entries up to its position. With `index` (V3.2),
@@ -136,7 +137,7 @@ class MultiHeadLatentAttention(nn.Module):
         entry = self.project_latent(x, rope)
         if cache is not None:
             index = None
-            if self.indexer is not None:  # V3.2: the cache stores each token's index key after its MLA entry
+            if self.indexer is not None:  # V3.2: the cache stores each token's index key too, passed after its entry
                 entry = torch.cat([entry, self.indexer.project_key(x, rope)], dim=-1)
                 index = IndexQuery(*self.indexer.project_query(x, q_resid, rope), self.indexer.topk)
             out = self.attend_cached(q_nope, q_rope, entry, cache, index)

@@ -89,8 +89,10 @@ def top_k_indices(scores: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[
     """`top_k_visible` as positions, for gathering just those tokens: the k best-scored visible ones [..., k] and
     whether each is visible [..., k] (where fewer than k are, the rest are invisible fillers to mask). k <= T.
 
-    One function for both forms, so the masked and the gathered paths break ties between equal scores alike."""
-    best = scores.masked_fill(~visible, float("-inf")).topk(k, dim=-1).indices
+    One function for both forms, so the masked and the gathered paths break ties between equal scores alike. In no
+    particular order (`sorted=False`): every caller uses the set (a mask, or entries under a softmax), and skipping
+    the sort is cheaper."""
+    best = scores.masked_fill(~visible, float("-inf")).topk(k, dim=-1, sorted=False).indices
     return best, visible.gather(-1, best)
 
 

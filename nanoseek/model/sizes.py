@@ -143,8 +143,8 @@ def latent_cache_bytes_per_token(c: ModelConfig, dtype_bytes: int = 2) -> dict[s
     if c.is_v4:
         return v4_cache_bytes(c, dtype_bytes)
     spec = c.cache_spec
-    mla = spec.kv_heads * spec.entry_width * dtype_bytes
-    index = spec.kv_heads * spec.index_width * dtype_bytes
+    index = spec.index_width * dtype_bytes
+    mla = spec.kv_heads * spec.entry_width * dtype_bytes + index
     key, value = (c.qk_head_dim, c.v_head_dim) if c.uses_mla else (c.head_size, c.head_size)
     mha = c.num_attention_heads * (key + value) * dtype_bytes
     return {
