@@ -166,7 +166,11 @@ def generate(config: GenerateConfig) -> dict[str, Any]:
         unit="prompt",
         disable=not config.progress,
     )
+    # a local teacher decodes a full engine batch per chunk (16 prompts left most of its 64 slots idle); an endpoint
+    # gets `concurrency` requests in flight
     chunk = max(config.concurrency, 16)
+    if isinstance(teacher, LocalTeacher):
+        chunk = max(teacher.engine.max_running // max(config.samples, 1), 1)
     with open(out, "a") as records, open(done_file, "a") as finished:
         for start in range(0, len(todo), chunk):
             batch = todo[start : start + chunk]
