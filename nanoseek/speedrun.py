@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nanoseek.runtime import resolve_device
 from nanoseek.train.state import atomic_write_text
 
 
@@ -78,6 +79,7 @@ class Plan:
     student_lr: float = 3e-3
     eval_problems: int = 200
     threads: int | None = None
+    device: str | None = None  # every stage's model, cache and training: cpu, cuda, cuda:1 (default: a GPU if any)
     torchrun: int = 0  # processes per node for the training stages (0: in-process)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -143,7 +145,7 @@ class Speedrun:
         self.record_file = self.out / "stages.json"
         self.record: dict[str, Any] = json.loads(self.record_file.read_text()) if self.record_file.exists() else {}
         saved_plan = self.record.get("_plan")
-        if saved_plan is not None and saved_plan != json.loads(json.dumps(asdict(plan))):
+        if saved_plan is not None and _recipe(saved_plan) != _recipe(json.loads(json.dumps(asdict(plan)))):
             raise ValueError(f"{self.out} holds a speedrun with another plan: use a new --out, or the same --preset")
         self.record["_plan"] = asdict(plan)
 
@@ -205,6 +207,7 @@ class Speedrun:
             save_every=max(p.base_steps // 2, 1),
             seed=self._seed(0),
             threads=p.threads,
+            device=p.device,
             progress=self.progress,
             resume=(self.out / "base" / "run.json").exists(),
         )
@@ -244,6 +247,7 @@ class Speedrun:
             save_every=10**9,
             seed=self._seed(2),
             threads=p.threads,
+            device=p.device,
             progress=self.progress,
             resume=(self.out / "sft" / "run.json").exists(),
         )
@@ -268,6 +272,7 @@ class Speedrun:
             save_every=max(p.rl_steps // 2, 1),
             seed=self._seed(4),
             threads=p.threads,
+            device=p.device,
             progress=self.progress,
             resume=(self.out / "rl" / "run.json").exists(),
         )
@@ -295,6 +300,7 @@ class Speedrun:
             save_every=10**9,
             seed=self._seed(5),
             threads=p.threads,
+            device=p.device,
             progress=self.progress,
             resume=(self.out / "student_base" / "run.json").exists(),
         )
@@ -310,6 +316,7 @@ class Speedrun:
                 temperature=0.6,
                 max_tokens=p.max_tokens,
                 seed=self._seed(3),
+                device=p.device,
                 progress=self.progress,
             )
         )
@@ -338,6 +345,7 @@ class Speedrun:
             save_every=10**9,
             seed=self._seed(6),
             threads=p.threads,
+            device=p.device,
             progress=self.progress,
             resume=(self.out / "student" / "run.json").exists(),
         )
@@ -360,7 +368,7 @@ class Speedrun:
         unseen = [task.paraphrase(ex) for ex in examples] if task.unseen_prompts else []
         results = {}
         for stage in ("base", "sft", "rl", "student"):
-            engine = Engine.from_pretrained(self.record[stage]["checkpoint"])
+            engine = Engine.from_pretrained(self.record[stage]["checkpoint"], device=self.plan.device)
             (row,) = evaluate(engine, examples, max_tokens=self.plan.max_tokens)
             counts = parameter_counts(engine.model.config)
             results[stage] = {
@@ -464,6 +472,11 @@ def commit() -> str | None:
         return None
 
 
+def _recipe(plan: dict[str, Any]) -> dict[str, Any]:
+    """What a resumed run must share with the saved one: the plan less where and how fast it runs."""
+    return {k: v for k, v in plan.items() if k not in ("threads", "device")}
+
+
 def speedrun_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/speedrun", help="run directory (re-running resumes, skipping done stages)")
     p.add_argument(
@@ -472,8 +485,9 @@ def speedrun_args(p: argparse.ArgumentParser) -> None:
         default="cpu",
         help="cpu: 2 cores, <20 min; cpu-large: a workstation; gpu: one GPU; multi-gpu: torchrun on a node",
     )
-    p.add_argument("--task", help="the task to learn (default: addition; see nanoseek.tasks.TASKS)")
+    p.add_argument("--task", help="the task to learn (default: the plan's, multiplication; see nanoseek.tasks.TASKS)")
     p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--device", help="where every stage runs: cpu, cuda, cuda:1 (default: a GPU if any, else the CPU)")
     p.add_argument("--seed", type=int, default=0, help="every stage's randomness (held-out problems stay fixed)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -482,6 +496,9 @@ def speedrun_main(args: argparse.Namespace) -> int:
     plan = dataclasses.replace(PLANS[args.preset], seed=args.seed)
     if args.threads:
         plan.threads = args.threads
+    if args.device:
+        resolve_device(args.device)  # a missing GPU is refused before the first stage
+        plan.device = args.device
     if args.task:
         from nanoseek.tasks import get_task
 

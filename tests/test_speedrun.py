@@ -3,6 +3,8 @@ second invocation skips finished stages. (The real plan's figures come from `mak
 
 import json
 
+import pytest
+
 from nanoseek.speedrun import Plan, Speedrun
 
 MINI = Plan(
@@ -129,3 +131,15 @@ def test_the_report_fails_a_claim_the_numbers_do_not_support():
     assert not check_claims(stages(0.8, 0.05, 0.9, 0.85))["rl_gain"]["ok"]
     assert not check_claims(stages(0.02, 0.05, 0.9, 0.5))["student_vs_teacher"]["ok"]
     assert not check_claims(stages(0.02, 0.05, 0.9, 0.85, lengths=(100, 100, 20)))["rl_longer"]["ok"]
+
+
+def test_a_resumed_run_may_change_threads_and_device_but_not_the_recipe(tmp_path):
+    from dataclasses import asdict, replace
+
+    from nanoseek.speedrun import PLANS, Speedrun
+
+    plan = PLANS["cpu"]
+    (tmp_path / "stages.json").write_text(json.dumps({"_plan": asdict(plan)}))
+    Speedrun(tmp_path, replace(plan, threads=1, device="cpu"))  # where and how fast: free to change
+    with pytest.raises(ValueError, match="another plan"):
+        Speedrun(tmp_path, replace(plan, base_steps=plan.base_steps + 1))
