@@ -122,3 +122,17 @@ def stride_sequences(batch: int, length: int, vocab: int, generator=None) -> tor
     start = torch.randint(0, vocab - 2, (batch, 1), generator=generator)
     stride = torch.randint(1, 4, (batch, 1), generator=generator)
     return 2 + (start + stride * torch.arange(length)) % (vocab - 2)
+
+
+def quantize_fp8_ue8m0(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(float8_e4m3fn weight, power-of-two scale per block stored as float8_e8m0fnu, the dequantised reference):
+    the "scale_fmt": "ue8m0" blocks of DeepSeek's V3.1/V3.2/V4 releases, made block by block as their tools do."""
+    rows, cols = -(-w.shape[0] // block), -(-w.shape[1] // block)
+    q, ref, scale = torch.empty(w.shape, dtype=torch.float8_e4m3fn), torch.empty(w.shape), torch.empty(rows, cols)
+    for i in range(rows):
+        for j in range(cols):
+            tile = (slice(i * block, (i + 1) * block), slice(j * block, (j + 1) * block))
+            scale[i, j] = 2.0 ** torch.ceil(torch.log2(w[tile].abs().max().clamp(min=1e-12) / 448.0))
+            q[tile] = (w[tile] / scale[i, j]).to(torch.float8_e4m3fn)
+            ref[tile] = q[tile].float() * scale[i, j]
+    return q, scale.to(torch.float8_e8m0fnu), ref

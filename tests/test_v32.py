@@ -12,6 +12,7 @@ import json
 
 import pytest
 import torch
+from helpers import quantize_fp8_ue8m0
 from safetensors.torch import load_file, save_file
 
 import nanoseek
@@ -193,27 +194,13 @@ def test_released_config_counts_and_cache_bytes_without_weights():
     )
 
 
-def _quantize_ue8m0(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(fp8 weight, power-of-two scale per block stored as float8_e8m0fnu, dequantised reference): V3.1/V3.2's
-    "scale_fmt": "ue8m0" blocks."""
-    rows, cols = -(-w.shape[0] // block), -(-w.shape[1] // block)
-    q, ref, scale = torch.empty(w.shape, dtype=torch.float8_e4m3fn), torch.empty(w.shape), torch.empty(rows, cols)
-    for i in range(rows):
-        for j in range(cols):
-            tile = (slice(i * block, (i + 1) * block), slice(j * block, (j + 1) * block))
-            scale[i, j] = 2.0 ** torch.ceil(torch.log2(w[tile].abs().max().clamp(min=1e-12) / 448.0))
-            q[tile] = (w[tile] / scale[i, j]).to(torch.float8_e4m3fn)
-            ref[tile] = q[tile].float() * scale[i, j]
-    return q, scale.to(torch.float8_e8m0fnu), ref
-
-
 def test_fp8_checkpoint_with_ue8m0_scales_loads_dequantised(tmp_path):
     build_model(preset("nano-v32", hidden_size=72), seed=0).save_pretrained(tmp_path)
     tensors, references = load_file(tmp_path / "model.safetensors"), {}
     for key in list(tensors):
         kept = ("embed_tokens", "lm_head", "shared_head.head", "norm", "mlp.gate.", "eh_proj", "weights_proj")
         if tensors[key].dim() == 2 and not any(k in key for k in kept):
-            tensors[key], tensors[f"{key}_scale_inv"], references[key] = _quantize_ue8m0(tensors[key], 16)
+            tensors[key], tensors[f"{key}_scale_inv"], references[key] = quantize_fp8_ue8m0(tensors[key], 16)
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     data = json.loads((tmp_path / "config.json").read_text())
     quant = dict(activation_scheme="dynamic", fmt="e4m3", quant_method="fp8", scale_fmt="ue8m0")

@@ -14,6 +14,7 @@ import json
 
 import pytest
 import torch
+from helpers import quantize_fp8_ue8m0
 from safetensors.torch import load_file, save_file
 
 import nanoseek
@@ -203,6 +204,27 @@ def test_bfloat16_load_keeps_transformers_float32_weights(checkpoints):
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("length", [1, 3, 5, 9])
+def test_prompts_shorter_than_a_compressed_window_are_causal_prefixes(checkpoints, length):
+    """Fewer tokens than a compress rate (8 here) pool nothing yet: the logits are those of the same positions in a
+    longer sequence (a causal model), not a shape error."""
+    ours = nanoseek.from_pretrained(checkpoints["mixed-hc2"][0])
+    with torch.no_grad():
+        assert torch.allclose(ours(TOKENS[:, :length]), ours(TOKENS)[:, :length], atol=1e-5)
+
+
+def test_int8_keeps_the_clipped_experts_float(checkpoints):
+    """engine/quant.py's Int8Experts computes plain SwiGLU: swapped in for V4's experts it would drop the clip
+    silently, so they stay float (the Linear layers are quantised as for V3)."""
+    from nanoseek.engine.quant import Int8Experts, Int8Linear, quantize_int8
+    from nanoseek.model.v4_moe import ClippedExperts
+
+    ours = nanoseek.from_pretrained(checkpoints["mixed-hc2"][0])
+    quantize_int8(ours, min_weights=0)
+    kinds = {type(m) for m in ours.modules()}
+    assert ClippedExperts in kinds and Int8Experts not in kinds and Int8Linear in kinds
+
+
 def test_released_dialect_reads_like_transformers():
     """DeepSeek's config.json spelling (compress_ratios with the MTP layer's entry, num_hash_layers,
     qk_rope_head_dim, rope_scaling) and transformers' spelling give the same config, and our file opens in
@@ -248,19 +270,6 @@ def test_released_sizes_match_the_published_ones():
     assert meta.num_parameters() == flash.total + flash.mtp  # the MTP module is built (as released: mtp.0.*)
 
 
-def _fp8_ue8m0(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(float8 weight, power-of-two scale per block as float8_e8m0fnu, the dequantised reference)."""
-    rows, cols = -(-w.shape[0] // block), -(-w.shape[1] // block)
-    q, ref, scale = torch.empty(w.shape, dtype=torch.float8_e4m3fn), torch.empty(w.shape), torch.empty(rows, cols)
-    for i in range(rows):
-        for j in range(cols):
-            tile = (slice(i * block, (i + 1) * block), slice(j * block, (j + 1) * block))
-            scale[i, j] = 2.0 ** torch.ceil(torch.log2(w[tile].abs().max().clamp(min=1e-12) / 448.0))
-            q[tile] = (w[tile] / scale[i, j]).to(torch.float8_e4m3fn)
-            ref[tile] = q[tile].float() * scale[i, j]
-    return q, scale.to(torch.float8_e8m0fnu), ref
-
-
 def _fp4_e2m1(w: torch.Tensor, block: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(int8 [out, in / 2] two e2m1 codes per byte, low nibble first; ue8m0 scale per row and 32 inputs; reference)."""
     table = torch.tensor(E2M1)
@@ -285,7 +294,8 @@ def test_fp8_and_fp4_checkpoint_loads_dequantised(tmp_path):
         if ".ffn.experts." in key:
             tensors[key], tensors[key.removesuffix("weight") + "scale"], references[key] = _fp4_e2m1(tensors[key])
         elif key.endswith(("wq_b.weight", "wo_a.weight", "wkv.weight", "shared_experts.w2.weight")):
-            tensors[key], tensors[key.removesuffix("weight") + "scale"], references[key] = _fp8_ue8m0(tensors[key], 16)
+            quantized = quantize_fp8_ue8m0(tensors[key], 16)
+            tensors[key], tensors[key.removesuffix("weight") + "scale"], references[key] = quantized
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     data = json.loads((tmp_path / "config.json").read_text())
     quant = dict(activation_scheme="dynamic", fmt="e4m3", quant_method="fp8", scale_fmt="ue8m0", expert_dtype="fp4")

@@ -126,6 +126,9 @@ def quantize_int8(model: nn.Module, min_weights: int = DEFAULT_MIN_WEIGHTS) -> d
                 setattr(module, child_name, Int8Linear(child))
                 converted["linear"] += 1
             elif isinstance(child, Experts) and child.w_gate_up[0].numel() >= min_weights // 2:
+                if type(child) is not Experts:  # V4's ClippedExperts: Int8Experts' plain SwiGLU would drop its clip
+                    converted["kept_float"] += 1
+                    continue
                 setattr(module, child_name, Int8Experts(child))
                 converted["experts"] += 1
     model.eval()

@@ -112,6 +112,8 @@ class Compressor(nn.Module):
         """x [B, S, hidden] -> entries [B, W, dim], W = S // rate, the rope tail rotated at w * rate."""
         batch, seq, _ = x.shape
         windows = seq // self.rate
+        if windows == 0:  # shorter than one window: nothing is compressed yet
+            return x.new_zeros(batch, 0, self.dim)
         usable = x[:, : windows * self.rate]
         kv = self.kv_proj(usable).view(batch, windows, self.rate, -1)  # [B, W, rate, width]
         gate = self.gate_proj(usable).view(batch, windows, self.rate, -1) + self.position_bias
