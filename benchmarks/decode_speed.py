@@ -26,8 +26,8 @@ Both sides are timed the same way: the prompt is prefilled (and its first token 
 and the clock stops at the last token, so a figure is (new tokens - 1) / decode seconds. nanoseek's engine is
 stepped until the prompt is cached; transformers' `generate` runs once and a stopping criterion (called after
 every token) records when each token was produced. Each figure is the median of --repeats runs. (f) times single
-decode steps after one prefill (`common.timed`: the median of --long-steps steps), as a 16k prefill is too long to
-repeat.
+decode steps after one prefill (a 16k prefill is too long to repeat), V3's and V3.2's engines side by side in
+alternating turns of 8 steps, so a load that moves (other jobs) weighs on both: the median of --long-steps steps each.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import table, timed, timed_decode
+from common import table, timed_decode
 
 from nanoseek.config import ModelConfig, preset
 from nanoseek.engine import Engine, SamplingParams
@@ -304,19 +304,33 @@ LONG_PAIR = ("bench-18m", "bench-18m-v32")  # (f): V3 and V3.2 of the same shape
 LONG_CONTEXTS = (2048, 8192, 16384)
 
 
-def long_context_step(name: str, context: int, steps: int, decode_step: str) -> tuple[float, str]:
-    """Seconds per batch-1 decode step (median of `steps`, after 4 untimed) with `context` tokens in the cache,
-    and the decode step the engine ran. The context is a prefill of random tokens, in 1k chunks (the masked
-    prefill's [chunk, context] score matrices stay a few hundred MB)."""
+def long_context_engine(name: str, context: int, steps: int, decode_step: str) -> Engine:
+    """A batch-1 engine with `context` tokens in its cache, ready to decode `steps` more. The context is a prefill
+    of random tokens, in 1k chunks (the masked prefill's [chunk, context] score matrices stay a few hundred MB)."""
     config = preset(name, num_nextn_predict_layers=0, max_position_embeddings=context + steps + 64)
-    model = build_model(config, seed=0)
-    engine = Engine(model, max_step_tokens=1024, cache_tokens=context + steps + 64, decode_step=decode_step)
+    engine = Engine(
+        build_model(config, seed=0), max_step_tokens=1024, cache_tokens=context + steps + 64, decode_step=decode_step
+    )
     prompt = torch.randint(2, config.vocab_size, (context,), generator=torch.Generator().manual_seed(0)).tolist()
     engine.submit(prompt, SamplingParams(max_tokens=steps + 8, temperature=0, ignore_eos=True))
     while any(len(s.tokens) - s.num_cached > 1 for s in engine.running) or engine.num_waiting:
         engine.step()  # prefill (and the first token)
-    seconds, _ = timed(engine.step, warmup=4, steps=steps)
-    return seconds, engine.decode_step
+    for _ in range(4):
+        engine.step()  # untimed
+    return engine
+
+
+def interleaved_rates(engines: dict[str, Engine], steps: int, turn: int = 8) -> dict[str, float]:
+    """tok/s of each engine as 1 / its median step, timed in alternating turns of `turn` steps: when the machine's
+    load moves (other jobs), both models see the same load, so their ratio holds even where the figures drift."""
+    seconds: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(max(steps // turn, 1)):
+        for name, engine in engines.items():
+            for _ in range(turn):
+                start = time.perf_counter()
+                engine.step()
+                seconds[name].append(time.perf_counter() - start)
+    return {name: 1 / statistics.median(s) for name, s in seconds.items()}
 
 
 def section_f(contexts: list[int], steps: int, decode_steps: list[str]) -> list[dict]:
@@ -324,16 +338,17 @@ def section_f(contexts: list[int], steps: int, decode_steps: list[str]) -> list[
     for decode_step in decode_steps:
         rates: dict[tuple[str, int], float] = {}
         for context in contexts:
-            row: dict = {"context": context, "decode step": decode_step}
+            engines = {name: long_context_engine(name, context, steps, decode_step) for name in LONG_PAIR}
+            measured = interleaved_rates(engines, steps)
+            row: dict = {"context": context, "decode step": engines[LONG_PAIR[1]].decode_step}
             for name in LONG_PAIR:
-                seconds, ran = long_context_step(name, context, steps, decode_step)
-                rates[name, context] = 1 / seconds
-                row[f"{name} tok/s"] = f"{1 / seconds:.1f}"
-                row["decode step"] = ran
-                print(f"  f {name} {context} context, {ran}: {1 / seconds:.1f} tok/s", flush=True)
+                rates[name, context] = measured[name]
+                row[f"{name} tok/s"] = f"{measured[name]:.1f}"
+                print(f"  f {name} {context} context, {row['decode step']}: {measured[name]:.1f} tok/s", flush=True)
             v3, v32 = (rates[name, context] for name in LONG_PAIR)
             row["V3.2 / V3"] = f"{v32 / v3:.2f}x"
             rows.append(row)
+            del engines
         # how much each model slows down from the shortest context to each longer one
         for row in rows[-len(contexts) :]:
             for name in LONG_PAIR:
