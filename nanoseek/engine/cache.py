@@ -201,12 +201,16 @@ class PagedLatentCache:
             self.refcount[b] += 1
         if num_tokens % self.block_size:
             copy = self.allocate()
-            for pool in self.pools:
-                pool[:, copy] = pool[:, blocks[shared]]
-            for pool in self.index_pools:
-                pool[copy] = pool[blocks[shared]]
+            self._copy_block(blocks[shared], copy)
             new.append(copy)
         return new
+
+    def _copy_block(self, source: int, copy: int) -> None:
+        """Everything the cache keeps for block `source`, into block `copy` (a fork's partial last block)."""
+        for pool in self.pools:
+            pool[:, copy] = pool[:, source]
+        for pool in self.index_pools:
+            pool[copy] = pool[source]
 
     # ---- prefix cache ----
     @staticmethod

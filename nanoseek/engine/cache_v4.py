@@ -236,21 +236,17 @@ class V4Cache(PagedLatentCache):
                 self.wref[blocks[-self.tail_blocks - 1]] -= 1
 
     def fork(self, blocks: list[int], num_tokens: int) -> list[int]:
-        """Full blocks shared, the partial last one copied (entries and window slot)."""
-        shared = num_tokens // self.block_size
-        new = list(blocks[:shared])
-        for b in new:
-            self.refcount[b] += 1
-        if num_tokens % self.block_size:
-            copy, source = self.allocate(), blocks[shared]
-            to, frm = self.wslot[copy], self.wslot[source]
-            for keys in self.keys:
-                keys[to] = keys[frm]
-            for part in (p for ps in self.compressed for p in ps.values()):
-                part.ring[to], part.entries[copy] = part.ring[frm], part.entries[source]
-            new.append(copy)
+        """Full blocks shared, the partial last one copied (`_copy_block`: entries and window slot)."""
+        new = super().fork(blocks, num_tokens)
         self._count(new, +1)
         return new
+
+    def _copy_block(self, source: int, copy: int) -> None:
+        to, frm = self.wslot[copy], self.wslot[source]
+        for keys in self.keys:
+            keys[to] = keys[frm]
+        for part in (p for ps in self.compressed for p in ps.values()):
+            part.ring[to], part.entries[copy] = part.ring[frm], part.entries[source]
 
     def match_prefix(self, tokens: list[int], salt: bytes = b"") -> list[int]:
         """The longest cached prefix whose last blocks (those the next token reads) still hold their window slots."""
