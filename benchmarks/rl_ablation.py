@@ -2,7 +2,12 @@
 same base model, same prompts and budget, over several seeds. Held-out greedy pass@1 before and after, and the
 mean response length after (the R1-Zero effect: the model learns to think, and its answers get longer).
 
-    python benchmarks/rl_ablation.py --model runs/speedrun/sft/model [--steps 15] [--seeds 0 1 2]
+    python benchmarks/rl_ablation.py --model runs/speedrun/base/model [--steps 15] [--seeds 0 1 2]
+
+Every variant is the speedrun's own RL recipe (Speedrun.stage_rl: R1-Zero from the base, AdamW at a constant lr,
+no weight decay, T=1, token-level loss, format weight 0.1), spelled out here so a change of the CLI's defaults
+cannot change it, with only the advantage / KL settings of the variant on top. The task, lr and token limit are
+read from the speedrun's plan (stages.json two levels above --model) when there is one.
 """
 
 from __future__ import annotations
@@ -25,7 +30,16 @@ VARIANTS = {
 }
 
 
+def speedrun_plan(model: Path) -> dict:
+    """The plan of the speedrun `model` belongs to (runs/speedrun/base/model -> runs/speedrun/stages.json), or {}."""
+    stages = model.resolve().parent.parent / "stages.json"
+    return json.loads(stages.read_text())["_plan"] if stages.exists() else {}
+
+
 def run(model: Path, out: Path, seed: int, extra: list[str], args) -> dict:
+    recipe = ["--recipe", "r1-zero", "--tasks", args.task, "--optimizer", "adamw", "--lr", str(args.lr)]
+    recipe += ["--temperature", "1.0", "--advantage", "grpo", "--loss-agg", "token", "--kl-beta", "0"]
+    recipe += ["--format-weight", "0.1", "--schedule", "constant", "--weight-decay", "0"]
     subprocess.run(
         [
             sys.executable,
@@ -53,7 +67,8 @@ def run(model: Path, out: Path, seed: int, extra: list[str], args) -> dict:
             "--seed",
             str(seed),
             "--no-progress",
-            *extra,
+            *recipe,
+            *extra,  # the variant's settings come last: they override the recipe's
         ],
         check=True,
         capture_output=True,
@@ -75,9 +90,15 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="the checkpoint RL starts from")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--max-tokens", type=int, default=120)
+    parser.add_argument("--max-tokens", type=int, help="default: the speedrun's (192 without one)")
+    parser.add_argument("--task", help="default: the speedrun's task (multiplication without one)")
+    parser.add_argument("--lr", type=float, help="default: the speedrun's RL lr (1e-4 without one)")
     parser.add_argument("--problems", type=int, default=200)
     args = parser.parse_args()
+    plan = speedrun_plan(args.model)
+    args.task = args.task or plan.get("task", "multiplication")
+    args.max_tokens = args.max_tokens or plan.get("max_tokens", 192)
+    args.lr = args.lr or plan.get("rl_lr", 1e-4)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in VARIANTS.items():
@@ -98,7 +119,10 @@ def main() -> None:
                 }
             )
             print(f"  {rows[-1]}", flush=True)
-    print(f"\n{args.steps} RL steps x 16 prompts x G=8 from {args.model}, seeds {args.seeds}:\n")
+    print(
+        f"\n{args.steps} RL steps x 16 prompts x G=8 on {args.task} (max {args.max_tokens} tokens, lr {args.lr}) "
+        f"from {args.model}, seeds {args.seeds}:\n"
+    )
     print(table(rows, list(rows[0])))
 
 
