@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -67,3 +69,10 @@ def timed_decode(engine, prompts: list, params) -> tuple[float, list]:
     seconds = time.perf_counter() - start
     assert all(r.finished() for r in requests)
     return (engine.stats["generated_tokens"] - before) / seconds, requests
+
+
+def speedrun_plan(model: Path | None) -> dict:
+    """The plan of the speedrun `model` belongs to (runs/speedrun/base/model -> runs/speedrun/stages.json), or {}:
+    a benchmark started from a speedrun's checkpoint runs that speedrun's task at its token limit."""
+    stages = model.resolve().parent.parent / "stages.json" if model else None
+    return json.loads(stages.read_text())["_plan"] if stages and stages.exists() else {}

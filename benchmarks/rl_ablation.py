@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import table
+from common import speedrun_plan, table
 
 VARIANTS = {
     "GRPO (no KL)": [],
@@ -28,12 +28,6 @@ VARIANTS = {
     "Dr. GRPO": ["--advantage", "dr-grpo", "--loss-agg", "constant"],
     "REINFORCE (batch baseline)": ["--advantage", "reinforce"],
 }
-
-
-def speedrun_plan(model: Path) -> dict:
-    """The plan of the speedrun `model` belongs to (runs/speedrun/base/model -> runs/speedrun/stages.json), or {}."""
-    stages = model.resolve().parent.parent / "stages.json"
-    return json.loads(stages.read_text())["_plan"] if stages.exists() else {}
 
 
 def run(model: Path, out: Path, seed: int, extra: list[str], args) -> dict:

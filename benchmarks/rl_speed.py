@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import table
+from common import speedrun_plan, table
 
 warnings.filterwarnings("ignore")
 
@@ -173,11 +173,11 @@ def trl_speed(model: Path, args) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="checkpoint to start from (default: train a tiny one, ~3 min)")
-    parser.add_argument("--task", default="addition", help="the task both sides train on (and the base model's)")
+    parser.add_argument("--task", help="the task both sides train on (default: --model's speedrun's, or addition)")
     parser.add_argument("--base-steps", type=int, default=600, help="pretraining steps of the base made here")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=120)
+    parser.add_argument("--max-tokens", type=int, help="default: --model's speedrun's limit, or 120")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument(
@@ -186,6 +186,9 @@ def main() -> None:
         help="leave TRL's gradient checkpointing on (GRPOConfig's default; off by default here)",
     )
     args = parser.parse_args()
+    plan = speedrun_plan(args.model)
+    args.task = args.task or plan.get("task", "addition")
+    args.max_tokens = args.max_tokens or plan.get("max_tokens", 120)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = args.model or base_model(work, args.task, args.base_steps)
@@ -203,7 +206,7 @@ def main() -> None:
             rows.append({"implementation": f"TRL failed: {type(e).__name__}: {str(e)[:150]}", "samples/s": "-"})
     checkpointing = "on" if args.gradient_checkpointing else "off"
     print(
-        f"\nGRPO on CPU ({torch.get_num_threads()} threads), {args.prompts} prompts x G={args.group}, "
+        f"\nGRPO on CPU ({torch.get_num_threads()} threads), {args.task}, {args.prompts} prompts x G={args.group}, "
         f"<= {args.max_tokens} new tokens; TRL gradient checkpointing {checkpointing}:\n"
     )
     print(table(rows, ["implementation", "samples/s"]))
