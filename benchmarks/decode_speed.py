@@ -13,6 +13,9 @@
     lightning indexer, index_topk 512) with 2k, 8k and 16k tokens of context, batch 1. V3 attends to every past
     token; V3.2 scores them all with its narrow indexer and attends only to the top 512. Not run by default
     (the 16k prefills take minutes).
+(g) llama.cpp as the peer instead of transformers (benchmarks/llama_cpp_peer.py: bench-18m and Qwen2.5-0.5B's shape,
+    f32 and q8_0 GGUFs from llama.cpp's own converter, llama-bench against the compiled engine in fp32 and int8);
+    needs a llama.cpp built once with `python benchmarks/llama_cpp_peer.py --build .cache/llama.cpp`.
 DeepSeek-V4 (its own cache: window, compressed rows, indexer) at 16k and 64k beside transformers and a same-size V3
 is `benchmarks/decode_speed_v4.py`: its prefills alone take minutes.
 
@@ -21,6 +24,7 @@ is `benchmarks/decode_speed_v4.py`: its prefills alone take minutes.
     python benchmarks/decode_speed.py --mtp-checkpoint runs/speedrun/base   # (d) on a pretrained model
     python benchmarks/decode_speed.py --sections e --qwen2-vocab 32768      # (e) with a smaller vocabulary
     python benchmarks/decode_speed.py --sections f --threads 2              # (f) long context, V3 vs V3.2
+    python benchmarks/decode_speed.py --sections g --threads 1              # (g) llama.cpp in .cache/llama.cpp
 
 Both sides are timed the same way: the prompt is prefilled (and its first token produced) before the clock starts,
 and the clock stops at the last token, so a figure is (new tokens - 1) / decode seconds. nanoseek's engine is
@@ -370,6 +374,7 @@ def main() -> None:
     parser.add_argument(
         "--long-decode-steps", nargs="+", default=["eager"], choices=["eager", "compiled"], help="(f): engine paths"
     )
+    parser.add_argument("--llama-cpp", type=Path, default=Path(".cache/llama.cpp"), help="(g): llama.cpp's build")
     args = parser.parse_args()
     global REPEATS
     REPEATS = args.repeats
@@ -421,6 +426,18 @@ def main() -> None:
             f"\n(f) long context, batch 1, random weights: V3 ({LONG_PAIR[0]}) vs V3.2 ({LONG_PAIR[1]}, index_topk "
             f"{preset(LONG_PAIR[1]).index_topk}); decode tok/s = 1 / median step of {args.long_steps}:\n"
         )
+        print(table(rows, list(rows[0])))
+    if "g" in sections:
+        import llama_cpp_peer
+
+        source = llama_cpp_peer.find_source(args.llama_cpp)
+        llama_cpp_peer.decode_speed.REPEATS = REPEATS  # (it imports this file as a module of its own)
+        peer_args = argparse.Namespace(depths=[16, 2048], tokens=128, threads=args.threads, repeats=REPEATS)
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = [
+                r for name in llama_cpp_peer.SHAPES for r in llama_cpp_peer.measure(name, source, Path(tmp), peer_args)
+            ]
+        print(f"\n(g) batch-1 greedy decode, nanoseek (compiled) vs llama.cpp (llama-bench), {args.threads} threads:\n")
         print(table(rows, list(rows[0])))
 
 

@@ -4,15 +4,16 @@ mean response length after (the R1-Zero effect: the model learns to think, and i
 
     python benchmarks/rl_ablation.py --model runs/speedrun/base/model [--steps 15] [--seeds 0 1 2]
 
-Every variant is the speedrun's own RL recipe (Speedrun.stage_rl: R1-Zero from the base, AdamW at a constant lr,
-no weight decay, T=1, token-level loss, format weight 0.1), spelled out here so a change of the CLI's defaults
-cannot change it, with only the advantage / KL settings of the variant on top. The task, lr and token limit are
-read from the speedrun's plan (stages.json two levels above --model) when there is one.
+Every variant is the speedrun's own RL recipe (Speedrun.stage_rl, spelled out by distill_vs_rl.py's RL arm: R1-Zero
+from the base, AdamW at a constant lr, T=1, token-level loss, format weight 0.1, the plan's prompts, group, lr and
+token limit), with only the variant's advantage / KL settings on top. The plan is the one of the speedrun --model
+belongs to (stages.json two levels above it), or the default speedrun's.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -21,6 +22,9 @@ import tempfile
 from pathlib import Path
 
 from common import speedrun_plan, table
+from distill_vs_rl import rl_arm
+
+from nanoseek.speedrun import PLANS
 
 VARIANTS = {
     "GRPO (no KL)": [],
@@ -30,43 +34,17 @@ VARIANTS = {
 }
 
 
-def run(model: Path, out: Path, seed: int, extra: list[str], args) -> dict:
-    recipe = ["--recipe", "r1-zero", "--tasks", args.task, "--optimizer", "adamw", "--lr", str(args.lr)]
-    recipe += ["--temperature", "1.0", "--advantage", "grpo", "--loss-agg", "token", "--kl-beta", "0"]
-    recipe += ["--format-weight", "0.1", "--schedule", "constant", "--weight-decay", "0"]
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nanoseek.cli",
-            "rl",
-            "--init-from",
-            str(model),
-            "--out",
-            str(out),
-            "--steps",
-            str(args.steps),
-            "--prompts-per-step",
-            "16",
-            "--group-size",
-            "8",
-            "--max-tokens",
-            str(args.max_tokens),
-            "--eval-every",
-            str(args.steps),
-            "--eval-problems",
-            str(args.problems),
-            "--save-every",
-            str(10**9),
-            "--seed",
-            str(seed),
-            "--no-progress",
-            *recipe,
-            *extra,  # the variant's settings come last: they override the recipe's
-        ],
-        check=True,
-        capture_output=True,
-    )
+def ablation_argv(plan: dict, model: Path, out: Path, seed: int, extra: list[str], args) -> list[str]:
+    """`nanoseek rl` arguments of one variant: the speedrun's RL arm of distill_vs_rl.py (the speedrun's recipe,
+    every setting spelled out), run for --steps steps instead of a time budget, the variant's settings last (argparse
+    keeps the last value of a flag, so they override the recipe's)."""
+    argv = rl_arm(plan, args.task, model, out, 1e9, seed, args.problems)
+    return [*argv, "--steps", str(args.steps), "--eval-every", str(args.steps), *extra]
+
+
+def run(plan: dict, model: Path, out: Path, seed: int, extra: list[str], args) -> dict:
+    argv = ablation_argv(plan, model, out, seed, extra, args)
+    subprocess.run([sys.executable, "-m", "nanoseek.cli", *argv], check=True, capture_output=True)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in lines if r["kind"] == "eval"]
     rl = [r for r in lines if r["kind"] == "rl"]
@@ -84,20 +62,16 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="the checkpoint RL starts from")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--max-tokens", type=int, help="default: the speedrun's (192 without one)")
-    parser.add_argument("--task", help="default: the speedrun's task (multiplication without one)")
-    parser.add_argument("--lr", type=float, help="default: the speedrun's RL lr (1e-4 without one)")
+    parser.add_argument("--task", help="default: the task of --model's speedrun (or of the default speedrun)")
     parser.add_argument("--problems", type=int, default=200)
     args = parser.parse_args()
-    plan = speedrun_plan(args.model)
-    args.task = args.task or plan.get("task", "multiplication")
-    args.max_tokens = args.max_tokens or plan.get("max_tokens", 192)
-    args.lr = args.lr or plan.get("rl_lr", 1e-4)
+    plan = speedrun_plan(args.model) or dataclasses.asdict(PLANS["cpu"])
+    args.task = args.task or plan["task"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in VARIANTS.items():
             results = [
-                run(args.model, Path(tmp) / f"{name}-{seed}".replace(" ", "_"), seed, extra, args)
+                run(plan, args.model, Path(tmp) / f"{name}-{seed}".replace(" ", "_"), seed, extra, args)
                 for seed in args.seeds
             ]
             after = [r["after"] for r in results]
@@ -114,7 +88,8 @@ def main() -> None:
             )
             print(f"  {rows[-1]}", flush=True)
     print(
-        f"\n{args.steps} RL steps x 16 prompts x G=8 on {args.task} (max {args.max_tokens} tokens, lr {args.lr}) "
+        f"\n{args.steps} RL steps x {plan['rl_prompts']} prompts x G={plan['rl_group']} on {args.task} (max "
+        f"{plan['max_tokens']} tokens, lr {plan['rl_lr']}) "
         f"from {args.model}, seeds {args.seeds}:\n"
     )
     print(table(rows, list(rows[0])))

@@ -63,6 +63,32 @@ def test_distill_vs_rl_rl_arm_is_the_speedrun_recipe(plan_name, task, tmp_path, 
     assert arm.tasks == [plan.task] and arm.time_budget == 150.0 and arm.eval_problems == 40
 
 
+def test_rl_ablation_variants_are_the_speedrun_recipe_plus_only_their_own_settings(tmp_path, monkeypatch):
+    import argparse
+
+    from rl_ablation import VARIANTS, ablation_argv
+
+    from nanoseek.cli import build_parser
+    from nanoseek.configargs import config_from_args
+    from nanoseek.speedrun import PLANS
+
+    plan = PLANS["cpu"]
+    ours = _speedrun_rl_config(plan, tmp_path, monkeypatch)
+    args = argparse.Namespace(task=plan.task, problems=40, steps=15)
+    same = {f.name for f in dataclasses.fields(ours)} - RUN_LENGTH_AND_BOOKKEEPING
+    own = {
+        "GRPO + KL (beta 0.04)": {"kl_beta"},
+        "Dr. GRPO": {"advantage", "loss_agg"},
+        "REINFORCE (batch baseline)": {"advantage"},
+    }
+    for name, extra in VARIANTS.items():
+        argv = ablation_argv(dataclasses.asdict(plan), tmp_path / "base", tmp_path / name, 0, extra, args)
+        variant = config_from_args(build_parser().parse_args(argv))
+        differ = {k for k in same if getattr(variant, k) != getattr(ours, k)}
+        assert differ == own.get(name, set()), name
+        assert variant.steps == 15 and variant.eval_every == 15 and variant.eval_problems == 40
+
+
 def test_distill_vs_rl_parses_and_takes_the_task_from_the_plan_or_the_flag(tmp_path):
     run = subprocess.run(
         [sys.executable, str(HERE / "distill_vs_rl.py"), "--help"], capture_output=True, text=True, check=True
