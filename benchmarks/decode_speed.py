@@ -195,7 +195,7 @@ def section_a_b(presets: list[str], bandwidth: float, sections: set[str]) -> lis
     return rows
 
 
-# (label, weights, decode step) of each nanoseek row in (a, b); int8 is not covered by the static step (eager)
+# (label, weights, decode step) of each nanoseek row in (a, b); int8 compiled reads unpacked int8 weights (step.py)
 SETTINGS = [("fp32 eager", "fp32", "eager"), ("fp32 compiled", "fp32", "compiled"), ("int8", "int8", "compiled")]
 
 

@@ -3,15 +3,17 @@
 Most tests run the step uncompiled ("static": the same graph code, einsums instead of fused sums); one compiles it.
 """
 
+import copy
 import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import random_config, random_model, tiny_checkpoint
 
 from nanoseek.config import ModelConfig
-from nanoseek.engine import Engine, SamplingParams
-from nanoseek.engine.quant import quantize_int8
+from nanoseek.engine import Engine, SamplingParams, step
+from nanoseek.engine.quant import Int8Experts, Int8Linear, quantize_int8, unpack_int8
 from nanoseek.engine.step import BATCH_BUCKETS, _contract
 from nanoseek.model import build_model
 
@@ -91,7 +93,7 @@ def test_batches_past_the_largest_bucket_run_in_chunks_and_mixed_steps_run_eager
     assert engine.cache.free_blocks() == engine.cache.num_blocks - 1
 
 
-def test_fallbacks_are_visible_with_their_reason(caplog, tmp_path):
+def test_fallbacks_are_visible_with_their_reason(caplog, tmp_path, monkeypatch):
     nano = random_model(random_config(1, num_nextn_predict_layers=1, max_position_embeddings=64), 1)
     with caplog.at_level(logging.WARNING, logger="nanoseek.engine"):
         speculative = Engine(nano, speculative=True, decode_step="compiled")
@@ -99,7 +101,9 @@ def test_fallbacks_are_visible_with_their_reason(caplog, tmp_path):
     assert "speculative" in caplog.text
     quantized = random_model(random_config(1, max_position_embeddings=64), 1)
     quantize_int8(quantized, min_weights=0)
-    assert "int8" in Engine(quantized, decode_step="compiled").decode_step
+    assert Engine(quantized, decode_step="static").decode_step == "static"
+    monkeypatch.setattr(step, "INT8_COPY_MAX_BYTES", 1000)  # as if the unpacked copy would not fit
+    assert "int8 weights of" in Engine(quantized, decode_step="compiled").decode_step
     assert Engine(nano).decode_step == "eager (asked for)"
     with pytest.raises(ValueError, match="decode_step"):
         Engine(nano, decode_step="fast")
@@ -157,6 +161,72 @@ def test_fused_contractions_equal_einsum(equation):
     assert torch.allclose(_contract(equation, a, b, fused=True), torch.einsum(equation, a, b))
 
 
+def test_fused_contractions_sum_long_rows_in_parts_and_still_equal_einsum():
+    """Rows longer than SUM_CHUNK (Qwen2.5-0.5B's down_proj: 4864) are summed in parts; the result must not change."""
+    g = torch.Generator().manual_seed(0)
+    x, w = (
+        torch.randn(2, 4864, generator=g, dtype=torch.float64),
+        torch.randn(3, 4864, generator=g, dtype=torch.float64),
+    )
+    assert step.SUM_CHUNK < 4864
+    assert torch.allclose(_contract("bi,oi->bo", x, w, fused=True), x @ w.T)
+
+
+def _dequantized_float_copy(model, quantized):
+    """`model` with every weight that `quantized` holds in int8 replaced by its dequantized value."""
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, module in quantized.named_modules():
+            if isinstance(module, Int8Linear):
+                weight, scale = unpack_int8(module.packed)
+                reference.get_submodule(name).weight.copy_(weight.float() * scale[:, None])
+            elif isinstance(module, Int8Experts):
+                experts = reference.get_submodule(name)
+                for e, pair in enumerate(module.packed):
+                    for stored, packed in zip((experts.w_gate_up, experts.w_down), pair):
+                        weight, scale = unpack_int8(packed)
+                        stored[e].copy_((weight.float() * scale[:, None]).T)
+    return reference
+
+
+def _weight_only_int8_forward(monkeypatch):
+    """Make the eager int8 layers multiply by their dequantized weights too (the packed kernel also quantizes each
+    row of activations, so prefill would fill the cache with slightly different entries than a float model's)."""
+
+    def linear(self, x):
+        self.unpack()
+        return F.linear(x, self.int8_weight.float() * self.int8_scale[:, None], self.bias)
+
+    def expert(self, e, x):
+        self.unpack()
+        gate_up = F.linear(x, self.gate_up_int8[e].float() * self.gate_up_scale[e][:, None])
+        gate, up = gate_up.split(self.intermediate, dim=-1)
+        return F.linear(F.silu(gate) * up, self.down_int8[e].float() * self.down_scale[e][:, None])
+
+    monkeypatch.setattr(Int8Linear, "forward", linear)
+    monkeypatch.setattr(Int8Experts, "expert", expert)
+
+
+def test_int8_decode_step_multiplies_by_the_dequantized_weights(monkeypatch):
+    """FBGEMM's packed weights cannot be traced, so the step reads unpacked int8 copies and dequantizes inside its
+    products (weights only: activations stay float). Its tokens must equal a float model's whose weights are the
+    dequantized ones, decoding in buckets 1 and 8 (gathered experts, padding rows)."""
+    config = random_config(3, max_position_embeddings=512)
+    model = random_model(config, 3)
+    quantized = copy.deepcopy(model)
+    converted = quantize_int8(quantized, min_weights=0)
+    assert converted["linear"] > 0 and converted["experts"] > 0
+    reference = _dequantized_float_copy(model, quantized)
+    _weight_only_int8_forward(monkeypatch)
+    prompts = _prompts(config.vocab_size, [3, 9, 17, 5, 40])
+    params = SamplingParams(max_tokens=10, **GREEDY)
+    engine = Engine(quantized, block_size=4, decode_step="static")
+    assert engine.decode_step == "static"
+    expected = _tokens(Engine(reference, block_size=4), prompts, params)
+    assert _tokens(engine, prompts, params) == expected and engine.stats["static_steps"] == 9
+    assert _tokens(engine, prompts[:1], params) == expected[:1]
+
+
 def test_compiled_step_equals_the_eager_engine(tmp_path):
     """The one compiled test: a tiny checkpoint, 2 prompts, so decode steps compile one graph (bucket 2)."""
     path = tiny_checkpoint(tmp_path, num_nextn_predict_layers=0)
@@ -168,6 +238,21 @@ def test_compiled_step_equals_the_eager_engine(tmp_path):
     assert engine.decode_step == "compiled"
     assert _tokens(engine, prompts, params) == eager
     assert engine.stats["static_steps"] == 7 and engine.fast.shapes == {(2, 16)}
+
+
+def test_compiled_int8_step_equals_the_static_one(monkeypatch):
+    """int8 compiled: the unpacked weights dequantized inside fused products (and inputs forced into buffers, see
+    step._realized) give the tokens of the uncompiled step, which equals the dequantized float model (above)."""
+    config = random_config(3, num_nextn_predict_layers=0, max_position_embeddings=64)
+    quantized = random_model(config, 3)
+    quantize_int8(quantized, min_weights=0)
+    _weight_only_int8_forward(monkeypatch)
+    prompts = _prompts(config.vocab_size, [6, 13])
+    params = SamplingParams(max_tokens=8, **GREEDY)
+    expected = _tokens(Engine(quantized, decode_step="static"), prompts, params)
+    engine = Engine(quantized, decode_step="compiled")
+    assert engine.decode_step == "compiled"
+    assert _tokens(engine, prompts, params) == expected and engine.stats["static_steps"] == 7
 
 
 def test_engine_commands_decode_eagerly_unless_compile_and_pass_the_device(monkeypatch):

@@ -11,6 +11,12 @@ after the kernel), the output head, and the routed experts. Not quantized: the r
 float32), kv_b_proj (the absorbed attention uses its weight directly), norms, embeddings, and matrices below
 `min_weights`, where the int8 kernel's fixed cost is larger than the bytes it saves.
 
+The compiled decode step (engine/step.py) cannot trace FBGEMM's packed kernel: it keeps an unpacked int8 copy of
+the weights (`unpack()`, another byte per weight; models whose int8 weights pass 2 GiB decode eagerly instead) and
+multiplies float activations by them, dequantizing inside a fused loop (weight-only: one token's decode reads 1 byte
+a weight, 3.5x the eager int8 speed on bench-300m, measured). So with --compile, prefill quantizes activations and
+decode does not: both are close to the float model, not bit-equal to each other.
+
 Memory: about 1 byte per quantized weight plus the embedding at the load dtype, e.g. DeepSeek-R1-Distill-Qwen-1.5B
 ~2.1 GB and R1-Distill-Llama-8B ~8.5 GB when loaded with dtype=torch.bfloat16 (16 GB unquantized); quantizing
 packs one matrix at a time, so the peak is the bf16 model plus one matrix.
@@ -58,6 +64,14 @@ def pack_int8(weight: torch.Tensor) -> PackedInt8:
     return PackedInt8(torch.ops.quantized.linear_prepack(q, None), q.dequantize().sum(dim=1))
 
 
+def unpack_int8(packed: PackedInt8) -> tuple[torch.Tensor, torch.Tensor]:
+    """FBGEMM's packed weight -> (int8 weight [out, in], scale float32 [out]): the form the static decode step
+    reads (engine/step.py: a fused dequantize-multiply-sum that torch.compile generates; the packed kernel it cannot
+    trace)."""
+    q, _ = torch.ops.quantized.linear_unpack(packed.weight)
+    return q.int_repr(), q.q_per_channel_scales().float()
+
+
 def int8_linear(x: torch.Tensor, packed: PackedInt8, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., in] @ the int8 weight (+ bias, in float), each row (token) quantized with its own range.
 
@@ -88,6 +102,13 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return int8_linear(x, self.packed, self.bias)
 
+    def unpack(self) -> None:
+        """Keep an unpacked copy (buffers int8_weight, int8_scale) for the static decode step (1 byte a weight)."""
+        if not hasattr(self, "int8_weight"):
+            weight, scale = unpack_int8(self.packed)
+            self.register_buffer("int8_weight", weight, persistent=False)
+            self.register_buffer("int8_scale", scale, persistent=False)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
@@ -98,10 +119,21 @@ class Int8Experts(nn.Module):
     def __init__(self, experts: Experts):
         super().__init__()
         self.num_experts, self.intermediate = experts.num_experts, experts.intermediate
+        self.weight_bytes = experts.w_gate_up.numel() + experts.w_down.numel()
         self.packed = [(pack_int8(up.t()), pack_int8(down.t())) for up, down in zip(experts.w_gate_up, experts.w_down)]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         return per_expert(self.expert, x, weights, ids, counts)
+
+    def unpack(self) -> None:
+        """Keep unpacked copies for the static decode step, stacked over experts: gate_up_int8 [E, 2I, hidden],
+        down_int8 [E, hidden, I] and their scales [E, 2I], [E, hidden] (1 byte a weight)."""
+        if hasattr(self, "gate_up_int8"):
+            return
+        for name, index in (("gate_up", 0), ("down", 1)):
+            weights, scales = zip(*(unpack_int8(pair[index]) for pair in self.packed))
+            self.register_buffer(f"{name}_int8", torch.stack(weights), persistent=False)
+            self.register_buffer(f"{name}_scale", torch.stack(scales), persistent=False)
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         gate_up, down = self.packed[e]

@@ -23,6 +23,10 @@ padded to a batch bucket B (1, 2, 4, ... 32) and becomes tensors only:
   buckets call BLAS (it reads each weight once for all rows). Uncompiled ("static" mode, for tests and debugging)
   the same contractions run as einsums.
 
+- int8 (engine/quant.py): the unpacked int8 weights, dequantized inside the same fused products (weight-only), the
+  routed experts always gathered. Rows longer than 4096 are summed in parts, and the activation a fused product reads
+  is computed into a buffer first (`_realized`): both are inductor footguns that cost 2-7x on the kernels they hit.
+
 Weights are the model's own parameters, passed to the graph on every call (not frozen into it), so in-place updates
 (GRPO) reach the next step; the one copy, routed experts transposed for the compiled step, is refreshed by
 `Engine.reset_prefix_cache()`, which weight updates call anyway. Prefill and speculative verification take the engine's
@@ -42,8 +46,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from nanoseek.engine.quant import Int8Experts, Int8Linear
 from nanoseek.model.indexer import index_scores, top_k_indices
-from nanoseek.model.moe import MoE
+from nanoseek.model.moe import Experts, MoE
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 LENGTH_QUANTUM = 256  # tokens: attention runs over the smallest multiple of this that holds every position
@@ -58,18 +63,27 @@ TRANSPOSED_EXPERTS_MAX_BYTES = 2 * 1024**3
 # a layer's experts up to this size stay in the CPU's caches while each row gathers its own: gathering then beats the
 # grouped kernel (a small GEMM per expert) at every bucket (bench-18m, 6 MiB a layer, batch 32: 460 vs 650 us)
 GATHER_ALWAYS_BYTES = 8 * 1024**2
+# int8 (engine/quant.py): FBGEMM's packed weights cannot be traced, so the step reads an unpacked int8 copy (1 byte a
+# weight, dequantized inside the fused product); past this size the copy costs too much memory and int8 runs eagerly
+INT8_COPY_MAX_BYTES = 2 * 1024**3
+# inductor sums a reduction longer than 4096 through a cascade helper (for accuracy) that ran ~7x slower here (a
+# 4864-long int8 row: 1.1 ms vs 0.15 ms as two halves, measured), so the fused products sum longer rows in parts
+SUM_CHUNK = 4096
 
 _ANNOUNCED: set = set()  # (model shapes, batch bucket) whose compile this process has announced
 
 
+def _int8_modules(model: torch.nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, (Int8Linear, Int8Experts))]
+
+
 def refusal(model: torch.nn.Module, speculative: bool) -> str | None:
     """Why the static step cannot serve this engine (it then decodes eagerly), or None when it can."""
-    from nanoseek.engine.quant import Int8Experts, Int8Linear
-
     if speculative:
         return "speculative decoding feeds each sequence its last token plus a draft (verify steps of 2 tokens)"
-    if any(isinstance(m, (Int8Linear, Int8Experts)) for m in model.modules()):
-        return "int8 layers run FBGEMM's packed kernels, which torch.compile cannot trace"
+    int8 = sum(m.weight_bytes for m in _int8_modules(model))
+    if int8 > INT8_COPY_MAX_BYTES:
+        return f"int8 weights of {int8 / 2**30:.1f} GiB: the step would keep a second, unpacked copy of them"
     dtype = next(model.parameters()).dtype
     if not dtype.is_floating_point:
         return f"weights in {dtype}"
@@ -96,7 +110,42 @@ def _contract(equation: str, a: torch.Tensor, b: torch.Tensor, fused: bool) -> t
                 present.insert(i, c)
         return t
 
-    return (spread(a, left) * spread(b, right)).sum(dim=tuple(range(len(out), len(letters))))
+    return _sum_in_parts((spread(_realized(a), left) * spread(b, right)).flatten(len(out)))
+
+
+def _realized(x: torch.Tensor) -> torch.Tensor:
+    """x, computed into a buffer first when compiling. Footgun: inductor fuses an elementwise producer (a norm, SiLU,
+    RoPE) into the product that reads it broadcast, and so recomputes it once per output row: bench-18m's int8 lm_head
+    re-normed its input 8192 times (0.3 ms of a 1.1 ms step). inductor's own `realize` op (registered by its
+    test_operators module, private) forces the buffer; where it is missing, x is passed as it is."""
+    if not torch.compiler.is_compiling() or _REALIZE is None:
+        return x
+    return _REALIZE(x)
+
+
+def _realize_op():
+    try:
+        import torch._inductor.test_operators  # registers torch.ops._inductor_test.realize
+
+        return torch.ops._inductor_test.realize
+    except (ImportError, AttributeError):
+        return None
+
+
+_REALIZE = _realize_op()
+
+
+def _sum_in_parts(x: torch.Tensor) -> torch.Tensor:
+    """x [..., R].sum(-1), as a sum of parts of at most SUM_CHUNK when R divides into such parts (see SUM_CHUNK)."""
+    length = x.shape[-1]
+    parts = next((p for p in range(1, length + 1) if length % p == 0 and length // p <= SUM_CHUNK), 1)
+    return x.sum(-1) if parts == 1 else x.unflatten(-1, (parts, length // parts)).sum(-1).sum(-1)
+
+
+def _dequantized(equation: str, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, fused: bool):
+    """_contract with an int8 weight, then its per-output scale (the int8 -> float conversion fuses into the product
+    when compiled)."""
+    return _contract(equation, x, weight if fused else weight.to(x.dtype), fused) * scale
 
 
 def _norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -131,6 +180,8 @@ class StaticDecodeStep:
         self.device = cache.pools[0].device
         self.shapes: set[tuple[int, int]] = set()  # (batch bucket, blocks) shapes run so far
         self._signature = (repr(model.config), str(next(model.parameters()).dtype), str(self.device))
+        for module in _int8_modules(model):
+            module.unpack()  # the int8 weights as plain tensors (buffers): the graph reads those
         self.experts = self._transposed_experts() if compiled else [None] * len(self.layers)
         self._fn = self._forward
         if compiled:
@@ -152,7 +203,10 @@ class StaticDecodeStep:
     def _transposed_experts(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         """Per layer: routed experts as (gate | up [E, 2I, hidden], down [E, hidden, I]), or None (dense layers, or
         experts too large to copy: those are read in the stored layout)."""
-        moes = [layer.mlp if isinstance(layer.mlp, MoE) else None for layer in self.layers]
+        moes = [
+            layer.mlp if isinstance(layer.mlp, MoE) and isinstance(layer.mlp.experts, Experts) else None
+            for layer in self.layers
+        ]
         size = sum(m.experts.w_gate_up.nbytes + m.experts.w_down.nbytes for m in moes if m is not None)
         if size > TRANSPOSED_EXPERTS_MAX_BYTES:
             return [None] * len(moes)
@@ -259,10 +313,14 @@ class StaticDecodeStep:
         return logits
 
     def _linear(self, x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
-        if not self.compiled or x.shape[0] > FUSED_MAX_ROWS:
+        fused = self.compiled and x.shape[0] <= FUSED_MAX_ROWS
+        if isinstance(linear, Int8Linear):
+            y = _dequantized("bi,oi->bo", x, linear.int8_weight, linear.int8_scale, fused)
+        elif not fused:
             return F.linear(x, linear.weight, linear.bias)
-        y = _contract("bi,oi->bo", x, linear.weight, True)
-        return y if linear.bias is None else y + linear.bias
+        else:
+            y = _contract("bi,oi->bo", x, linear.weight, True)
+        return (y if linear.bias is None else y + linear.bias).to(x.dtype)
 
     def _attention(self, attn, x, cos, sin, rows, slot, mask, pool, tables, index_pool) -> torch.Tensor:
         """MLA's absorbed path (model/attention.py) for one token per row: x [B, hidden] -> [B, hidden].
@@ -354,6 +412,9 @@ class StaticDecodeStep:
         Letters: b row, k choice, d hidden, i expert intermediate (gate | up: o)."""
         weights, ids, _ = moe.gate(h)  # [b, k] float32, [b, k]
         experts, (batch, k) = moe.experts, ids.shape
+        if isinstance(experts, Int8Experts):
+            out = self._int8_experts(experts, h, weights, ids)
+            return out if moe.shared_experts is None else out + self._mlp(moe.shared_experts, h)
         small = transposed is not None and transposed[0].nbytes + transposed[1].nbytes <= GATHER_ALWAYS_BYTES
         if 2 * ids.numel() > experts.num_experts and not small:  # experts shared by several rows: read each once,
             # by the model's grouped kernel (static shapes: argsort, cumsum, a registered op)
@@ -370,6 +431,22 @@ class StaticDecodeStep:
         out = _contract(equations[1], F.silu(gate) * up, w_down, self.compiled)  # [b, k, d]
         out = (out * weights.unsqueeze(-1)).sum(1).to(h.dtype)  # gains in float32, as the eager experts
         return out if moe.shared_experts is None else out + self._mlp(moe.shared_experts, h)
+
+    def _int8_experts(self, experts: Int8Experts, h, weights, ids) -> torch.Tensor:
+        """int8 routed experts, always by gathering (their stacked unpacked copies [E, out, in], as the transposed
+        float copies): x [b, d] -> [b, d]. Letters as in _moe."""
+        (batch, k), chosen = ids.shape, ids.flatten()
+
+        def gather(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, chosen).view(batch, k, *t.shape[1:])
+
+        gate_up = _dequantized(
+            "bd,bkod->bko", h, gather(experts.gate_up_int8), gather(experts.gate_up_scale), self.compiled
+        )
+        gate, up = gate_up.split(experts.intermediate, dim=-1)
+        act = (F.silu(gate) * up).to(h.dtype)
+        out = _dequantized("bki,bkdi->bkd", act, gather(experts.down_int8), gather(experts.down_scale), self.compiled)
+        return (out * weights.unsqueeze(-1)).sum(1).to(h.dtype)
 
 
 class _Padding:
