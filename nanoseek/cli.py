@@ -62,6 +62,7 @@ def _info(args: argparse.Namespace) -> int:
         )
         at = {n: cache_bytes_per_token_at(config, n) for n in (128 * 1024, 1024 * 1024)}
         print("  per token of one sequence: " + ", ".join(f"{v:,.0f} bytes at {n // 1024}k" for n, v in at.items()))
+        print("decode step: eager only (--compile is refused: V4's window and compressed cache have no static step)")
         return 0
     mla, mha = cache["mla_all_layers"], cache["mha_all_layers"]
     kind = "latent cache (MLA)" if config.uses_mla else f"key/value cache ({config.num_key_value_heads} kv heads)"
@@ -74,6 +75,10 @@ def _info(args: argparse.Namespace) -> int:
             f"  attention reads at most {config.index_topk} tokens; {config.index_n_heads} index heads x "
             f"{config.index_head_dim} score every one"
         )
+    print(
+        "decode step with --compile: one static graph per batch bucket (1-32), fp32/bf16 and int8 (unpacked copy, "
+        "eager above 2 GiB of int8 weights); --speculative decodes eagerly"
+    )
     return 0
 
 

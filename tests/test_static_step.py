@@ -259,16 +259,29 @@ def test_engine_commands_decode_eagerly_unless_compile_and_pass_the_device(monke
     import argparse
 
     from nanoseek.engine import commands
+    from nanoseek.engine.step import StaticDecodeStep
 
-    seen = {}
-    monkeypatch.setattr(Engine, "from_pretrained", classmethod(lambda cls, path, **kw: seen.setdefault(path, kw)))
+    seen, warmed = {}, []
+
+    class FakeStep:
+        buckets_for = staticmethod(StaticDecodeStep.buckets_for)
+        warmup = staticmethod(warmed.append)
+
+    def from_pretrained(cls, path, **kw):
+        seen[path] = kw
+        return argparse.Namespace(fast=FakeStep() if kw["decode_step"] == "compiled" else None)
+
+    monkeypatch.setattr(Engine, "from_pretrained", classmethod(from_pretrained))
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     commands.add_engine_args(parser)
     commands.load_engine(parser.parse_args(["a", "--compile"]))
-    commands.load_engine(parser.parse_args(["b", "--device", "cpu"]))
+    commands.load_engine(parser.parse_args(["b", "--device", "cpu"]), warm_sequences=8)
     assert seen["a"]["decode_step"] == "compiled" and seen["a"]["device"] is None
     assert seen["b"]["decode_step"] == "eager" and seen["b"]["device"] == "cpu"
+    assert warmed == []  # nothing to warm: not asked (a), not compiled (b)
+    commands.load_engine(parser.parse_args(["c", "--compile"]), warm_sequences=3)
+    assert warmed == [(1, 2, 4)]  # a server with --max-running 3 compiles the buckets it can use, at start-up
 
 
 def test_transposed_expert_copies_follow_weight_updates():
@@ -296,6 +309,9 @@ def test_warmup_runs_every_bucket_and_leaves_sequences_alone():
     prompts = _prompts(model.config.vocab_size, [5, 8])
     params = SamplingParams(max_tokens=6, **GREEDY)
     expected = _tokens(engine, prompts, params)
+    engine.fast.warmup(engine.fast.buckets_for(3))
+    assert {size for size, _ in engine.fast.shapes} == {1, 2, 4}
     engine.fast.warmup()
     assert {size for size, _ in engine.fast.shapes} == set(BATCH_BUCKETS)
+    assert engine.fast.buckets_for(64) == BATCH_BUCKETS and engine.fast.buckets_for(1) == (1,)
     assert _tokens(engine, prompts, params) == expected

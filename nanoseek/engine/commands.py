@@ -32,7 +32,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load_engine(args: argparse.Namespace):
+def load_engine(args: argparse.Namespace, warm_sequences: int = 0):
+    """The engine the flags describe. warm_sequences: with --compile, compile (or load from inductor's disk cache)
+    the decode step's graphs for up to this many sequences now, with a progress line each, so no request waits on a
+    compile (a server: --max-running; a chat: 1)."""
     import torch
 
     from nanoseek.engine import Engine
@@ -40,7 +43,7 @@ def load_engine(args: argparse.Namespace):
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)  # the process-wide default: threads started later (the engine loop) use it
     dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
-    return Engine.from_pretrained(
+    engine = Engine.from_pretrained(
         args.model,
         dtype=dtype,
         device=getattr(args, "device", None),
@@ -52,6 +55,9 @@ def load_engine(args: argparse.Namespace):
         # to a minute; --compile opts in until the step is compiled at start-up (warm-up) with a progress line
         decode_step="compiled" if getattr(args, "compile", False) else "eager",
     )
+    if engine.fast is not None and warm_sequences:
+        engine.fast.warmup(engine.fast.buckets_for(warm_sequences))
+    return engine
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 256) -> None:

@@ -222,6 +222,12 @@ class StaticDecodeStep:
                 copies[0].copy_(layer.mlp.experts.w_gate_up.mT)
                 copies[1].copy_(layer.mlp.experts.w_down.mT)
 
+    @staticmethod
+    def buckets_for(sequences: int) -> tuple[int, ...]:
+        """The batch buckets that steps of up to `sequences` sequences use."""
+        needed = next((b for b in BATCH_BUCKETS if b >= sequences), BATCH_BUCKETS[-1])
+        return tuple(b for b in BATCH_BUCKETS if b <= needed)
+
     @torch.inference_mode()
     def warmup(self, sizes: tuple[int, ...] = BATCH_BUCKETS) -> None:
         """Compile (or load from inductor's disk cache) the graphs of these batch buckets now, e.g. before a server

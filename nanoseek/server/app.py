@@ -50,7 +50,8 @@ def serve_main(args: Any) -> int:
     )
     if args.host not in LOOPBACK_HOSTS and not keys:
         log.warning("serving on %s without API keys: anyone who can reach it can use it (set --api-key)", args.host)
-    app = create_app(partial(load_engine, args), config)
+    # with --compile the decode step compiles for every batch size before the server reports ready (/health)
+    app = create_app(partial(load_engine, args, warm_sequences=args.max_running), config)
     uv_config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5
     )

@@ -244,7 +244,7 @@ def chat_main(args: argparse.Namespace) -> int:
     else:
         from nanoseek.engine.commands import load_engine
 
-        backend = EngineBackend(load_engine(args))
+        backend = EngineBackend(load_engine(args, warm_sequences=1))
     options = Options(args.max_tokens, args.temperature, args.top_p, args.seed, not args.no_think)
     session = ChatSession(backend, options, sys.stdout, args.system, tty=sys.stdout.isatty())
     _enable_line_editing()
