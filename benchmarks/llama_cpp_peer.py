@@ -80,6 +80,13 @@ sys.path.insert(0, sys.argv.pop(1))
 import convert_hf_to_gguf
 from conversion.base import TextModel
 TextModel.get_vocab_base_pre = lambda self, tokenizer: "default"  # see this benchmark's docstring
+
+
+def no_sentencepiece(self):  # our tokenizers are BPE (tokenizer.json); Qwen2's converter tries sentencepiece first
+    raise FileNotFoundError("no tokenizer.model")
+
+
+TextModel._set_vocab_sentencepiece = no_sentencepiece
 convert_hf_to_gguf.main()
 """
 
