@@ -10,11 +10,10 @@ The student base (default) is the speedrun's student size pretrained on the spee
 answers only (~3 min): a small model that has never seen the teacher's reasoning format, as R1-Distill's bases
 had never seen R1's. RL cannot discover a format the policy never samples; distillation hands it over.
 `--speedrun-student` starts both arms from the speedrun's own student base instead, pretrained on the teacher's
-corpus (half worked solutions): RL then only has to select a format the student already executes, and both arms
-reach the ceiling (a tie, not R1's finding).
-The student SFT uses Muon without the MTP loss: after 1,500 steps on 3k traces it is at a loss of 0.0006 and
-pass@1 1.00, where AdamW (lr 3e-3, with MTP) is at 0.14 and 0.015. The RL arm keeps the recipe that took the
-teacher from 0.005 to 0.985 (AdamW, lr 1e-4); Muon at 1e-3 collapsed the direct-only student to max-length babble.
+corpus (a fifth of it worked solutions): RL then only has to select a format the student already executes.
+Both arms are the speedrun's own recipes, read from its plan (stages.json), so they cannot drift from it: the
+distillation arm is the student stage (the plan's problems and samples, verified traces, SFT with its optimizer,
+lr and steps, no MTP loss), the RL arm the GRPO stage (`rl_arm`), run for the distillation arm's wall-clock time.
 """
 
 from __future__ import annotations
@@ -150,6 +149,25 @@ def rl_arm(plan: dict, task: str, init: Path, out: Path, budget: float, seed: in
     ]
 
 
+def distill_generate(plan: dict, task: str, teacher: Path, out: Path, args, seed: int) -> list[str]:
+    """`nanoseek distill generate` as the speedrun's student stage runs it (Speedrun.stage_student): the plan's
+    problems and samples per problem, T=0.6, the plan's token limit; only verified traces are kept."""
+    problems = args.distill_problems or plan["distill_problems"]
+    argv = ["distill", "generate", "--tasks", task, "--teacher", str(teacher), "--out", str(out)]
+    argv += ["--problems", str(problems), "--samples", str(plan["distill_samples"]), "--temperature", "0.6"]
+    return [*argv, "--max-tokens", str(plan["max_tokens"]), "--seed", str(seed), "--no-progress"]
+
+
+def distill_train(plan: dict, traces: Path, init: Path, out: Path, args, seed: int) -> list[str]:
+    """`nanoseek distill train` (SFT on the traces) as the speedrun's student stage: the plan's optimizer, lr,
+    batch and steps, no weight decay, cosine with 2% warm-up, no MTP loss."""
+    argv = ["distill", "train", "--data", str(traces), "--init-from", str(init), "--out", str(out)]
+    argv += ["--steps", str(args.sft_steps or plan["student_steps"]), "--batch-size", str(plan["batch_size"])]
+    argv += ["--seq-len", str(plan["seq_len"]), "--optimizer", plan["optimizer"], "--lr", str(plan["student_lr"])]
+    argv += ["--weight-decay", "0", "--schedule", "cosine", "--warmup-fraction", "0.02", "--mtp-weight", "0"]
+    return [*argv, "--seed", str(seed), "--eval-every", str(10**9), "--save-every", str(10**9), "--no-progress"]
+
+
 def rl_curve(run: Path) -> dict:
     """The RL run's own record: steps taken, and reward / accuracy / format rate / response length of its first
     and last steps, with its held-out pass@1 before and after (so a run that went wrong shows where)."""
@@ -178,8 +196,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--task", help="task spec to compare on (default: the speedrun's, from stages.json's _plan)")
     parser.add_argument("--problems", type=int, default=200)
-    parser.add_argument("--distill-problems", type=int, default=2000)
-    parser.add_argument("--sft-steps", type=int, default=1000)
+    parser.add_argument("--distill-problems", type=int, help="default: the speedrun plan's (distill_problems)")
+    parser.add_argument("--sft-steps", type=int, help="default: the speedrun plan's student steps")
     base = parser.add_mutually_exclusive_group()
     base.add_argument("--speedrun-student", action="store_true", help="the speedrun's student base (saw reasoning)")
     base.add_argument("--student-base", type=Path, help="start both arms from this checkpoint instead")
@@ -201,56 +219,8 @@ def main() -> None:
         for seed in args.seeds:
             work = Path(tmp) / f"seed{seed}"
             start = time.perf_counter()
-            nanoseek(
-                "distill",
-                "generate",
-                "--tasks",
-                task,
-                "--teacher",
-                str(teacher),
-                "--out",
-                str(work / "traces.jsonl"),
-                "--problems",
-                str(args.distill_problems),
-                "--samples",
-                "2",
-                "--max-tokens",
-                str(plan["max_tokens"]),
-                "--seed",
-                str(seed),
-                "--no-progress",
-            )
-            nanoseek(
-                "distill",
-                "train",
-                "--data",
-                str(work / "traces.jsonl"),
-                "--init-from",
-                str(student_base),
-                "--out",
-                str(work / "distilled"),
-                "--steps",
-                str(args.sft_steps),
-                "--batch-size",
-                "16",
-                "--seq-len",
-                "256",
-                "--optimizer",
-                "muon",
-                "--lr",
-                "3e-3",
-                "--mtp-weight",
-                "0",
-                "--schedule",
-                "cosine",
-                "--seed",
-                str(seed),
-                "--eval-every",
-                str(10**9),
-                "--save-every",
-                str(10**9),
-                "--no-progress",
-            )
+            nanoseek(*distill_generate(plan, task, teacher, work / "traces.jsonl", args, seed))
+            nanoseek(*distill_train(plan, work / "traces.jsonl", student_base, work / "distilled", args, seed))
             budget = time.perf_counter() - start
             nanoseek(*rl_arm(plan, task, student_base, work / "rl", budget, seed, args.problems))
             curve = rl_curve(work / "rl")

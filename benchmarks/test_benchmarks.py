@@ -89,6 +89,40 @@ def test_rl_ablation_variants_are_the_speedrun_recipe_plus_only_their_own_settin
         assert variant.steps == 15 and variant.eval_every == 15 and variant.eval_problems == 40
 
 
+def test_distill_vs_rl_distillation_arm_is_the_speedrun_student_stage(tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    from distill_vs_rl import distill_generate, distill_train
+
+    import nanoseek.speedrun as speedrun
+    import nanoseek.train.distill as distill
+    from nanoseek.cli import build_parser
+    from nanoseek.configargs import config_from_args
+    from nanoseek.speedrun import PLANS, Speedrun
+
+    plan = PLANS["cpu"]
+    trained, generated = [], []
+    monkeypatch.setattr(Speedrun, "_train", lambda self, config: trained.append(config) or tmp_path / "model")
+    monkeypatch.setattr(distill, "generate", lambda config: generated.append(config) or {"traces": 10})
+    monkeypatch.setattr(speedrun, "_longest_example", lambda traces, tokenizer: plan.seq_len + 1)
+    run = Speedrun(tmp_path / "speedrun", plan, progress=False)
+    run.record["rl"] = {"checkpoint": str(tmp_path / "teacher")}
+    run.stage_student()
+    ours_generate, ours_train = generated[0], trained[1]  # (trained[0]: the student base)
+    args = argparse.Namespace(distill_problems=None, sft_steps=None)
+    plan_dict = json.loads(json.dumps(dataclasses.asdict(plan)))
+    argv = distill_generate(plan_dict, plan.task, tmp_path / "teacher", tmp_path / "t.jsonl", args, 3)
+    theirs_generate = config_from_args(build_parser().parse_args(argv))
+    argv = distill_train(plan_dict, tmp_path / "t.jsonl", tmp_path / "base", tmp_path / "out", args, 3)
+    theirs_train = config_from_args(build_parser().parse_args(argv))
+    bookkeeping = {"out", "data", "init_from", "seed", "threads", "device", "progress", "resume", "eval_every"}
+    bookkeeping |= {"save_every", "teacher"}
+    for ours, theirs in ((ours_generate, theirs_generate), (ours_train, theirs_train)):
+        same = {f.name for f in dataclasses.fields(ours)} - bookkeeping
+        assert {k: getattr(theirs, k) for k in same} == {k: getattr(ours, k) for k in same}
+
+
 def test_distill_vs_rl_parses_and_takes_the_task_from_the_plan_or_the_flag(tmp_path):
     run = subprocess.run(
         [sys.executable, str(HERE / "distill_vs_rl.py"), "--help"], capture_output=True, text=True, check=True

@@ -255,6 +255,18 @@ def test_compiled_int8_step_equals_the_static_one(monkeypatch):
     assert _tokens(engine, prompts, params) == expected and engine.stats["static_steps"] == 7
 
 
+def test_two_models_compiled_in_one_process_keep_static_weight_shapes():
+    """After one model's step compiled, dynamo would make the next model's weight shapes symbolic (automatic dynamic
+    shapes): the step then failed on `nbytes` of its expert copies (bench-18m then bench-300m in one benchmark)."""
+    params = SamplingParams(max_tokens=5, **GREEDY)
+    for seed in (4, 12):  # MoE in every layer (seed % 4 == 0), experts of different shapes
+        config = random_config(seed, num_nextn_predict_layers=0, max_position_embeddings=64)
+        model = random_model(config, seed)
+        prompts = _prompts(config.vocab_size, [7])
+        expected = _tokens(Engine(model, decode_step="static"), prompts, params)
+        assert _tokens(Engine(model, decode_step="compiled"), prompts, params) == expected
+
+
 def test_engine_commands_decode_eagerly_unless_compile_and_pass_the_device(monkeypatch):
     import argparse
 

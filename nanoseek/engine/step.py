@@ -183,6 +183,8 @@ class StaticDecodeStep:
         for module in _int8_modules(model):
             module.unpack()  # the int8 weights as plain tensors (buffers): the graph reads those
         self.experts = self._transposed_experts() if compiled else [None] * len(self.layers)
+        # per layer: routed experts small enough to stay in the CPU's caches (always gathered: GATHER_ALWAYS_BYTES)
+        self.small_experts = [c is not None and c[0].nbytes + c[1].nbytes <= GATHER_ALWAYS_BYTES for c in self.experts]
         self._fn = self._forward
         if compiled:
             import torch._dynamo
@@ -283,6 +285,12 @@ class StaticDecodeStep:
             # apart (shapes, buckets), not the ~2400 on the model's modules and weights (0.1-0.3 ms a step here)
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 logits = self._fn(*args)
+        elif self.compiled:
+            # a first call may compile: weights' and experts' shapes stay static even when another model's step
+            # compiled in this process before (dynamo would otherwise make them symbolic: slower kernels, and
+            # Python-side sizes such as `nbytes` stop being numbers)
+            with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+                logits = self._fn(*args)
         else:
             logits = self._fn(*args)
         if first:
@@ -308,11 +316,11 @@ class StaticDecodeStep:
         angles = positions.float().unsqueeze(-1) * rotary.inv_freq.float()  # [B, rope / 2], float32 as rope.py
         cos, sin = rotary.attention_factor * torch.cos(angles), rotary.attention_factor * torch.sin(angles)
         attend = self._attention if model.config.uses_mla else self._gqa_attention
-        for layer, pool, keys, copies in zip(self.layers, pools, index_pools, experts):
+        for layer, pool, keys, copies, small in zip(self.layers, pools, index_pools, experts, self.small_experts):
             h = _norm(layer.input_layernorm, x)
             x = x + attend(layer.self_attn, h, cos, sin, rows, slot, mask, pool, tables, keys)
             h = _norm(layer.post_attention_layernorm, x)
-            x = x + (self._moe(layer.mlp, h, copies) if isinstance(layer.mlp, MoE) else self._mlp(layer.mlp, h))
+            x = x + (self._moe(layer.mlp, h, copies, small) if isinstance(layer.mlp, MoE) else self._mlp(layer.mlp, h))
         logits = self._linear(_norm(model.model.norm, x), model.lm_head).float()
         if self.undecodable is not None:
             logits = logits.masked_fill(self.undecodable, float("-inf"))
@@ -413,7 +421,7 @@ class StaticDecodeStep:
     def _mlp(self, mlp, h: torch.Tensor) -> torch.Tensor:
         return self._linear(F.silu(self._linear(h, mlp.gate_proj)) * self._linear(h, mlp.up_proj), mlp.down_proj)
 
-    def _moe(self, moe: MoE, h: torch.Tensor, transposed) -> torch.Tensor:
+    def _moe(self, moe: MoE, h: torch.Tensor, transposed, small: bool) -> torch.Tensor:
         """Routed experts by gathering the chosen ones' weights (from the transposed copies when there are).
         Letters: b row, k choice, d hidden, i expert intermediate (gate | up: o)."""
         weights, ids, _ = moe.gate(h)  # [b, k] float32, [b, k]
@@ -421,7 +429,6 @@ class StaticDecodeStep:
         if isinstance(experts, Int8Experts):
             out = self._int8_experts(experts, h, weights, ids)
             return out if moe.shared_experts is None else out + self._mlp(moe.shared_experts, h)
-        small = transposed is not None and transposed[0].nbytes + transposed[1].nbytes <= GATHER_ALWAYS_BYTES
         if 2 * ids.numel() > experts.num_experts and not small:  # experts shared by several rows: read each once,
             # by the model's grouped kernel (static shapes: argsort, cumsum, a registered op)
             counts = torch.zeros(experts.num_experts, dtype=ids.dtype, device=ids.device)
