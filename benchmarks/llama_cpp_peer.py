@@ -12,7 +12,7 @@ nanoseek's decode step does) and Qwen2.5-0.5B (dense, GQA; the R1-Distill studen
 
 llama.cpp is not a Python dependency: `--build DIR` downloads the llama-cpp-python sdist with pip (its
 vendor/llama.cpp is llama.cpp's source at the commit that release pins), and builds llama-bench with cmake for this
-CPU (-DGGML_NATIVE=ON; ~25 minutes of one core). The converter runs from the same source tree.
+CPU (-DGGML_NATIVE=ON; ~10 minutes of one core here). The converter runs from the same source tree.
 
     python benchmarks/llama_cpp_peer.py --build .cache/llama.cpp               # once
     python benchmarks/llama_cpp_peer.py --llama-cpp .cache/llama.cpp --threads 1

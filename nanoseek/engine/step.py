@@ -143,9 +143,9 @@ def _sum_in_parts(x: torch.Tensor) -> torch.Tensor:
 
 
 def _dequantized(equation: str, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, fused: bool):
-    """_contract with an int8 weight, then its per-output scale (the int8 -> float conversion fuses into the product
-    when compiled)."""
-    return _contract(equation, x, weight if fused else weight.to(x.dtype), fused) * scale
+    """_contract with an int8 weight, then its per-output scale, accumulated in float32 whatever the activations'
+    dtype (the int8 -> float conversion fuses into the product when compiled)."""
+    return _contract(equation, x.float(), weight if fused else weight.float(), fused) * scale
 
 
 def _norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
