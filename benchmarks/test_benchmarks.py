@@ -191,3 +191,18 @@ def test_kv_cache_v4_table_and_the_tiny_engine_match_the_formula():
 def test_decode_speed_v4_runs_all_three_arms():
     out = _smoke("decode_speed_v4.py", "--contexts 1024 --steps 2 --repeats 1 --chunk 512")
     assert "V4 transformers tok/s" in out and "V3 (MLA) nanoseek tok/s" in out, out
+
+
+def test_rl_speed_takes_the_task_and_token_limit_of_the_checkpoints_speedrun(tmp_path):
+    """rl_speed.py (and rl_ablation.py) read a speedrun checkpoint's plan: they ran the CLI's default task, addition,
+    on the multiplication speedrun's models; without a speedrun around the checkpoint there is no plan."""
+    import json
+
+    from common import speedrun_plan
+
+    model = tmp_path / "run" / "rl" / "model"
+    model.mkdir(parents=True)
+    assert speedrun_plan(model) == {} and speedrun_plan(None) == {}
+    plan = {"task": "multiplication", "max_tokens": 192}
+    (tmp_path / "run" / "stages.json").write_text(json.dumps({"_plan": plan}))
+    assert speedrun_plan(model) == plan
