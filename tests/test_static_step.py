@@ -179,7 +179,8 @@ def _dequantized_float_copy(model, quantized):
         for name, module in quantized.named_modules():
             if isinstance(module, Int8Linear):
                 weight, scale = unpack_int8(module.packed)
-                reference.get_submodule(name).weight.copy_(weight.float() * scale[:, None])
+                # a new Parameter, not copy_: a tied lm_head (Qwen2) must not change the embedding with it
+                reference.get_submodule(name).weight = torch.nn.Parameter(weight.float() * scale[:, None])
             elif isinstance(module, Int8Experts):
                 experts = reference.get_submodule(name)
                 for e, pair in enumerate(module.packed):
@@ -207,15 +208,25 @@ def _weight_only_int8_forward(monkeypatch):
     monkeypatch.setattr(Int8Experts, "expert", expert)
 
 
-def test_int8_decode_step_multiplies_by_the_dequantized_weights(monkeypatch):
+@pytest.mark.parametrize("family", ["deepseek_v3", "qwen2"])
+def test_int8_decode_step_multiplies_by_the_dequantized_weights(family, monkeypatch):
     """FBGEMM's packed weights cannot be traced, so the step reads unpacked int8 copies and dequantizes inside its
     products (weights only: activations stay float). Its tokens must equal a float model's whose weights are the
-    dequantized ones, decoding in buckets 1 and 8 (gathered experts, padding rows)."""
-    config = random_config(3, max_position_embeddings=512)
-    model = random_model(config, 3)
+    dequantized ones, decoding in buckets 1 and 8 (MoE: gathered experts; Qwen2: float biases after int8 q/k/v)."""
+    if family == "qwen2":
+        shape = dict(vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+        config = ModelConfig(**shape, **GQA_FAMILIES["qwen2"], max_position_embeddings=512, initializer_range=0.1)
+        model = build_model(config, seed=3).eval()
+        with torch.no_grad():  # random biases, so they are exercised
+            for name, p in model.named_parameters():
+                if name.endswith(".bias"):
+                    p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    else:
+        config = random_config(3, max_position_embeddings=512)
+        model = random_model(config, 3)
     quantized = copy.deepcopy(model)
     converted = quantize_int8(quantized, min_weights=0)
-    assert converted["linear"] > 0 and converted["experts"] > 0
+    assert converted["linear"] > 0 and (converted["experts"] > 0 or family == "qwen2")
     reference = _dequantized_float_copy(model, quantized)
     _weight_only_int8_forward(monkeypatch)
     prompts = _prompts(config.vocab_size, [3, 9, 17, 5, 40])
