@@ -436,12 +436,8 @@ def main() -> None:
         import llama_cpp_peer
 
         source = llama_cpp_peer.find_source(args.llama_cpp)
-        llama_cpp_peer.decode_speed.REPEATS = REPEATS  # (it imports this file as a module of its own)
-        peer_args = argparse.Namespace(depths=[16, 2048], tokens=128, threads=args.threads, repeats=REPEATS)
-        with tempfile.TemporaryDirectory() as tmp:
-            rows = [
-                r for name in llama_cpp_peer.SHAPES for r in llama_cpp_peer.measure(name, source, Path(tmp), peer_args)
-            ]
+        peer = dict(shapes=list(llama_cpp_peer.SHAPES), depths=[16, 2048], tokens=128, repeats=REPEATS)
+        rows = llama_cpp_peer.measure_shapes(source, argparse.Namespace(**peer, threads=args.threads))
         print(f"\n(g) batch-1 greedy decode, nanoseek (compiled) vs llama.cpp (llama-bench), {args.threads} threads:\n")
         print(table(rows, list(rows[0])))
 

@@ -147,6 +147,14 @@ def measure(name: str, source: Path, work: Path, args) -> list[dict]:
     return rows
 
 
+def measure_shapes(source: Path, args) -> list[dict]:
+    """The rows of every shape in args.shapes (args: depths, tokens, threads, repeats; decode_speed.py's section g
+    passes its own)."""
+    decode_speed.REPEATS = args.repeats  # (when decode_speed.py runs as a script, this is a second copy of it)
+    with tempfile.TemporaryDirectory() as tmp:
+        return [row for name in args.shapes for row in measure(name, source, Path(tmp), args)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", type=Path, metavar="DIR", help="download and build llama.cpp into DIR, then exit")
@@ -162,12 +170,8 @@ def main() -> None:
         return
     source = find_source(args.llama_cpp)
     torch.set_num_threads(args.threads)
-    decode_speed.REPEATS = args.repeats
     commit = subprocess.run([str(source / "build/bin/llama-bench"), "--version"], capture_output=True, text=True)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.shapes:
-            rows += measure(name, source, Path(tmp), args)
+    rows = measure_shapes(source, args)
     print(
         f"\nbatch-1 greedy decode, {args.tokens} tokens after each context, {args.threads} threads; nanoseek median "
         f"and llama.cpp mean of {args.repeats} runs; llama.cpp {(commit.stdout or commit.stderr).strip()[:80]}:\n"

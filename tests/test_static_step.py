@@ -161,7 +161,7 @@ def test_fused_contractions_equal_einsum(equation):
     assert torch.allclose(_contract(equation, a, b, fused=True), torch.einsum(equation, a, b))
 
 
-def test_fused_contractions_sum_long_rows_in_parts_and_still_equal_einsum():
+def test_fused_contractions_of_rows_longer_than_a_sum_chunk_equal_einsum():
     """Rows longer than SUM_CHUNK (Qwen2.5-0.5B's down_proj: 4864) are summed in parts; the result must not change."""
     g = torch.Generator().manual_seed(0)
     x, w = (

@@ -422,44 +422,40 @@ class StaticDecodeStep:
         return self._linear(F.silu(self._linear(h, mlp.gate_proj)) * self._linear(h, mlp.up_proj), mlp.down_proj)
 
     def _moe(self, moe: MoE, h: torch.Tensor, transposed, small: bool) -> torch.Tensor:
-        """Routed experts by gathering the chosen ones' weights (from the transposed copies when there are).
-        Letters: b row, k choice, d hidden, i expert intermediate (gate | up: o)."""
+        """Routed experts by gathering the chosen ones' weights (from the transposed copies when there are; int8:
+        from their unpacked copies, always gathered), or by the model's grouped kernel once rows share experts."""
         weights, ids, _ = moe.gate(h)  # [b, k] float32, [b, k]
-        experts, (batch, k) = moe.experts, ids.shape
-        if isinstance(experts, Int8Experts):
-            out = self._int8_experts(experts, h, weights, ids)
-            return out if moe.shared_experts is None else out + self._mlp(moe.shared_experts, h)
-        if 2 * ids.numel() > experts.num_experts and not small:  # experts shared by several rows: read each once,
+        experts = moe.experts
+        if isinstance(experts, Int8Experts):  # unpacked copies in the transposed layout [E, out, in]
+            matrices, scales = (experts.gate_up_int8, experts.down_int8), (experts.gate_up_scale, experts.down_scale)
+            routed = self._gathered(h, weights, ids, experts.intermediate, matrices, True, scales)
+        elif 2 * ids.numel() > experts.num_experts and not small:  # experts shared by several rows: read each once,
             # by the model's grouped kernel (static shapes: argsort, cumsum, a registered op)
             counts = torch.zeros(experts.num_experts, dtype=ids.dtype, device=ids.device)
             counts = counts.scatter_add(0, ids.flatten(), torch.ones_like(ids.flatten()))
-            out = experts(h, weights, ids, counts)
-            return out if moe.shared_experts is None else out + self._mlp(moe.shared_experts, h)
-        chosen = ids.flatten()
-        w_gate_up, w_down = transposed or (experts.w_gate_up, experts.w_down)
-        w_gate_up = w_gate_up.index_select(0, chosen).view(batch, k, *w_gate_up.shape[1:])
-        w_down = w_down.index_select(0, chosen).view(batch, k, *w_down.shape[1:])
-        equations = ("bd,bkod->bko", "bki,bkdi->bkd") if transposed else ("bd,bkdo->bko", "bki,bkid->bkd")
-        gate, up = _contract(equations[0], h, w_gate_up, self.compiled).split(experts.intermediate, dim=-1)
-        out = _contract(equations[1], F.silu(gate) * up, w_down, self.compiled)  # [b, k, d]
-        out = (out * weights.unsqueeze(-1)).sum(1).to(h.dtype)  # gains in float32, as the eager experts
-        return out if moe.shared_experts is None else out + self._mlp(moe.shared_experts, h)
+            routed = experts(h, weights, ids, counts)
+        else:
+            matrices = transposed or (experts.w_gate_up, experts.w_down)
+            routed = self._gathered(h, weights, ids, experts.intermediate, matrices, transposed is not None)
+        return routed if moe.shared_experts is None else routed + self._mlp(moe.shared_experts, h)
 
-    def _int8_experts(self, experts: Int8Experts, h, weights, ids) -> torch.Tensor:
-        """int8 routed experts, always by gathering (their stacked unpacked copies [E, out, in], as the transposed
-        float copies): x [b, d] -> [b, d]. Letters as in _moe."""
+    def _gathered(self, h, weights, ids, intermediate: int, matrices, transposed: bool, scales=None) -> torch.Tensor:
+        """Each row's chosen experts, their matrices read with `index_select` ([b, k, ...]): matrices (gate | up,
+        down) stored [E, in, out], or transposed [E, out, in] (a fused product reads those fastest); int8 ones come
+        with per-output scales [E, out]. Letters: b row, k choice, d hidden, i expert intermediate (gate | up: o)."""
         (batch, k), chosen = ids.shape, ids.flatten()
 
-        def gather(t: torch.Tensor) -> torch.Tensor:
-            return t.index_select(0, chosen).view(batch, k, *t.shape[1:])
+        def product(equation: str, x: torch.Tensor, which: int) -> torch.Tensor:
+            matrix = matrices[which].index_select(0, chosen).view(batch, k, *matrices[which].shape[1:])
+            if scales is None:
+                return _contract(equation, x, matrix, self.compiled)
+            scale = scales[which].index_select(0, chosen).view(batch, k, -1)
+            return _dequantized(equation, x, matrix, scale, self.compiled)
 
-        gate_up = _dequantized(
-            "bd,bkod->bko", h, gather(experts.gate_up_int8), gather(experts.gate_up_scale), self.compiled
-        )
-        gate, up = gate_up.split(experts.intermediate, dim=-1)
-        act = (F.silu(gate) * up).to(h.dtype)
-        out = _dequantized("bki,bkdi->bkd", act, gather(experts.down_int8), gather(experts.down_scale), self.compiled)
-        return (out * weights.unsqueeze(-1)).sum(1).to(h.dtype)
+        equations = ("bd,bkod->bko", "bki,bkdi->bkd") if transposed else ("bd,bkdo->bko", "bki,bkid->bkd")
+        gate, up = product(equations[0], h, 0).split(intermediate, dim=-1)
+        out = product(equations[1], (F.silu(gate) * up).to(h.dtype), 1)  # [b, k, d]
+        return (out * weights.unsqueeze(-1)).sum(1).to(h.dtype)  # gains in float32, as the eager experts
 
 
 class _Padding:
