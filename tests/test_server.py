@@ -333,12 +333,13 @@ def test_disconnect_mid_stream_frees_the_sequence(real, monkeypatch):
     base, app = real
     engine = app.state.server.engine
     free = engine.cache.free_blocks()
-    # The tiny model writes 400 tokens faster than a client reads 11 lines (a CI run saw it finish first), and a
-    # finished sequence cannot show that a disconnect frees it: hold each step to >= 5 ms, so 400 take >= 2 s.
+    # The tiny model writes 400 tokens faster than a client reads 11 lines (CI runs saw it finish first, once on a
+    # loaded machine with 5 ms steps), and a finished sequence cannot show that a disconnect frees it: past the
+    # first 15 tokens each step takes >= 50 ms, so the rest takes >= 19 s, far past the 5 s the release may take.
     fast_step = engine.step
 
     def slow_step():
-        time.sleep(0.005)
+        time.sleep(0.05 if engine.stats["generated_tokens"] >= 15 else 0.005)
         fast_step()
 
     monkeypatch.setattr(engine, "step", slow_step)
@@ -355,7 +356,7 @@ def test_disconnect_mid_stream_frees_the_sequence(real, monkeypatch):
     assert not app.state.server.jobs
     assert engine.cache.free_blocks() == free
     with pytest.raises(httpx.ReadTimeout):  # a non-streaming client that gives up is noticed within a second
-        # 8 samples of 400 tokens at >= 5 ms a step: >= 2 s of work, so the client surely gives up first
+        # 8 samples of 400 tokens at >= 50 ms a step: >= 20 s of work, so the client surely gives up first
         slow = {**body, "stream": False, "n": 8, "temperature": 1.0, "seed": 0}
         httpx.post(f"{base}/v1/chat/completions", json=slow, timeout=0.5)
     deadline = time.monotonic() + 5
