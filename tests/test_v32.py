@@ -298,18 +298,20 @@ def trained_v32():
     return model
 
 
-def test_mtp_speculation_is_exact_with_sparse_attention(trained_v32):
+@pytest.mark.parametrize("decode_step", ["eager", "static"])
+def test_mtp_speculation_is_exact_with_sparse_attention(trained_v32, decode_step):
     """Drafts by the MTP layer (its own indexer and index keys in the cache) and verify steps of 2 tokens (gathered
-    groups) give the plain engine's tokens."""
+    groups; static: the verify graph, past index_topk positions) give the plain engine's tokens."""
     from helpers import stride_sequences
 
     prompts = stride_sequences(6, 8, trained_v32.config.vocab_size, torch.Generator().manual_seed(1)).tolist()
     params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
     plain = Engine(trained_v32).generate(prompts, params)
-    engine = Engine(trained_v32, speculative=True)
+    engine = Engine(trained_v32, speculative=True, decode_step=decode_step)
     fast = engine.generate(prompts, params)
     assert [c.token_ids for c in fast] == [c.token_ids for c in plain]
     assert engine.stats["drafted"] > 50 and engine.acceptance_rate >= 0.5, engine.stats
+    assert engine.stats["static_steps"] == (0 if decode_step == "eager" else engine.stats["steps"] - 1)
 
 
 def test_int8_keeps_a_sparse_attention_model_close(trained_v32):

@@ -21,7 +21,7 @@ from nanoseek.engine.cache import CacheFull, PagedLatentCache, Segment
 from nanoseek.engine.cache_v4 import V4Cache
 from nanoseek.engine.grammar import GrammarCompiler, mask_logits
 from nanoseek.engine.records import Completion, GenerationRequest, SequenceState, StreamDelta, Work
-from nanoseek.engine.sampling import SamplingParams, make_generator, sample
+from nanoseek.engine.sampling import SamplingParams, make_generator, sample, undecodable_ids
 from nanoseek.engine.speculative import propose, verify
 from nanoseek.engine.step import build_decode_step
 from nanoseek.model import DeepseekV3ForCausalLM
@@ -71,7 +71,7 @@ class Engine:
         self.eos_ids = _as_list(config.eos_token_id)
         # ids the model can emit but its tokenizer cannot decode (DeepSeek-V3 and Qwen2.5 pad the embedding past
         # the tokenizer): their logits are masked for every choice (sampled, greedy, drafted), so none is ever made
-        self.undecodable = _undecodable(tokenizer, config.vocab_size, self.device)
+        self.undecodable = undecodable_ids(tokenizer, config.vocab_size, self.device)
         self.grammars = GrammarCompiler(tokenizer, config.vocab_size, self.eos_ids)  # constrained decoding
         self.fast, self.decode_step = build_decode_step(
             decode_step, model, self.cache, self.undecodable, self.speculative
@@ -233,10 +233,14 @@ class Engine:
         batch = self._schedule()
         if not batch:
             return
-        hidden, logits = self._forward(batch)
-        self._advance(batch, logits)
-        if any(w.seq.speculate for w in batch):
-            self._draft([w for w in batch if w.seq.speculate and w.seq.finish_reason is None], hidden)
+        if self.fast is not None and self.fast.verifies(batch):  # one graph verifies drafts and proposes the next
+            self.stats["static_steps"] += 1
+            self._advance(batch, None, self.fast.verify(batch))
+        else:
+            hidden, logits = self._forward(batch)
+            self._advance(batch, logits)
+            if any(w.seq.speculate for w in batch):
+                self._draft([w for w in batch if w.seq.speculate and w.seq.finish_reason is None], hidden)
         self.stats["steps"] += 1
 
     def reset_prefix_cache(self) -> None:
@@ -371,12 +375,13 @@ class Engine:
             self.cache.register(new, seq.blocks[len(seq.hashes) : full])
             seq.hashes.extend(new)
 
-    def _advance(self, batch: list[Work], logits: torch.Tensor) -> None:
-        """Decide new tokens (sampling, or verifying drafts), then move every sequence forward."""
+    def _advance(self, batch: list[Work], logits: torch.Tensor | None, verified_by_step: list | None = None) -> None:
+        """Decide new tokens (sampling, or verifying drafts), then move every sequence forward. verified_by_step:
+        what the speculative static step decided for each work (tokens, log-probabilities, next draft) instead."""
         row = 0
         plain: list[tuple[SequenceState, int]] = []  # (sequence, logits row) sampled the ordinary way
         verified: list[tuple[Work, list[int], list[float]]] = []
-        for work in batch:
+        for i, work in enumerate(batch):
             seq = work.seq
             work.valid = len(work.fed) - len(work.draft)
             if not work.completes:
@@ -384,8 +389,10 @@ class Engine:
             first, row = row, row + len(work.draft) + 1
             if work.draft:
                 try:
-                    tokens, logprobs = verify(
-                        logits[first:row], work.draft, seq.draft_probs, seq.request.params, seq.generator
+                    tokens, logprobs = (
+                        verified_by_step[i][:2]
+                        if verified_by_step is not None
+                        else verify(logits[first:row], work.draft, seq.draft_probs, seq.request.params, seq.generator)
                     )
                 except Exception:
                     self._fail(seq)
@@ -416,6 +423,9 @@ class Engine:
                 if work.seq.finish_reason is not None:
                     break
                 self._append(work.seq, token, logprob)
+        for work, (*_, draft) in zip(batch, verified_by_step or []):
+            if work.seq.finish_reason is None:
+                work.seq.draft = [draft]
 
     def _append(self, seq: SequenceState, token: int, logprob: float) -> None:
         """Add a token; what fails here (detokenizing, a stream callback) ends this sequence only, not the step."""
@@ -569,15 +579,6 @@ def _as_list(value) -> list[int]:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _undecodable(tokenizer, vocab_size: int, device: torch.device) -> torch.Tensor | None:
-    """[vocab_size] bool, True at ids the tokenizer cannot decode; None when it decodes all of them."""
-    if tokenizer is None:
-        return None
-    known = torch.zeros(vocab_size, dtype=torch.bool)
-    known[[i for i in tokenizer.known_ids() if i < vocab_size]] = True
-    return None if bool(known.all()) else (~known).to(device)
 
 
 def _load_tokenizer(path: str):

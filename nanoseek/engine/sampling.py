@@ -130,3 +130,13 @@ def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.
     if greedy.any():
         probs[greedy] = torch.zeros_like(probs[greedy]).scatter_(1, logits[greedy].argmax(-1, keepdim=True), 1.0)
     return probs
+
+
+def undecodable_ids(tokenizer, vocab_size: int, device: torch.device) -> torch.Tensor | None:
+    """[vocab_size] bool, True at ids the tokenizer cannot decode (every choice masks them); None when it decodes
+    all of them, or there is no tokenizer."""
+    if tokenizer is None:
+        return None
+    known = torch.zeros(vocab_size, dtype=torch.bool)
+    known[[i for i in tokenizer.known_ids() if i < vocab_size]] = True
+    return None if bool(known.all()) else (~known).to(device)

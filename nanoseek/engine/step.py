@@ -29,8 +29,9 @@ padded to a batch bucket B (1, 2, 4, ... 32) and becomes tensors only:
 
 Weights are the model's own parameters, passed to the graph on every call (not frozen into it), so in-place updates
 (GRPO) reach the next step; the one copy, routed experts transposed for the compiled step, is refreshed by
-`Engine.reset_prefix_cache()`, which weight updates call anyway. Prefill and speculative verification take the engine's
-ordinary path; steps of more than 32 sequences run as several graph calls.
+`Engine.reset_prefix_cache()`, which weight updates call anyway. Prefill takes the engine's ordinary path; MTP
+speculation has its own graph (speculative_step.py: verify and draft in one call, built on this one's layers); steps of
+more than 32 sequences run as several graph calls.
 
 Measured on bench-18m, batch 1, 1 thread of a shared 2-core EPYC (CPU time per step, graph only): 1.97 ms with the
 experts in their stored layout, 1.45 ms transposed (the roofline at 24 GB/s is 1.3 ms); cpp_wrapper ~7%; inductor's
@@ -77,10 +78,8 @@ def _int8_modules(model: torch.nn.Module) -> list:
     return [m for m in model.modules() if isinstance(m, (Int8Linear, Int8Experts))]
 
 
-def refusal(model: torch.nn.Module, speculative: bool) -> str | None:
+def refusal(model: torch.nn.Module) -> str | None:
     """Why the static step cannot serve this engine (it then decodes eagerly), or None when it can."""
-    if speculative:
-        return "speculative decoding feeds each sequence its last token plus a draft (verify steps of 2 tokens)"
     int8 = sum(m.weight_bytes for m in _int8_modules(model))
     if int8 > INT8_COPY_MAX_BYTES:
         return f"int8 weights of {int8 / 2**30:.1f} GiB: the step would keep a second, unpacked copy of them"
@@ -176,13 +175,14 @@ class StaticDecodeStep:
     def __init__(self, model, cache, undecodable: torch.Tensor | None, compiled: bool = True):
         self.model, self.cache, self.undecodable = model, cache, undecodable
         self.layers = model.main_layers
+        self.graph_layers = self.layers + self._extra_layers()  # every layer the graph runs (speculation: + MTP)
         self.compiled = compiled
         self.device = cache.pools[0].device
-        self.shapes: set[tuple[int, int]] = set()  # (batch bucket, blocks) shapes run so far
+        self.shapes: set[tuple[str, int, int]] = set()  # (graph, batch bucket, blocks) shapes run so far
         self._signature = (repr(model.config), str(next(model.parameters()).dtype), str(self.device))
         for module in _int8_modules(model):
             module.unpack()  # the int8 weights as plain tensors (buffers): the graph reads those
-        self.experts = self._transposed_experts() if compiled else [None] * len(self.layers)
+        self.experts = self._transposed_experts() if compiled else [None] * len(self.graph_layers)
         # per layer: routed experts small enough to stay in the CPU's caches (always gathered: GATHER_ALWAYS_BYTES)
         self.small_experts = [c is not None and c[0].nbytes + c[1].nbytes <= GATHER_ALWAYS_BYTES for c in self.experts]
         self._fn = self._forward
@@ -197,17 +197,24 @@ class StaticDecodeStep:
                 copies = [t for pair in self.experts if pair is not None for t in pair]
                 for tensor in [*cache.pools, *cache.index_pools, *copies]:
                     torch._dynamo.mark_static_address(tensor)
-            # CPU: the wrapper that calls the kernels in C++ rather than Python (~7% of a bench-18m step, measured)
-            options = None if cuda else {"cpp_wrapper": True}
-            mode = "reduce-overhead" if cuda else None  # CUDA graphs: one launch per step
-            self._fn = torch.compile(self._forward, fullgraph=True, mode=mode, options=options)
+            self._fn = self._compile(self._forward)
+
+    def _compile(self, fn):
+        cuda = self.device.type == "cuda"
+        # CPU: the wrapper that calls the kernels in C++ rather than Python (~7% of a bench-18m step, measured)
+        options = None if cuda else {"cpp_wrapper": True}
+        mode = "reduce-overhead" if cuda else None  # CUDA graphs: one launch per step
+        return torch.compile(fn, fullgraph=True, mode=mode, options=options)
+
+    def _extra_layers(self) -> list:
+        return []
 
     def _transposed_experts(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-        """Per layer: routed experts as (gate | up [E, 2I, hidden], down [E, hidden, I]), or None (dense layers, or
-        experts too large to copy: those are read in the stored layout)."""
+        """Per graph layer: routed experts as (gate | up [E, 2I, hidden], down [E, hidden, I]), or None (dense
+        layers, or experts too large to copy: those are read in the stored layout)."""
         moes = [
             layer.mlp if isinstance(layer.mlp, MoE) and isinstance(layer.mlp.experts, Experts) else None
-            for layer in self.layers
+            for layer in self.graph_layers
         ]
         size = sum(m.experts.w_gate_up.nbytes + m.experts.w_down.nbytes for m in moes if m is not None)
         if size > TRANSPOSED_EXPERTS_MAX_BYTES:
@@ -219,7 +226,7 @@ class StaticDecodeStep:
     @torch.no_grad()
     def refresh(self) -> None:
         """Re-read the model's weights into the step's copies (after training updated them in place)."""
-        for layer, copies in zip(self.layers, self.experts):
+        for layer, copies in zip(self.graph_layers, self.experts):
             if copies is not None:
                 copies[0].copy_(layer.mlp.experts.w_gate_up.mT)
                 copies[1].copy_(layer.mlp.experts.w_down.mT)
@@ -239,6 +246,11 @@ class StaticDecodeStep:
             work = [_Padding(blocks)] * size
             self(work)
 
+    @staticmethod
+    def verifies(batch) -> bool:
+        """Whether this step verifies drafts (speculative_step.py; a plain step never does)."""
+        return False
+
     def covers(self, batch) -> bool:
         """A step this graph can run: every sequence feeds exactly its one last token, no drafts."""
         return all(w.completes and len(w.fed) == 1 for w in batch)
@@ -249,54 +261,63 @@ class StaticDecodeStep:
         n, most = len(batch), BATCH_BUCKETS[-1]
         if n > most:
             return torch.cat([self(batch[i : i + most]) for i in range(0, n, most)])
+        size, ids, positions, tables = self._inputs(batch, ahead=0)
+        layers = len(self.layers)
+        index_pools = self.cache.index_pools[:layers] or [None] * layers
+        args = (ids, positions, tables, self.cache.pools[:layers], index_pools, self.experts)
+        return self._run(self._fn, "decode", size, args)[:n]
+
+    def _inputs(self, batch, ahead: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (batch bucket, ids [B] of each sequence's fed token, positions [B], block tables [B, blocks]), padded
+        to the bucket; the tables cover `ahead` positions past each fed token (a draft's)."""
+        n, bs = len(batch), self.cache.block_size
         size = next(b for b in BATCH_BUCKETS if b >= n)
-        bs = self.cache.block_size
         quantum = -(-LENGTH_QUANTUM // bs)  # blocks
-        blocks = -(-(max(w.start for w in batch) + 1) // bs)
+        blocks = -(-(max(w.start for w in batch) + 1 + ahead) // bs)
         blocks = -(-blocks // quantum) * quantum
         pad = size - n
         ids = [w.fed[0] for w in batch] + [0] * pad
         positions = [w.start for w in batch] + [0] * pad
         tables = [(w.seq.blocks[:blocks] + [0] * blocks)[:blocks] for w in batch] + [[0] * blocks] * pad
-        ids_t = torch.tensor(ids, device=self.device)
-        positions_t = torch.tensor(positions, device=self.device)
-        tables_t = torch.tensor(tables, device=self.device)
-        key = (size, blocks)
+        tensors = [torch.tensor(t, device=self.device) for t in (ids, positions, tables)]
+        return size, *tensors  # type: ignore[return-value]
+
+    def _run(self, fn, graph: str, size: int, args: tuple):
+        """Call a graph of this bucket, compiling it on its first call (announced once per process)."""
+        tables = args[2 if graph == "decode" else 3]
+        key = (graph, size, tables.shape[1])
         # graphs live in torch.compile's per-process cache: engines of the same shapes reuse them, so say so once
-        first = self.compiled and (self._signature, size) not in _ANNOUNCED
-        _ANNOUNCED.add((self._signature, size))
+        first = self.compiled and (self._signature, graph, size) not in _ANNOUNCED
+        _ANNOUNCED.add((self._signature, graph, size))
         if self.compiled and self.device.type == "cpu":
             # lengths vary step by step: one graph for all of them (loop bounds are runtime values in C++), batch
             # buckets stay static (a graph each, no recompiles after the first call)
-            torch._dynamo.mark_dynamic(tables_t, 1)
+            torch._dynamo.mark_dynamic(tables, 1)
         if first:
             print(
-                f"[nanoseek] compiling the decode step for batch bucket {size} (about a minute the first time, "
+                f"[nanoseek] compiling the {graph} step for batch bucket {size} (about a minute the first time, "
                 "seconds on later starts: inductor caches it on disk)...",
                 file=sys.stderr,
                 flush=True,
             )
             start = time.perf_counter()
-        layers = len(self.layers)
-        index_pools = self.cache.index_pools[:layers] or [None] * layers
-        args = (ids_t, positions_t, tables_t, self.cache.pools[:layers], index_pools, self.experts)
         if self.compiled and key in self.shapes:
             # this step already passed every guard for this shape: check only those that tell compiled graphs
             # apart (shapes, buckets), not the ~2400 on the model's modules and weights (0.1-0.3 ms a step here)
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                logits = self._fn(*args)
+                out = fn(*args)
         elif self.compiled:
             # a first call may compile: weights' and experts' shapes stay static even when another model's step
             # compiled in this process before (dynamo would otherwise make them symbolic: slower kernels, and
             # Python-side sizes such as `nbytes` stop being numbers)
             with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
-                logits = self._fn(*args)
+                out = fn(*args)
         else:
-            logits = self._fn(*args)
+            out = fn(*args)
         if first:
-            print(f"[nanoseek] decode step ready in {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+            print(f"[nanoseek] {graph} step ready in {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
         self.shapes.add(key)
-        return logits[:n]
+        return out
 
     # ---- the graph ----
     def _forward(self, ids, positions, tables, pools, index_pools, experts) -> torch.Tensor:
@@ -304,24 +325,42 @@ class StaticDecodeStep:
         block, entry width]; index_pools: V3.2's index keys [all blocks, block, index width] per main layer, or
         Nones; experts: each layer's transposed expert copies or None. Writes each token's cache entry, returns
         logits [B, vocab] float32."""
-        model, bs = self.model, self.cache.block_size
+        return self._logits(self._trunk(ids, self._where(positions, tables), pools, index_pools, experts))
+
+    def _trunk(self, ids, where: tuple, pools, index_pools, experts) -> torch.Tensor:
+        """The main layers over one token per row (see _forward; `where`: `_where`'s) -> final normalised hidden
+        states [B, hidden]. pools, index_pools and experts may go on past the main layers (the MTP layer's)."""
+        x = self.model.model.embed_tokens.weight.index_select(0, ids)  # [B, hidden]
+        for layer, pool, keys, copies, small in zip(self.layers, pools, index_pools, experts, self.small_experts):
+            x = self._layer(layer, x, where, pool, keys, copies, small)
+        return _norm(self.model.model.norm, x)
+
+    def _where(self, positions: torch.Tensor, tables: torch.Tensor) -> tuple:
+        """What every layer's attention needs of the rows' places: (pool rows of every key position [B, length],
+        this token's pool row [B], additive mask [B, length], tables, RoPE cos and sin [B, rope / 2])."""
+        bs = self.cache.block_size
         length = tables.shape[1] * bs
-        # flat pool row of every key position [B, length], and of this token's entry [B]
-        rows = (tables.unsqueeze(-1) * bs + torch.arange(bs, device=ids.device)).flatten(1)
+        rows = (tables.unsqueeze(-1) * bs + torch.arange(bs, device=tables.device)).flatten(1)
         slot = rows.gather(1, positions.unsqueeze(1)).squeeze(1)
-        visible = torch.arange(length, device=ids.device).unsqueeze(0) <= positions.unsqueeze(1)
-        x = model.model.embed_tokens.weight.index_select(0, ids)  # [B, hidden]
-        mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill(~visible, float("-inf"))
-        rotary = model.model.rotary
+        visible = torch.arange(length, device=tables.device).unsqueeze(0) <= positions.unsqueeze(1)
+        dtype = self.model.model.embed_tokens.weight.dtype
+        mask = torch.zeros(visible.shape, dtype=dtype, device=tables.device).masked_fill(~visible, float("-inf"))
+        rotary = self.model.model.rotary
         angles = positions.float().unsqueeze(-1) * rotary.inv_freq.float()  # [B, rope / 2], float32 as rope.py
         cos, sin = rotary.attention_factor * torch.cos(angles), rotary.attention_factor * torch.sin(angles)
-        attend = self._attention if model.config.uses_mla else self._gqa_attention
-        for layer, pool, keys, copies, small in zip(self.layers, pools, index_pools, experts, self.small_experts):
-            h = _norm(layer.input_layernorm, x)
-            x = x + attend(layer.self_attn, h, cos, sin, rows, slot, mask, pool, tables, keys)
-            h = _norm(layer.post_attention_layernorm, x)
-            x = x + (self._moe(layer.mlp, h, copies, small) if isinstance(layer.mlp, MoE) else self._mlp(layer.mlp, h))
-        logits = self._linear(_norm(model.model.norm, x), model.lm_head).float()
+        return rows, slot, mask, tables, cos, sin
+
+    def _layer(self, layer, x: torch.Tensor, where: tuple, pool, keys, copies, small: bool) -> torch.Tensor:
+        """One decoder layer (attention writing into `pool`, then MoE or MLP) over one token per row."""
+        rows, slot, mask, tables, cos, sin = where
+        attend = self._attention if self.model.config.uses_mla else self._gqa_attention
+        h = _norm(layer.input_layernorm, x)
+        x = x + attend(layer.self_attn, h, cos, sin, rows, slot, mask, pool, tables, keys)
+        h = _norm(layer.post_attention_layernorm, x)
+        return x + (self._moe(layer.mlp, h, copies, small) if isinstance(layer.mlp, MoE) else self._mlp(layer.mlp, h))
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self._linear(hidden, self.model.lm_head).float()
         if self.undecodable is not None:
             logits = logits.masked_fill(self.undecodable, float("-inf"))
         return logits
@@ -462,7 +501,7 @@ class _Padding:
     """A stand-in for engine Work: token 0 at position 0 in block 0 (what padding rows decode)."""
 
     def __init__(self, blocks: int):
-        self.fed, self.start, self.completes = [0], 0, True
+        self.fed, self.start, self.completes, self.draft = [0], 0, True, [0]  # draft: a verifying step's
         self.seq = self
         self.blocks = [0] * blocks
 
@@ -473,8 +512,12 @@ def build_decode_step(mode: str, model, cache, undecodable: torch.Tensor | None,
         raise ValueError(f"unknown decode_step={mode!r}; choose from {', '.join(MODES)}")
     if mode == "eager":
         return None, "eager (asked for)"
-    reason = refusal(model, speculative)
+    reason = refusal(model)
     if reason is not None:
         logging.getLogger("nanoseek.engine").warning("decode step: eager, not %s: %s", mode, reason)
         return None, f"eager ({reason})"
+    if speculative:  # drafts verified (greedy) and proposed in the same graph call
+        from nanoseek.engine.speculative_step import SpeculativeDecodeStep
+
+        return SpeculativeDecodeStep(model, cache, undecodable, compiled=mode == "compiled"), f"{mode}, speculative"
     return StaticDecodeStep(model, cache, undecodable, compiled=mode == "compiled"), mode

@@ -1,0 +1,105 @@
+"""MTP speculative decoding on the static step: verify a draft and propose the next one in one graph call.
+
+Eager speculation (engine.py + speculative.py) costs two passes a step: the main model over each sequence's last
+token and its draft, then the MTP module over the accepted rows. Once a step is a compiled graph (step.py), a second
+graph call and the Python between them would eat most of the gain. So for greedy requests, where accepting a
+draft needs only the main model's argmax, one graph does everything:
+
+- the main model over 2 rows per sequence: its last token at position p and its draft at p + 1 (both write their
+  cache entries before attending, so the draft row sees the token's entry, as in one eager pass);
+- the greedy choices t0 (after the token) and t1 (after the draft); the draft is accepted when it equals t0;
+- the MTP module over both rows, each reading its row's hidden state and the token after it: t0 and t1. For an
+  accepted draft both rows are right; for a rejected one row 0 is (the token at p + 1 is t0) and row 1 is thrown
+  away: its MTP cache entry at p + 1 is rewritten by the next step, which feeds t0 at p + 1;
+- the next draft: the argmax of the MTP logits of the last valid row (1 if accepted, else 0).
+
+Output is exactly ordinary greedy decoding (a draft is only ever accepted when it is the main model's argmax); the
+engine's `_advance` turns the accepted tokens into output the same way as the eager path's verification.
+
+Sampled requests keep the eager path (verification there draws from the main model's distribution on the host, and
+the MTP row of a rejected draft would need the resampled token before the graph ends): the engine logs it once.
+Steps with sequences that do not speculate (n > 1, constrained) run the plain static step or the eager path.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from nanoseek.engine.step import BATCH_BUCKETS, LENGTH_QUANTUM, StaticDecodeStep, _norm, _Padding
+
+
+class SpeculativeDecodeStep(StaticDecodeStep):
+    """The static step of an engine that drafts with the model's first MTP module (see the module docstring)."""
+
+    def __init__(self, model, cache, undecodable: torch.Tensor | None, compiled: bool = True):
+        super().__init__(model, cache, undecodable, compiled)
+        self._verify_fn = self._compile(self._verify_and_draft) if compiled else self._verify_and_draft
+        self._told = False  # whether the log said that sampled requests' speculative steps run eagerly
+
+    def _extra_layers(self) -> list:
+        return self.model.mtp_layers[:1]  # the graph also runs the MTP layer (its expert copies, its cache pool)
+
+    def verifies(self, batch) -> bool:
+        """A step this graph can run: every sequence is greedy and feeds its last token plus one draft."""
+        if not all(w.completes and len(w.draft) == 1 for w in batch):
+            return False
+        if all(w.seq.request.params.greedy for w in batch):
+            return True
+        if not self._told:  # visible once: such steps keep working, at the eager path's speed
+            logging.getLogger("nanoseek.engine").warning(
+                "speculative steps with sampled requests run eagerly: the compiled step verifies greedy drafts only"
+            )
+            self._told = True
+        return False
+
+    @torch.inference_mode()
+    def warmup(self, sizes: tuple[int, ...] = BATCH_BUCKETS) -> None:
+        """The plain step's graphs (step.py), then the verifying one of each bucket (writes only into block 0)."""
+        super().warmup(sizes)
+        blocks = -(-LENGTH_QUANTUM // self.cache.block_size)
+        for size in sizes:
+            self.verify([_Padding(blocks)] * size)
+
+    def verify(self, batch) -> list[tuple[list[int], list[float], int]]:
+        """-> per sequence: (its new tokens: the accepted draft and the token after it, or the main model's own
+        token after a rejected draft; their log-probabilities; the next draft)."""
+        n, most = len(batch), BATCH_BUCKETS[-1]
+        if n > most:
+            return [out for i in range(0, n, most) for out in self.verify(batch[i : i + most])]
+        size, ids, positions, tables = self._inputs(batch, ahead=1)
+        drafts = torch.tensor([w.draft[0] for w in batch] + [0] * (size - n), device=self.device)
+        graph = len(self.graph_layers)
+        index_pools = self.cache.index_pools[:graph] or [None] * graph
+        args = (ids, drafts, positions, tables, self.cache.pools[:graph], index_pools, self.experts)
+        target, logprobs, drafted = (t.tolist() for t in self._run(self._verify_fn, "verify", size, args))
+        out = []
+        for work, chosen, chosen_logprobs, draft in zip(batch, target, logprobs, drafted):
+            kept = 2 if chosen[0] == work.draft[0] else 1
+            out.append((chosen[:kept], chosen_logprobs[:kept], draft))
+        return out
+
+    # ---- the graph ----
+    def _verify_and_draft(self, ids, drafts, positions, tables, pools, index_pools, experts):
+        """ids, drafts, positions [B] (each sequence's last token, its draft, the token's position: the draft's is
+        one more); tables [B, blocks]; pools, index_pools, experts: of the main layers, then of the MTP layer.
+        -> (the main model's greedy choices after the token and after the draft [B, 2], their log-probabilities
+        [B, 2], the next draft [B]). Rows: 2 per sequence, r = 2 b + j (j = 0 the token, 1 the draft)."""
+        batch, main = ids.shape[0], len(self.layers)
+        row_ids = torch.stack([ids, drafts], dim=1).flatten()  # [2B]
+        row_positions = torch.stack([positions, positions + 1], dim=1).flatten()
+        where = self._where(row_positions, tables.repeat_interleave(2, dim=0))
+        hidden = self._trunk(row_ids, where, pools, index_pools, experts)  # [2B, hidden]
+        logits = self._logits(hidden)
+        target = logits.argmax(dim=-1)  # [2B]
+        logprobs = torch.log_softmax(logits, dim=-1).gather(1, target.unsqueeze(1)).view(batch, 2)
+        # the MTP module at each row: its hidden state and the (greedy) token after it, as engine._draft feeds it
+        mtp = self.graph_layers[main]
+        embeds = self.model.model.embed_tokens.weight.index_select(0, target)
+        x = self._linear(torch.cat([_norm(mtp.enorm, embeds), _norm(mtp.hnorm, hidden)], dim=-1), mtp.eh_proj)
+        x = self._layer(mtp, x, where, pools[main], index_pools[main], experts[main], self.small_experts[main])
+        x = _norm(mtp.shared_head.norm, x)
+        target = target.view(batch, 2)
+        last = torch.arange(batch, device=ids.device) * 2 + (target[:, 0] == drafts).long()  # last valid row
+        return target, logprobs, self._logits(x.index_select(0, last)).argmax(dim=-1)
