@@ -78,7 +78,7 @@ def _info(args: argparse.Namespace) -> int:
     print(
         "decode step with --compile: one static graph per batch bucket (1-32), fp32/bf16 and int8 (unpacked copy, "
         "eager above 2 GiB of int8 weights); with --speculative, greedy requests verify the MTP draft and propose the "
-        "next in one graph call (sampled ones verify eagerly)"
+        "next in one graph call (sampled ones do not draft: plain compiled steps)"
     )
     return 0
 

@@ -24,7 +24,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="decode with the compiled static step (2-5x faster at batch 1; compiles for up to a minute per batch "
         "size the first time it is used, cached on disk afterwards; with --speculative, greedy requests verify and "
-        "draft in one graph call, sampled ones eagerly)",
+        "draft in one graph call; sampled ones do not draft)",
     )
     p.add_argument(
         "--cache-tokens",

@@ -272,6 +272,7 @@ class Engine:
             if self.cache.free_blocks() < needed and self.running:
                 break  # wait for running sequences to free blocks
             self.waiting.pop(0)
+            speculate = self.speculative and request.params.n == 1 and request.grammar is None
             seq = SequenceState(
                 request,
                 0,
@@ -279,8 +280,9 @@ class Engine:
                 make_generator(request.params.seed, "cpu"),
                 self._decoder(),
                 forked=request.params.n > 1,
-                # constrained sequences do not speculate: drafts would need the grammar's mask at every position
-                speculate=self.speculative and request.params.n == 1 and request.grammar is None,
+                # constrained sequences do not speculate (drafts would need the grammar's mask at every position); on
+                # a compiled step only greedy ones do (speculative_step.py)
+                speculate=speculate and (self.fast is None or self.fast.speculates(request.params)),
                 grammar=request.grammar,
             )
             # reuse cached latents of the prompt's prefix (never all of it: the last token must run for its logits)

@@ -16,9 +16,11 @@ draft needs only the main model's argmax, one graph does everything:
 Output is exactly ordinary greedy decoding (a draft is only ever accepted when it is the main model's argmax); the
 engine's `_advance` turns the accepted tokens into output the same way as the eager path's verification.
 
-Sampled requests keep the eager path (verification there draws from the main model's distribution on the host, and
-the MTP row of a rejected draft would need the resampled token before the graph ends): the engine logs it once.
-Steps with sequences that do not speculate (n > 1, constrained) run the plain static step or the eager path.
+Sampled requests do not speculate on a compiled engine (the engine logs it once): their verification draws from
+the main model's distribution on the host, so the MTP rows of a rejected draft would need the resampled token before
+the graph ends, and a second graph call per step would cost more than it saves on CPU (a second row costs almost a
+first: see the README). They decode with the plain compiled step, several times faster than eager speculation on
+small models. A step that mixes drafting and plain sequences runs eagerly.
 """
 
 from __future__ import annotations
@@ -36,20 +38,26 @@ class SpeculativeDecodeStep(StaticDecodeStep):
     def __init__(self, model, cache, undecodable: torch.Tensor | None, compiled: bool = True):
         super().__init__(model, cache, undecodable, compiled)
         self._verify_fn = self._compile(self._verify_and_draft) if compiled else self._verify_and_draft
-        self._told = False  # whether the log said that sampled requests' speculative steps run eagerly
+        self._told = False  # whether the log said that sampled requests do not speculate here
 
     def _extra_layers(self) -> list:
         return self.model.mtp_layers[:1]  # the graph also runs the MTP layer (its expert copies, its cache pool)
 
-    def verifies(self, batch) -> bool:
-        """A step this graph can run: every sequence is greedy and feeds its last token plus one draft."""
-        if not all(w.completes and len(w.draft) == 1 for w in batch):
-            return False
-        if all(w.seq.request.params.greedy for w in batch):
+    @staticmethod
+    def verifies(batch) -> bool:
+        """A step this graph can run: every sequence is greedy (the only ones that draft here: `speculates`) and
+        feeds its last token plus one draft."""
+        return all(w.completes and len(w.draft) == 1 and w.seq.request.params.greedy for w in batch)
+
+    def speculates(self, params) -> bool:
+        """Whether a request with these sampling parameters drafts. Sampled ones do not: they decode through the
+        plain compiled step, which is faster here than eager speculation (see the module docstring)."""
+        if params.greedy:
             return True
-        if not self._told:  # visible once: such steps keep working, at the eager path's speed
+        if not self._told:  # visible once
             logging.getLogger("nanoseek.engine").warning(
-                "speculative steps with sampled requests run eagerly: the compiled step verifies greedy drafts only"
+                "sampled requests do not speculate on the compiled step (it verifies greedy drafts only): they decode "
+                "with the plain compiled step"
             )
             self._told = True
         return False
