@@ -96,3 +96,14 @@ def test_compiled_verify_graph_gives_plain_greedy_tokens(partly_trained):
     out = engine.generate(prompts, GREEDY)
     assert [c.token_ids for c in out] == [c.token_ids for c in plain]
     assert {graph for graph, _, _ in engine.fast.shapes} == {"verify"} and engine.stats["accepted"] > 0
+
+
+def test_more_sequences_than_the_largest_bucket_verify_in_chunks(partly_trained):
+    prompts = _prompts(partly_trained, 35)
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    plain = Engine(partly_trained, block_size=4).generate(prompts, params)
+    engine = Engine(partly_trained, block_size=4, speculative=True, decode_step="static")
+    out = engine.generate(prompts, params)
+    assert [c.token_ids for c in out] == [c.token_ids for c in plain]
+    # the first verify step: 35 = 32 + 3 (later ones run fewer: drafts accepted more often end some sequences sooner)
+    assert {size for graph, size, _ in engine.fast.shapes if graph == "verify"} >= {32, 4}
