@@ -171,6 +171,18 @@ def test_decode_speed_reports_medians_timed_the_same_way():
 
 
 @pytest.mark.slow
+def test_decode_speed_times_speculation_and_its_plain_step_on_both_paths():
+    out = _smoke("decode_speed.py", "--sections d --repeats 1 --threads 1")
+    assert "eager (asked for)" in out and "compiled, speculative" in out, out
+
+
+@pytest.mark.slow
+def test_step_buckets_compares_the_two_thresholds_per_bucket():
+    out = _smoke("step_buckets.py", "--preset nano --buckets 1 4 --rounds 1")
+    assert "fused <= 8: x bucket 1" in out and "fused <= 2: x bucket 1" in out, out
+
+
+@pytest.mark.slow
 def test_rl_speed_runs_with_trl_gradient_checkpointing_off():
     pytest.importorskip("trl")
     out = _smoke(

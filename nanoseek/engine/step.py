@@ -17,11 +17,11 @@ padded to a batch bucket B (1, 2, 4, ... 32) and becomes tensors only:
   no `.tolist()` and no per-expert loop; the shared expert is one more (always chosen) matrix product. Once rows
   share experts (2 B k > experts, the eager engine's threshold) the model's grouped kernel reads each expert once,
   unless a layer's experts are small enough to stay in the CPU's caches.
-- compiled (`torch.compile(fullgraph=True)`), the matrix-vector products of buckets 1 and 2 are written as a
-  broadcast multiply and a sum (`_contract`): inductor then fuses norms, RoPE, the cache write, softmax, SiLU and
-  residuals into a few C++ kernels around them instead of calling out to BLAS between every elementwise op. Larger
-  buckets call BLAS (it reads each weight once for all rows). Uncompiled ("static" mode, for tests and debugging)
-  the same contractions run as einsums.
+- compiled (`torch.compile(fullgraph=True)`), the matrix products of up to 8 rows are written as a broadcast
+  multiply and a sum per row (`_contract`): inductor then fuses the rows' sums into one loop that reads each weight
+  once, and norms, RoPE, the cache write, softmax, SiLU and residuals into a few C++ kernels around them, instead of
+  calling out to BLAS (slow at a few rows here) between every elementwise op. Buckets 16 and 32 call BLAS.
+  Uncompiled ("static" mode, for tests and debugging) the same contractions run as einsums.
 
 - int8 (engine/quant.py): the unpacked int8 weights, dequantized inside the same fused products (weight-only), the
   routed experts always gathered. Rows longer than 4096 are summed in parts, and the activation a fused product reads
@@ -54,9 +54,11 @@ from nanoseek.model.moe import Experts, MoE
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 LENGTH_QUANTUM = 256  # tokens: attention runs over the smallest multiple of this that holds every position
 MODES = ("eager", "static", "compiled")
-# rows up to which a matrix product is a fused multiply-and-sum; past it the graph calls BLAS, which reads each
-# weight once for all rows (the fused loop reads it once per row)
-FUSED_MAX_ROWS = 2
+# rows up to which a matrix product is a fused multiply-and-sum (one per row, which inductor fuses into one loop that
+# reads the weight once: _contract); past it the graph calls BLAS. Small-M BLAS is slow here (bench-300m's lm_head, 4
+# rows: 11.2 ms in MKL, 5.5 fused), so the fused products go up to 8 rows: a bench-300m step of 4 rows 33.1 -> 20.3
+# ms, of 8 rows 45.8 -> 38.8 (1 thread, measured); at 16 and 32 rows neither wins clearly and BLAS compiles faster
+FUSED_MAX_ROWS = 8
 # routed experts are stored [E, in, out] (the grouped kernel's layout); a fused product reads them fastest as
 # [E, out, in], each output a contiguous dot product (1.7x on bench-18m's experts, measured). The step keeps such a
 # copy when all experts together take at most this many bytes (refreshed by `refresh()` after weight updates)
@@ -97,6 +99,12 @@ def _contract(equation: str, a: torch.Tensor, b: torch.Tensor, fused: bool) -> t
         return torch.einsum(equation, a, b)
     inputs, out = equation.split("->")
     left, right = inputs.split(",")
+    if len(a) > 1 and left[0] == out[0] and left[0] not in right:
+        # rows that share the second operand (a weight): one product per row, stacked. inductor fuses reductions that
+        # read the same buffer into one loop, so the weight is read once for every row; a product over all rows at
+        # once reads it once per row (4 rows x bench-300m's lm_head: 5.5 ms vs 13.9 fused vs 11.2 in BLAS, measured)
+        rest = f"{left[1:]},{right}->{out[1:]}"
+        return torch.stack([_contract(rest, a[j], b, True) for j in range(len(a))])
     reduced = [c for c in dict.fromkeys(left + right) if c not in out]
     letters = list(out) + reduced  # the contracted letters last: the innermost loop of the reduction
 
