@@ -56,8 +56,9 @@ LENGTH_QUANTUM = 256  # tokens: attention runs over the smallest multiple of thi
 MODES = ("eager", "static", "compiled")
 # rows up to which a matrix product is a fused multiply-and-sum (one per row, which inductor fuses into one loop that
 # reads the weight once: _contract); past it the graph calls BLAS. Small-M BLAS is slow here (bench-300m's lm_head, 4
-# rows: 11.2 ms in MKL, 5.5 fused), so the fused products go up to 8 rows: a bench-300m step of 4 rows 33.1 -> 20.3
-# ms, of 8 rows 45.8 -> 38.8 (1 thread, measured); at 16 and 32 rows neither wins clearly and BLAS compiles faster
+# rows: 11.2 ms in MKL, 5.5 fused), so the fused products go up to 8 rows: a bench-300m step of 4 rows 33.1 -> 20.1
+# ms, of 8 rows 46.9 -> 38.1 (1 thread, benchmarks/step_buckets.py); at 16 and 32 rows neither won clearly (bench-18m)
+# and BLAS compiles faster
 FUSED_MAX_ROWS = 8
 # routed experts are stored [E, in, out] (the grouped kernel's layout); a fused product reads them fastest as
 # [E, out, in], each output a contiguous dot product (1.7x on bench-18m's experts, measured). The step keeps such a
