@@ -110,6 +110,8 @@ def _ours_decode_once(
     engine = Engine(model, speculative=speculative, max_step_tokens=4096, decode_step=decode_step)
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     start = time.perf_counter()
+    if engine.fast is not None:  # as `serve`/`chat --compile` do: the graphs compiled ahead of time (step.py)
+        engine.fast.warmup(engine.fast.buckets_for(len(prompts)))
     engine.generate([p[:8] for p in prompts], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
     engine.warmup_seconds = time.perf_counter() - start
     rate, requests = timed_decode(engine, prompts, params)

@@ -247,6 +247,14 @@ def test_compiled_step_equals_the_eager_engine(tmp_path):
     assert engine.decode_step == "compiled"
     assert _tokens(engine, prompts, params) == eager
     assert engine.stats["static_steps"] == 7 and engine.fast.shapes == {("decode", 2, 16)}
+    # warmed up, the step compiles its graph ahead of time and calls it without dynamo: the same tokens
+    warmed = Engine.from_pretrained(str(path), dtype=torch.float64, decode_step="compiled")
+    warmed.fast.warmup((1, 2))  # two graphs ahead of time in one process (the second once failed to compile)
+    ahead = step._AHEAD[warmed.fast]
+    assert list(ahead) == [("decode", 1), ("decode", 2)]
+    graph, calls = ahead[("decode", 2)], []
+    ahead[("decode", 2)] = lambda *args: calls.append(1) or graph(*args)
+    assert _tokens(warmed, prompts, params) == eager and len(calls) == warmed.stats["static_steps"] == 7
 
 
 def test_compiled_int8_step_equals_the_static_one(monkeypatch):
