@@ -332,6 +332,43 @@ def test_transposed_expert_copies_follow_weight_updates():
     assert _tokens(engine, prompts, params) == _tokens(Engine(model), prompts, params)
 
 
+@pytest.mark.parametrize("family", ["deepseek_v3", "qwen2"])
+def test_packed_weights_are_what_the_step_reads_and_follow_weight_updates(family):
+    """On CPU the step reads every weight from packed copies (engine/packed.py: a few graph inputs instead of
+    hundreds): each packed view equals its tensor (qwen2: the tied lm_head shares the embedding's slot); the step's
+    logits come from the copies (zeroed, they change); after in-place updates of every weight (as GRPO makes) and
+    `reset_prefix_cache`, the copies follow and the step decodes as the eager engine on the updated model."""
+    if family == "qwen2":
+        shape = dict(vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+        model = build_model(ModelConfig(**shape, **GQA_FAMILIES["qwen2"], max_position_embeddings=128), seed=1)
+    else:
+        model = random_model(random_config(5, max_position_embeddings=128), 5)
+    model = model.double().eval()
+    engine = Engine(model, decode_step="static")
+    packed = engine.fast.packed
+    views = packed.views(packed.buffers)
+    named = dict([*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)])
+    assert views.keys() == named.keys() and all(torch.equal(views[k], t) for k, t in named.items())
+    if family == "qwen2":
+        assert views["lm_head.weight"].data_ptr() == views["model.embed_tokens.weight"].data_ptr()
+    prompts = _prompts(model.config.vocab_size, [5, 8])
+    params = SamplingParams(max_tokens=8, **GREEDY)
+    assert _tokens(engine, prompts, params) == _tokens(Engine(model), prompts, params)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.5).add_(0.01)
+    engine.reset_prefix_cache()
+    assert _tokens(engine, prompts, params) == _tokens(Engine(model), prompts, params)
+    saved = [b.clone() for b in packed.buffers]
+    for b in packed.buffers:
+        b.zero_()
+    work = [step._Padding(1)]
+    zeroed = engine.fast(work)
+    for b, values in zip(packed.buffers, saved):
+        b.copy_(values)
+    assert not torch.equal(zeroed, engine.fast(work))
+
+
 def test_warmup_runs_every_bucket_and_leaves_sequences_alone():
     model = random_model(random_config(7, max_position_embeddings=128), 7).double()
     engine = Engine(model, decode_step="static")

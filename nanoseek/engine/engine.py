@@ -414,8 +414,8 @@ class Engine:
             work.seq.draft, work.seq.draft_probs = [], None
             self._register(work.seq)
         if plain:
-            index = torch.tensor([r for _, r in plain], device=logits.device)
-            rows = logits.index_select(0, index)
+            index = [r for _, r in plain]  # every row, in order, on a static step: no gather to make
+            rows = logits if index == list(range(len(logits))) else logits[torch.tensor(index, device=logits.device)]
             mask_logits(rows, [s.grammar for s, _ in plain])  # constrained rows: only what their grammar allows
             tokens, logprobs = sample(rows, [s.request.params for s, _ in plain], [s.generator for s, _ in plain])
             for (seq, _), token, logprob in zip(plain, tokens.tolist(), logprobs.tolist()):

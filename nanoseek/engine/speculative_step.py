@@ -80,7 +80,7 @@ class SpeculativeDecodeStep(StaticDecodeStep):
         drafts = torch.tensor([w.draft[0] for w in batch] + [0] * (size - n), device=self.device)
         graph = len(self.graph_layers)
         index_pools = self.cache.index_pools[:graph] or [None] * graph
-        args = (ids, drafts, positions, tables, self.cache.pools[:graph], index_pools, self.experts)
+        args = (ids, drafts, positions, tables, self.cache.pools[:graph], index_pools, self.experts, self._buffers())
         target, logprobs, drafted = (t.tolist() for t in self._run(self._verify_fn, "verify", size, args))
         out = []
         for work, chosen, chosen_logprobs, draft in zip(batch, target, logprobs, drafted):
@@ -89,7 +89,12 @@ class SpeculativeDecodeStep(StaticDecodeStep):
         return out
 
     # ---- the graph ----
-    def _verify_and_draft(self, ids, drafts, positions, tables, pools, index_pools, experts):
+    def _verify_and_draft(self, ids, drafts, positions, tables, pools, index_pools, experts, buffers):
+        """The graph: `_verify_and_draft_rows` reading the model's weights from the packed buffers (packed.py)."""
+        with self._weights_from(buffers):
+            return self._verify_and_draft_rows(ids, drafts, positions, tables, pools, index_pools, experts)
+
+    def _verify_and_draft_rows(self, ids, drafts, positions, tables, pools, index_pools, experts):
         """ids, drafts, positions [B] (each sequence's last token, its draft, the token's position: the draft's is
         one more); tables [B, blocks]; pools, index_pools, experts: of the main layers, then of the MTP layer.
         -> (the main model's greedy choices after the token and after the draft [B, 2], their log-probabilities

@@ -27,9 +27,10 @@ padded to a batch bucket B (1, 2, 4, ... 32) and becomes tensors only:
   routed experts always gathered. Rows longer than 4096 are summed in parts, and the activation a fused product reads
   is computed into a buffer first (`_realized`): both are inductor footguns that cost 2-7x on the kernels they hit.
 
-Weights are the model's own parameters, passed to the graph on every call (not frozen into it), so in-place updates
-(GRPO) reach the next step; the one copy, routed experts transposed for the compiled step, is refreshed by
-`Engine.reset_prefix_cache()`, which weight updates call anyway. Prefill takes the engine's ordinary path; MTP
+Weights are read at every call (not frozen into the graph): on CPU from a copy packed into one buffer per dtype
+(packed.py: a few graph inputs instead of hundreds), elsewhere the model's own parameters. The copies (packed, and
+routed experts transposed for the compiled step) follow in-place updates (GRPO) through `refresh()`, which
+`Engine.reset_prefix_cache()` calls, as weight updates do anyway. Prefill takes the engine's ordinary path; MTP
 speculation has its own graph (speculative_step.py: verify and draft in one call, built on this one's layers); steps of
 more than 32 sequences run as several graph calls.
 
@@ -40,6 +41,7 @@ freezing gained nothing here (and would bake the weights in); full guard evaluat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -48,7 +50,9 @@ import weakref
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.stateless import _reparametrize_module  # functional_call's swap, without its per-call checks
 
+from nanoseek.engine.packed import PackedWeights
 from nanoseek.engine.quant import Int8Experts, Int8Linear
 from nanoseek.model.indexer import index_scores, top_k_indices
 from nanoseek.model.moe import Experts, MoE
@@ -199,6 +203,8 @@ class StaticDecodeStep:
         self.experts = self._transposed_experts() if compiled else [None] * len(self.graph_layers)
         # per layer: routed experts small enough to stay in the CPU's caches (always gathered: GATHER_ALWAYS_BYTES)
         self.small_experts = [c is not None and c[0].nbytes + c[1].nbytes <= GATHER_ALWAYS_BYTES for c in self.experts]
+        # weights as a few packed buffers (packed.py); CUDA graphs pay nothing per input
+        self.packed = PackedWeights.of(model) if self.device.type == "cpu" else None
         self._fn = self._forward
         _AHEAD[self] = {}  # (graph, bucket) -> that graph compiled ahead of time, called without dynamo (`warmup`)
         self._compile_ahead = False
@@ -246,6 +252,8 @@ class StaticDecodeStep:
             if copies is not None:
                 copies[0].copy_(layer.mlp.experts.w_gate_up.mT)
                 copies[1].copy_(layer.mlp.experts.w_down.mT)
+        if self.packed is not None:
+            self.packed.refresh(self.model)
 
     @staticmethod
     def buckets_for(sequences: int) -> tuple[int, ...]:
@@ -286,8 +294,17 @@ class StaticDecodeStep:
         size, ids, positions, tables = self._inputs(batch, ahead=0)
         layers = len(self.layers)
         index_pools = self.cache.index_pools[:layers] or [None] * layers
-        args = (ids, positions, tables, self.cache.pools[:layers], index_pools, self.experts)
+        args = (ids, positions, tables, self.cache.pools[:layers], index_pools, self.experts, self._buffers())
         return self._run(self._fn, "decode", size, args)[:n]
+
+    def _buffers(self) -> tuple[torch.Tensor, ...]:
+        return self.packed.buffers if self.packed is not None else ()
+
+    def _weights_from(self, buffers: tuple[torch.Tensor, ...]):
+        """Inside the graph: the model's tensors read from the packed buffers for the duration (or as they are)."""
+        if not buffers:
+            return contextlib.nullcontext()
+        return _reparametrize_module(self.model, self.packed.views(buffers))
 
     def _inputs(self, batch, ahead: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (batch bucket, ids [B] of each sequence's fed token, positions [B], block tables [B, blocks]), padded
@@ -361,12 +378,13 @@ class StaticDecodeStep:
         return compiled
 
     # ---- the graph ----
-    def _forward(self, ids, positions, tables, pools, index_pools, experts) -> torch.Tensor:
+    def _forward(self, ids, positions, tables, pools, index_pools, experts, buffers) -> torch.Tensor:
         """ids, positions [B]; tables [B, blocks]; pools: each main layer's cache [kv heads (MLA: 1), all blocks,
         block, entry width]; index_pools: V3.2's index keys [all blocks, block, index width] per main layer, or
-        Nones; experts: each layer's transposed expert copies or None. Writes each token's cache entry, returns
-        logits [B, vocab] float32."""
-        return self._logits(self._trunk(ids, self._where(positions, tables), pools, index_pools, experts))
+        Nones; experts: each layer's transposed expert copies or None; buffers: the packed weights (or none).
+        Writes each token's cache entry, returns logits [B, vocab] float32."""
+        with self._weights_from(buffers):
+            return self._logits(self._trunk(ids, self._where(positions, tables), pools, index_pools, experts))
 
     def _trunk(self, ids, where: tuple, pools, index_pools, experts) -> torch.Tensor:
         """The main layers over one token per row (see _forward; `where`: `_where`'s) -> final normalised hidden
