@@ -1,10 +1,11 @@
 """The decode step's weights, packed into one flat buffer per dtype (a few graph inputs instead of hundreds).
 
-A CPU graph call pays per tensor input (~0.5 us each, in dynamo's prologue and the compiled wrapper): bench-18m's
-~130 weights cost ~0.1 ms of a 1.4 ms step (a toy graph reading 136 weights: 121 us a call; reading one buffer:
-7 us). So the step (step.py) keeps the model's parameters and buffers copied into one flat buffer per dtype, passes
-those buffers to its graph, and the graph swaps each module's tensors for views of them while it runs (views are
-free inside the graph). The copies follow in-place weight updates through `refresh()`, which the step calls from
+A CPU graph call pays per tensor input (~0.5-0.9 us each, in dynamo's prologue and the compiled wrapper: a toy graph
+reading 136 module weights took 121 us a call, reading one buffer 7 us). bench-18m's graph took ~140 inputs; packed,
+a batch-1 token took 1.27 ms instead of 1.55 (790 vs 646 tok/s, 1 thread, alternating in one process).
+So the step (step.py) keeps the model's parameters and buffers copied into one flat buffer per dtype, passes those
+buffers to its graph, and the graph swaps each module's tensors for views of them while it runs (views are free
+inside the graph). The copies follow in-place weight updates through `refresh()`, which the step calls from
 `Engine.reset_prefix_cache()`, as it does for its expert copies.
 """
 
