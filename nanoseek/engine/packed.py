@@ -24,11 +24,10 @@ class PackedWeights:
     ALIGN = 64  # bytes
 
     def __init__(self, model: torch.nn.Module):
-        named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
         first: dict[int, tuple[int, int, torch.Size]] = {}  # id(tensor) -> its slot
         sizes: dict[torch.dtype, list[int]] = {}  # dtype -> [buffer index, elements so far]
         self.slots: list[tuple[str, int, int, torch.Size]] = []
-        for name, tensor in named:
+        for name, tensor in _named_tensors(model):
             if id(tensor) not in first:
                 index_and_size = sizes.setdefault(tensor.dtype, [len(sizes), 0])
                 step = max(self.ALIGN // tensor.element_size(), 1)
@@ -43,7 +42,7 @@ class PackedWeights:
     @classmethod
     def of(cls, model: torch.nn.Module) -> PackedWeights | None:
         """Packed copies of the model's tensors, or None when they would take more than PACKED_WEIGHTS_MAX_BYTES."""
-        tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
+        tensors = {id(t): t for _, t in _named_tensors(model)}.values()
         return cls(model) if sum(t.nbytes for t in tensors) <= PACKED_WEIGHTS_MAX_BYTES else None
 
     def views(self, buffers: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
@@ -56,6 +55,11 @@ class PackedWeights:
     @torch.no_grad()
     def refresh(self, model: torch.nn.Module) -> None:
         """Copy the model's current values in (after in-place weight updates)."""
-        current = dict([*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)])
+        current = dict(_named_tensors(model))
         for name, view in self.views(self.buffers).items():
             view.copy_(current[name])
+
+
+def _named_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every parameter and buffer under every name it has (a tied weight appears once per name)."""
+    return [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
