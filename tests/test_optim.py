@@ -160,6 +160,33 @@ def test_muon_first_step_matches_the_rule():
     assert 0.12 < rms < 0.25, rms  # Moonlight's target: AdamW-like update RMS ~0.2
 
 
+def test_muon_orthogonalises_same_shape_matrices_in_one_batch_with_each_ones_own_update(monkeypatch):
+    """Two 24x40 matrices and a stack of three go through one Newton-Schulz call, a 40x24 one through its own;
+    over two steps (momentum) every parameter ends where the rule applied to it alone puts it."""
+    import nanoseek.train.optim as optim
+
+    g = torch.Generator().manual_seed(3)
+    shapes = [(24, 40), (40, 24), (3, 24, 40), (24, 40)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(2)]
+    start = [p.detach().clone() for p in params]
+    calls = []
+    monkeypatch.setattr(optim, "newton_schulz", lambda x, *a: calls.append(tuple(x.shape)) or newton_schulz(x, *a))
+    lr, wd, mom = 0.02, 0.1, 0.95
+    opt = Muon(params, lr=lr, weight_decay=wd, momentum=mom)
+    for step_grads in grads:
+        for p, grad in zip(params, step_grads):
+            p.grad = grad.clone()
+        opt.step()
+    assert sorted(calls) == [(5, 24, 40), (5, 24, 40), (40, 24), (40, 24)], calls  # 2 + 3 matrices stacked
+    for i, (w, shape) in enumerate(zip(start, shapes)):
+        buf = torch.zeros(shape)
+        for step_grads in grads:
+            buf = mom * buf + step_grads[i]
+            w = w * (1 - lr * wd) - lr * 0.2 * math.sqrt(40) * newton_schulz(step_grads[i] + mom * buf)
+        torch.testing.assert_close(params[i].detach(), w, rtol=1e-5, atol=1e-6)
+
+
 def test_muon_rejects_vectors():
     with pytest.raises(ValueError, match="use_muon=False"):
         Muon([torch.nn.Parameter(torch.ones(8))])

@@ -2,6 +2,9 @@
 second invocation skips finished stages. (The real plan's figures come from `make speedrun`.)"""
 
 import json
+import subprocess
+import sys
+from dataclasses import replace
 
 import pytest
 
@@ -30,12 +33,20 @@ MINI = Plan(
 )
 
 
-def test_speedrun_runs_every_stage_and_resumes(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_speedrun_runs_every_stage_and_resumes(tmp_path, capsys, monkeypatch, threads):
+    """On 2 threads the student's pretraining runs in a second process beside the teacher's sampling."""
     from nanoseek.tasks import Reward
 
     # a 12-step teacher solves nothing: accept its traces so the student stage has data (plumbing, not quality)
     monkeypatch.setattr("nanoseek.train.distill.reward", lambda example, text, *a: Reward(1.0, 1.0, 1.1))
-    record = Speedrun(tmp_path, MINI, progress=False).run()
+    record = Speedrun(tmp_path, replace(MINI, threads=threads), progress=False).run()
+    beside_log = tmp_path / "student_base.log"
+    assert beside_log.exists() == (threads == 2)
+    if threads == 2:
+        assert "training in a second process" in capsys.readouterr().out
+        assert json.loads((tmp_path / "student_base" / "model" / "config.json").read_text())["hidden_size"] == 64
+    assert record["student"]["student_base"].endswith("student_base/model")
     for stage in ("data", "tokenizer", "base", "sft", "rl", "student", "eval", "report"):
         assert stage in record and record[stage]["seconds"] >= 0
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -49,8 +60,16 @@ def test_speedrun_runs_every_stage_and_resumes(tmp_path, capsys, monkeypatch):
     assert "Held-out pass@1 by stage" in report and "nanoseek chat" in report and "nanoseek serve" in report
     assert "![" in report and (tmp_path / "plots" / "rl" / "rl.png").exists()
     capsys.readouterr()
-    Speedrun(tmp_path, MINI, progress=False).run()  # everything done: all stages skipped
+    Speedrun(tmp_path, replace(MINI, threads=threads), progress=False).run()  # everything done: all skipped
     assert capsys.readouterr().out.count("skipped") == 8
+
+
+def test_a_failed_second_process_says_where_its_log_is_and_how_to_resume(tmp_path):
+    run = Speedrun(tmp_path, MINI, progress=False)
+    failing = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    config = type("Config", (), {"out": str(tmp_path / "student_base")})()
+    with pytest.raises(RuntimeError, match=r"exit status 3.*student_base\.log.*again to resume"):
+        run._finish_beside(failing, config)
 
 
 def test_a_different_plan_in_the_same_directory_is_refused(tmp_path):

@@ -210,19 +210,31 @@ class Muon(torch.optim.Optimizer):
 
     def _muon_step(self, group: dict, params: list[torch.Tensor]) -> None:
         lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+        updates = []
         for p in params:
-            grad = p.grad
             state = self.state[p]
             if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(grad)
+                state["momentum_buffer"] = torch.zeros_like(p.grad)
             buf = state["momentum_buffer"]
-            buf.mul_(momentum).add_(grad)
-            update = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-            dtype = self.ns_dtype or (torch.bfloat16 if p.device.type == "cuda" else torch.float32)
-            ortho = newton_schulz(update, group["ns_steps"], dtype)
-            scale = MUON_RMS_MATCH * math.sqrt(max(p.size(-2), p.size(-1)))
-            p.mul_(1 - lr * wd)
-            p.add_(ortho.to(p.dtype), alpha=-lr * scale)
+            buf.mul_(momentum).add_(p.grad)
+            updates.append(p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf)
+        # Matrices of one shape are orthogonalised in one batched Newton-Schulz (each still on its own, same bits
+        # on CPU): a small model's ~50 matrices cost more in calls than in arithmetic one by one (the speedrun
+        # student's optimizer step: 7.5 -> 4.5 ms at 2 threads; its teacher's, mostly expert stacks, 32 -> 31 ms).
+        for indices in _same_shape(params, updates):
+            first = params[indices[0]]
+            dtype = self.ns_dtype or (torch.bfloat16 if first.device.type == "cuda" else torch.float32)
+            if len(indices) == 1:
+                orthos = [newton_schulz(updates[indices[0]], group["ns_steps"], dtype)]
+            else:  # [matrices, rows, cols]: 2-D weights and stacks of experts alike
+                stacked = torch.cat([updates[i].reshape(-1, *first.shape[-2:]) for i in indices])
+                counts = [updates[i].numel() // (first.size(-2) * first.size(-1)) for i in indices]
+                parts = newton_schulz(stacked, group["ns_steps"], dtype).split(counts)
+                orthos = [part.view(params[i].shape) for i, part in zip(indices, parts)]
+            scale = MUON_RMS_MATCH * math.sqrt(max(first.size(-2), first.size(-1)))
+            for i, ortho in zip(indices, orthos):
+                params[i].mul_(1 - lr * wd)
+                params[i].add_(ortho.to(params[i].dtype), alpha=-lr * scale)
 
     def _adamw_step(self, group: dict, params: list[torch.Tensor]) -> None:
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
@@ -242,6 +254,16 @@ class Muon(torch.optim.Optimizer):
             denom = (exp_avg_sq.sqrt() / math.sqrt(bias2)).add_(eps)
             p.mul_(1 - lr * wd)
             p.addcdiv_(exp_avg, denom, value=-lr / bias1)
+
+
+def _same_shape(params: list[torch.Tensor], updates: list[torch.Tensor]) -> list[list[int]]:
+    """Indices of the parameters whose Newton-Schulz can run as one batch: plain tensors with the same matrix
+    shape, dtype and device. A sharded (DTensor, FSDP2) update goes alone: its products gather whole matrices."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (p, u) in enumerate(zip(params, updates)):
+        key = (tuple(p.shape[-2:]), p.dtype, p.device) if type(u) is torch.Tensor else ("alone", i)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
 
 # ---- learning-rate schedules ----
