@@ -65,10 +65,18 @@ def _metrics(run: Path, kind: str = "train") -> list[dict]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
-def test_train_then_export_opens_in_transformers(workspace, tmp_path):
-    transformers = pytest.importorskip("transformers")
+@pytest.fixture(scope="module")
+def trained(workspace) -> Path:
+    """A 60-step run (its tokenised shards in RUN/data), made once for every test here that starts from one: each
+    test also runs alone (`-k`), not only after the test that used to make it."""
     run = workspace / "run"
     assert cli(_train_args(workspace, run, "--steps", "60", "--eval-every", "20", "--save-every", "30")) == 0
+    return run
+
+
+def test_train_then_export_opens_in_transformers(trained, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    run = trained
     val = [r["val_loss"] for r in _metrics(run, "val")]
     assert len(val) == 3 and val[-1] < val[0] - 0.5, val  # validation loss falls
     assert all("val_bpb" in r for r in _metrics(run, "val"))
@@ -88,7 +96,7 @@ def test_train_then_export_opens_in_transformers(workspace, tmp_path):
     assert nanoseek.from_pretrained(tmp_path / "bf16").model.embed_tokens.weight.dtype == torch.bfloat16
 
 
-def test_resume_after_kill_is_bit_exact(workspace, tmp_path):
+def test_resume_after_kill_is_bit_exact(workspace, tmp_path, trained):
     args = lambda out: [
         *NANOSEEK,
         *_train_args(
@@ -101,7 +109,7 @@ def test_resume_after_kill_is_bit_exact(workspace, tmp_path):
             "--eval-every",
             "10",
             "--data",
-            str(workspace / "run" / "data"),
+            str(trained / "data"),
         ),
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -125,9 +133,9 @@ def test_resume_after_kill_is_bit_exact(workspace, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_incomplete_or_corrupt_checkpoints_are_refused(workspace, tmp_path):
+def test_incomplete_or_corrupt_checkpoints_are_refused(workspace, tmp_path, trained):
     run = tmp_path / "run"
-    base = _train_args(workspace, run, "--steps", "6", "--save-every", "3", "--data", str(workspace / "run" / "data"))
+    base = _train_args(workspace, run, "--steps", "6", "--save-every", "3", "--data", str(trained / "data"))
     assert cli(base) == 0
     # a half-written checkpoint (staging directory left by a crash) is never used, and gets cleaned up
     staging = run / "checkpoints" / ".tmp_step_000009"
@@ -144,9 +152,9 @@ def test_incomplete_or_corrupt_checkpoints_are_refused(workspace, tmp_path):
     assert cli([*base, "--resume"]) == 2
 
 
-def test_a_second_run_into_the_same_directory_is_refused(workspace, tmp_path, capsys):
+def test_a_second_run_into_the_same_directory_is_refused(workspace, tmp_path, capsys, trained):
     run = tmp_path / "run"
-    args = _train_args(workspace, run, "--steps", "2", "--data", str(workspace / "run" / "data"))
+    args = _train_args(workspace, run, "--steps", "2", "--data", str(trained / "data"))
     assert cli(args) == 0
     assert cli(args) == 2
     assert "already holds a run" in capsys.readouterr().err
@@ -159,7 +167,7 @@ def test_set_overrides_the_fields_taken_from_the_tokenizer(workspace, tmp_path):
     assert nanoseek.from_pretrained(run / "model").config.vocab_size == 512  # padded past the tokenizer's 300
 
 
-def test_sft_learns_assistant_tokens_from_a_checkpoint(workspace, tmp_path):
+def test_sft_learns_assistant_tokens_from_a_checkpoint(tmp_path, trained):
     task = get_task("addition")
     with open(tmp_path / "chat.jsonl", "w") as f:
         for ex in task.generate(120, seed=5):
@@ -187,7 +195,7 @@ def test_sft_learns_assistant_tokens_from_a_checkpoint(workspace, tmp_path):
                 "--data",
                 str(tmp_path / "chat.jsonl"),
                 "--init-from",
-                str(workspace / "run"),
+                str(trained),
                 "--out",
                 str(out),
                 "--steps",
@@ -216,10 +224,10 @@ def test_sft_learns_assistant_tokens_from_a_checkpoint(workspace, tmp_path):
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_torchrun_two_processes_match_one(workspace, tmp_path, optimizer):
+def test_torchrun_two_processes_match_one(workspace, tmp_path, optimizer, trained):
     """FSDP2 over gloo, 2 ranks x 4 sequences == 1 rank x 8 sequences, step by step (Muon: Newton-Schulz on
     DTensor-sharded updates still orthogonalises whole matrices)."""
-    data = str(workspace / "run" / "data")
+    data = str(trained / "data")
     common = [
         "--data",
         data,
