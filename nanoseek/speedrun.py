@@ -433,6 +433,7 @@ class Speedrun:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "OMP_NUM_THREADS": "1"},
+                preexec_fn=_die_with_parent,  # a killed speedrun leaves no trainer behind to race its re-run
             )
 
     def _finish_beside(self, process: subprocess.Popen, config) -> Path:
@@ -479,6 +480,15 @@ _STAGE_HELP = {
     "eval": "held-out pass@1 of every stage",
     "report": "report.md, summary.json, plots",
 }
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: ask Linux to send it SIGTERM when its parent dies (elsewhere: nothing)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @contextlib.contextmanager

@@ -72,6 +72,41 @@ def test_a_failed_second_process_says_where_its_log_is_and_how_to_resume(tmp_pat
         run._finish_beside(failing, config)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_second_process_dies_with_a_killed_speedrun(tmp_path):
+    """SIGKILL leaves no handler to clean up: the child must not outlive its parent and race the re-run."""
+    import contextlib
+    import os
+    import signal
+    import time
+
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; from nanoseek.speedrun import _die_with_parent; "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+            "preexec_fn=_die_with_parent); print(child.pid, flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    for _ in range(50):
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # exited, not yet reaped by its new parent
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child, signal.SIGKILL)
+    pytest.fail("the child outlived its killed parent")
+
+
 def test_a_different_plan_in_the_same_directory_is_refused(tmp_path):
     import pytest
 
