@@ -11,10 +11,12 @@ its answers grow longer (rl, R1-Zero) -> a 4x smaller pretrained student fine-tu
 traces (student, R1-Distill) -> held-out evaluation of every stage, also on phrasings no training prompt used ->
 report that checks its own claims -> chat.
 
-Every stage is one of nanoseek's own commands (train, sft, rl, distill generate/train, eval) called in-process;
-a stage that finished is recorded in RUN/stages.json and skipped when the speedrun is run again, so an
-interrupted speedrun resumes at the stage it was in. `--seed` changes every stage's randomness (which problems
-are worked, data order, initialisation, sampling); the held-out problems stay the same so seeds compare.
+Every stage is one of nanoseek's own commands (train, sft, rl, distill generate/train, eval) called in-process,
+except that with 2+ CPU threads the student's pretraining runs as `nanoseek train` in a second process on one
+thread while this one samples the teacher's traces (its log: RUN/student_base.log); a stage that finished is
+recorded in RUN/stages.json and skipped when the speedrun is run again, so an interrupted speedrun resumes at the
+stage it was in. `--seed` changes every stage's randomness (which problems are worked, data order, initialisation,
+sampling); the held-out problems stay the same so seeds compare.
 """
 
 from __future__ import annotations
