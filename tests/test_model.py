@@ -236,3 +236,24 @@ def test_bf16_autocast_forward_backward_runs_and_routing_stays_float32():
     loss.backward()
     assert torch.isfinite(loss)
     assert model.moe_modules()[0].gate.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 16), (16,)])
+def test_rms_norm_training_backward_matches_autograd_of_the_fused_norm(shape):
+    """The CPU training path's written-out backward gives F.rms_norm's gradients, for the input and the weight."""
+    from nanoseek.model.attention import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(shape[-1])
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(shape, requires_grad=True)
+    grad = torch.randn(shape)
+    out = norm(x)
+    assert "RMSNormCPU" in type(out.grad_fn).__name__  # the training path, not the fused kernel
+    got = torch.autograd.grad(out, (x, norm.weight), grad)
+    ref_out = torch.nn.functional.rms_norm(x, (shape[-1],), norm.weight, norm.eps)
+    ref = torch.autograd.grad(ref_out, (x, norm.weight), grad)
+    torch.testing.assert_close(out, ref_out)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)

@@ -36,11 +36,36 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == self.weight.dtype == torch.float32:
+            if x.device.type == "cpu" and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                return _RMSNormCPU.apply(x, self.weight, self.eps)
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused kernel
         # float32 statistics, as transformers does, so low-precision runs stay stable
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
+
+
+class _RMSNormCPU(torch.autograd.Function):
+    """float32 RMSNorm with a written-out backward, for training on CPU: there F.rms_norm's forward is one kernel but
+    autograd differentiates its decomposition (~10 ops); this backward is 5, and the normalised input is saved so
+    nothing is recomputed. A [12, 256, 128] norm forward + backward: 1.43 -> 0.78 ms; the speedrun's teacher step
+    3.5% faster, its student's 5.7% (1 thread, alternating). Same values to float32 rounding (tests/test_model.py)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))  # [..., 1]
+        normed = x * rstd
+        ctx.save_for_backward(normed, rstd, weight)
+        return normed * weight
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        normed, rstd, weight = ctx.saved_tensors
+        grad_weight = (grad * normed).reshape(-1, normed.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        grad_normed = grad * weight
+        # d/dx of x * rstd(x): rstd * (g - normed * mean(g * normed)), the mean over the normalised dimension
+        grad_x = (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True)).mul_(rstd)
+        return grad_x, grad_weight, None
 
 
 class AttentionCache(Protocol):
