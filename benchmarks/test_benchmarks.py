@@ -4,6 +4,7 @@ end to end at its smallest settings (slow: `make test-slow`; the figures of such
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -218,3 +219,19 @@ def test_rl_speed_takes_the_task_and_token_limit_of_the_checkpoints_speedrun(tmp
     plan = {"task": "multiplication", "max_tokens": 192}
     (tmp_path / "run" / "stages.json").write_text(json.dumps({"_plan": plan}))
     assert speedrun_plan(model) == plan
+
+
+def test_direct_only_base_is_the_speedrun_base_without_a_worked_document(tmp_path):
+    """direct_only.py's plan differs from the speedrun's only in its corpus, and that corpus answers every problem
+    directly (an empty think block), so what it measures is the task without reasoning."""
+    from direct_only import direct_plan
+
+    from nanoseek.speedrun import Plan, Speedrun
+
+    plan = direct_plan(seed=1, threads=None)
+    assert dataclasses.replace(plan, worked_fraction=Plan().worked_fraction) == Plan(seed=1)
+    run = Speedrun(tmp_path / "run", dataclasses.replace(plan, corpus_problems=60), progress=False)
+    run.record["data"] = run.stage_data()
+    docs = [json.loads(line)["text"] for line in Path(run.record["data"]["corpus"]).read_text().splitlines()]
+    assert len(docs) == 60
+    assert all("<think>\n\n</think>" in doc for doc in docs)
