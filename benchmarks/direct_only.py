@@ -18,11 +18,7 @@ from pathlib import Path
 
 from common import table
 
-from nanoseek.engine import Engine
-from nanoseek.eval import evaluate, load_examples
 from nanoseek.speedrun import Plan, Speedrun
-from nanoseek.tasks import get_task
-from nanoseek.train.state import atomic_write_text
 
 LIMIT = 0.10  # the issue's bar: direct answers stay below this held-out pass@1
 
@@ -33,27 +29,14 @@ def direct_plan(seed: int, threads: int | None) -> Plan:
 
 
 def run_seed(out: Path, seed: int, threads: int | None) -> dict:
+    """The speedrun's data, tokenizer and base stages on direct answers only (resumable), then the base scored as the
+    speedrun's eval stage scores every stage."""
     result_file = out / f"seed{seed}" / "direct_only.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    plan = direct_plan(seed, threads)
-    run = Speedrun(out / f"seed{seed}", plan, progress=False)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    for stage in ("data", "tokenizer", "base"):
-        if stage not in run.record:
-            run.record[stage] = getattr(run, f"stage_{stage}")()
-            atomic_write_text(run.record_file, json.dumps(run.record, indent=2) + "\n")  # a killed run resumes
-    examples = load_examples(plan.task, plan.eval_problems, "test", seed=0)  # the speedrun's held-out problems
-    task = get_task(examples[0].task)
-    engine = Engine.from_pretrained(run.record["base"]["checkpoint"])
-    (row,) = evaluate(engine, examples, max_tokens=plan.max_tokens)
-    result = {"seed": seed, "pass1": row.pass1_greedy, "mean_length": row.mean_length}
-    if task.unseen_prompts:
-        (unseen,) = evaluate(engine, [task.paraphrase(ex) for ex in examples], max_tokens=plan.max_tokens)
-        result["pass1_unseen_phrasing"] = unseen.pass1_greedy
+    run = Speedrun(out / f"seed{seed}", direct_plan(seed, threads), progress=False)
+    run.run(("data", "tokenizer", "base"))
+    result = {"seed": seed, **run.score(run.record["base"]["checkpoint"], "base, direct answers only")}
     result_file.write_text(json.dumps(result, indent=2) + "\n")
     return result
 

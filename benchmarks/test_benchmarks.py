@@ -105,6 +105,8 @@ def test_distill_vs_rl_distillation_arm_is_the_speedrun_student_stage(tmp_path, 
     plan = PLANS["cpu"]
     trained, generated = [], []
     monkeypatch.setattr(Speedrun, "_train", lambda self, config: trained.append(config) or tmp_path / "model")
+    # the student base in turn through `_train` (captured), not in a second process, whatever the thread count
+    monkeypatch.setattr(Speedrun, "_start_beside", lambda self, config: None)
     monkeypatch.setattr(distill, "generate", lambda config: generated.append(config) or {"traces": 10})
     monkeypatch.setattr(speedrun, "_longest_example", lambda traces, tokenizer: plan.seq_len + 1)
     run = Speedrun(tmp_path / "speedrun", plan, progress=False)

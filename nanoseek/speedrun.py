@@ -156,12 +156,13 @@ class Speedrun:
             raise ValueError(f"{self.out} holds a speedrun with another plan: use a new --out, or the same --preset")
         self.record["_plan"] = asdict(plan)
 
-    def run(self) -> dict[str, Any]:
+    def run(self, stages: tuple[str, ...] | list[str] = tuple(STAGES)) -> dict[str, Any]:
+        """Run `stages` in order (default: all), skipping those recorded as done."""
         if self.plan.threads:
             import torch
 
             torch.set_num_threads(self.plan.threads)  # every stage, also one resumed after the training stages
-        for name in STAGES:
+        for name in stages:
             if name in self.record:
                 print(f"[{name}] done earlier ({self.record[name].get('seconds', 0):.0f}s): skipped", flush=True)
                 continue
@@ -378,34 +379,36 @@ class Speedrun:
         }
 
     def stage_eval(self) -> dict[str, Any]:
+        stages = ("base", "sft", "rl", "student")
+        return {stage: self.score(self.record[stage]["checkpoint"], stage) for stage in stages}
+
+    def score(self, checkpoint: str, name: str) -> dict[str, Any]:
+        """Greedy held-out pass@1 of a checkpoint on the speedrun's held-out problems (seed 0 whatever --seed is, so
+        seeds compare), and on the same problems in phrasings no training prompt used."""
         from nanoseek.engine import Engine
         from nanoseek.eval import evaluate, load_examples
         from nanoseek.model.sizes import parameter_counts
         from nanoseek.tasks import get_task
 
-        # seed 0 whatever --seed is: every seed is scored on the same held-out problems
         examples = load_examples(self.plan.task, self.plan.eval_problems, "test", seed=0)
         task = get_task(examples[0].task)
-        unseen = [task.paraphrase(ex) for ex in examples] if task.unseen_prompts else []
-        results = {}
-        for stage in ("base", "sft", "rl", "student"):
-            engine = Engine.from_pretrained(self.record[stage]["checkpoint"], device=self.plan.device)
-            (row,) = evaluate(engine, examples, max_tokens=self.plan.max_tokens)
-            counts = parameter_counts(engine.model.config)
-            results[stage] = {
-                "pass1": row.pass1_greedy,
-                "mean_length": row.mean_length,
-                "format_rate": row.format_rate,
-                "active_params": counts.active,
-                "total_params": counts.total,
-            }
-            line = f"  {stage}: pass@1 {row.pass1_greedy:.3f}, mean length {row.mean_length:.0f} tokens"
-            if unseen:
-                (row,) = evaluate(engine, unseen, max_tokens=self.plan.max_tokens)
-                results[stage]["pass1_unseen_phrasing"] = row.pass1_greedy
-                line += f"; unseen phrasings {row.pass1_greedy:.3f}"
-            print(line, flush=True)
-        return results
+        engine = Engine.from_pretrained(checkpoint, device=self.plan.device)
+        (row,) = evaluate(engine, examples, max_tokens=self.plan.max_tokens)
+        counts = parameter_counts(engine.model.config)
+        result = {
+            "pass1": row.pass1_greedy,
+            "mean_length": row.mean_length,
+            "format_rate": row.format_rate,
+            "active_params": counts.active,
+            "total_params": counts.total,
+        }
+        line = f"  {name}: pass@1 {row.pass1_greedy:.3f}, mean length {row.mean_length:.0f} tokens"
+        if task.unseen_prompts:
+            (row,) = evaluate(engine, [task.paraphrase(ex) for ex in examples], max_tokens=self.plan.max_tokens)
+            result["pass1_unseen_phrasing"] = row.pass1_greedy
+            line += f"; unseen phrasings {row.pass1_greedy:.3f}"
+        print(line, flush=True)
+        return result
 
     def stage_report(self) -> dict[str, Any]:
         from nanoseek.speedrun_report import write_report
