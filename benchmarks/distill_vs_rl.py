@@ -63,10 +63,10 @@ def active_params(model: Path) -> int:
 
 def direct_only_student(run: Path, plan: dict, task: str, work: Path) -> Path:
     """The speedrun's student base, pretrained the same way on the same problems with direct answers only."""
-    from nanoseek.tasks import get_task
+    from nanoseek.eval import load_examples
     from nanoseek.tasks.corpus import solution_documents
 
-    examples = get_task(task.partition(":")[0]).generate(plan["corpus_problems"], "train", seed=1)
+    examples = load_examples(task, plan["corpus_problems"], "train", seed=1, at_most=True)
     corpus = work / "direct.jsonl"
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in solution_documents(examples, 0.0)))
     out = work / "student_direct"

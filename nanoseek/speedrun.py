@@ -1,8 +1,9 @@
 """`nanoseek speedrun`: the DeepSeek story in one command, on a laptop.
 
-The default task is two-digit multiplication, chosen by measurement: a model of the speedrun's size cannot learn
-to answer it directly (held-out pass@1 stays near zero), but it can learn the worked form (partial products,
-then a column-by-column sum). So reasoning is necessary, not decoration, on every CPU and seed.
+The default task is two-digit multiplication without round numbers (no factor is a multiple of 10), chosen by
+measurement: a model of the speedrun's size cannot learn to answer it directly (held-out pass@1 a few percent),
+but it can learn the worked form (partial products, then a column-by-column sum). So reasoning is necessary, not
+decoration, on every CPU and seed.
 
 tokenizer -> MoE + MLA pretraining with MTP on problems answered mostly directly and sometimes worked (base: it
 rarely reasons, as DeepSeek-V3-Base rarely wrote long chains of thought) -> a concise chat SFT beside the RL path
@@ -43,9 +44,11 @@ from nanoseek.train.state import atomic_write_text
 class Plan:
     """Sizes of every stage. `cpu` finishes in under 20 minutes on 2 cores."""
 
-    task: str = "multiplication"  # 2-digit x 2-digit: unlearnable directly at this size, learnable worked
+    # 2-digit x 2-digit, no factor a multiple of 10: unlearnable directly at this size, learnable worked. With round
+    # factors (47 * 30: a one-digit product in disguise) a direct-answers-only base reached 5-14.5% held-out.
+    task: str = "multiplication:round_numbers=0"
     seed: int = 0  # every stage's randomness; the held-out problems do not depend on it
-    corpus_problems: int = 3600  # capped by the task's training split (~3,690 of the 4,095 two-digit products)
+    corpus_problems: int = 3600  # capped by the task's training split (3,007 of the 3,321 products)
     # Base corpus: every problem answered directly, a quarter of them also worked (a fifth of the documents): a
     # base that rarely reasons, as DeepSeek-V3-Base rarely wrote long chains of thought.
     worked_fraction: float = 0.25
@@ -73,12 +76,12 @@ class Plan:
     rl_group: int = 8
     rl_lr: float = 1e-4
     max_tokens: int = 192  # a worked two-digit product is ~170 tokens
-    # Distillation, measured on seed 2's teacher (0.870 held-out) at 1 thread: the student learns the 810 one-digit
-    # partial products from the traces, so it needs many distinct problems and many steps. 2,000 problems x 2
+    # Distillation, measured with round factors on seed 2's teacher (0.870 held-out) at 1 thread: the student learns
+    # the one-digit partial products from the traces, so it needs many distinct problems and many steps. 2,000 x 2
     # samples (~1,850 traces), 900 steps: 0.575 (66%); 3,600 x 1 (3,200 traces): 900 steps 0.665, 1,200 0.715,
     # 1,500 0.810, 2,000 0.905 (104%); seed 1's teacher (0.630) at 1,500 steps: 0.745. Fewer student_base steps
     # cost more than they save (1,500 steps after 400: 0.730; after none: 0.635).
-    distill_problems: int = 3600  # nearly all of the task's ~3,710 training problems
+    distill_problems: int = 3000  # nearly all of the task's 3,007 training problems
     distill_samples: int = 1  # one verified trace is kept per problem anyway: a second sample bought ~10% more
     student_preset: str = "tiny-student"
     student_base_steps: int = 1000  # the student is pretrained on the same corpus first, as R1-Distill's were
@@ -179,12 +182,12 @@ class Speedrun:
 
     # ---- stages ----
     def stage_data(self) -> dict[str, Any]:
-        from nanoseek.tasks import get_task
+        from nanoseek.eval import load_examples
         from nanoseek.tasks.corpus import solution_documents
 
         data = self.out / "data"
         data.mkdir(exist_ok=True)
-        examples = get_task(self.plan.task).generate(self.plan.corpus_problems, "train", self._seed(1), at_most=True)
+        examples = load_examples(self.plan.task, self.plan.corpus_problems, "train", self._seed(1), at_most=True)
         docs = solution_documents(examples, self.plan.worked_fraction, seed=self._seed(1), direct_for_all=True)
         _write_jsonl(data / "corpus.jsonl", [{"text": d} for d in docs])
         return {"corpus": str(data / "corpus.jsonl"), "documents": len(docs)}
@@ -227,16 +230,18 @@ class Speedrun:
         report measures RL's gain against the better of base and sft. (SFT in the corpus's own mix, 20% reasoned,
         flipped the greedy model to reasoning on most problems, 0.49-0.53 pass@1: measured, so it is not the RL
         start, where it would hide what RL finds.)"""
+        from nanoseek.eval import load_examples
         from nanoseek.tasks import get_task
         from nanoseek.train.grpo import trace_messages
         from nanoseek.train.optim import OptimConfig
         from nanoseek.train.trainer import TrainConfig
 
         p = self.plan
-        task = get_task(p.task)
+        examples = load_examples(p.task, p.sft_traces, "train", seed=self._seed(2))
+        task = get_task(examples[0].task)
         rng = random.Random(self._seed(2))
         traces = []
-        for ex in task.generate(p.sft_traces, "train", seed=self._seed(2)):  # the corpus's mix, as in stage_data
+        for ex in examples:  # the corpus's mix, as in stage_data
             styles = ["direct", "worked"] if rng.random() < p.sft_worked_fraction else ["direct"]
             traces += [{"messages": trace_messages(ex, task.solution(ex, style))} for style in styles]
         rng.shuffle(traces)
@@ -561,7 +566,7 @@ def speedrun_args(p: argparse.ArgumentParser) -> None:
         default="cpu",
         help="cpu: 2 cores, <20 min; cpu-large: a workstation; gpu: one GPU; multi-gpu: torchrun on a node",
     )
-    p.add_argument("--task", help="the task to learn (default: the plan's, multiplication; see nanoseek.tasks.TASKS)")
+    p.add_argument("--task", help="task spec, e.g. addition:digits=4 (default: the plan's; see nanoseek.tasks.TASKS)")
     p.add_argument("--threads", type=int, help="CPU threads")
     p.add_argument("--device", help="where every stage runs: cpu, cuda, cuda:1 (default: a GPU if any, else the CPU)")
     p.add_argument("--seed", type=int, default=0, help="every stage's randomness (held-out problems stay fixed)")
@@ -576,9 +581,9 @@ def speedrun_main(args: argparse.Namespace) -> int:
         resolve_device(args.device)  # a missing GPU is refused before the first stage
         plan.device = args.device
     if args.task:
-        from nanoseek.tasks import get_task
+        from nanoseek.eval import load_examples
 
-        get_task(args.task)  # an unknown name fails here, listing the known ones
+        load_examples(args.task, 1, "train")  # an unknown name or option fails here, listing the known ones
         plan.task = args.task
     record = Speedrun(args.out, plan, progress=not args.no_progress).run()
     print(f"\nreport: {Path(args.out) / 'report.md'}   ({record.get('_wall', 0) / 60:.1f} minutes of stages)")

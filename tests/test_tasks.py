@@ -525,6 +525,25 @@ def test_at_most_returns_the_whole_split_instead_of_failing():
     assert 3000 < len(pool) < 4095 and len({task.canonical(ex) for ex in pool}) == len(pool)
 
 
+def test_multiplication_without_round_numbers_draws_no_multiple_of_ten():
+    """The speedrun's task: with round_numbers=0 no operand ends in 0, the space shrinks to 81 of the 90 two-digit
+    numbers (3,321 unordered pairs), and a problem keeps its split (the split hashes the problem, not the options)."""
+    from nanoseek.eval.evaluate import load_examples
+
+    task = get_task("multiplication")
+    pool = load_examples("multiplication:round_numbers=0", 5000, "train", at_most=True)
+    test = load_examples("multiplication:round_numbers=0", 5000, "test", at_most=True)
+    assert all(ex.data["a"] % 10 and ex.data["b"] % 10 for ex in pool + test)
+    assert len(pool) + len(test) == 81 * 82 // 2
+    every = task.generate(5000, "test", at_most=True)  # with round numbers
+    assert {task.canonical(ex) for ex in test} == {
+        task.canonical(ex) for ex in every if ex.data["a"] % 10 and ex.data["b"] % 10
+    }
+    assert any(ex.data["a"] % 10 == 0 for ex in every)
+    with pytest.raises(ValueError, match="round_numbers must be in"):
+        task.generate(5, round_numbers=2)
+
+
 def _word_problems(path, n):
     return write_jsonl(
         path,

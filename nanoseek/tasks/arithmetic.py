@@ -37,13 +37,17 @@ _UNSEEN_MULTIPLICATION_PROMPTS = (
 )
 
 
-def _operand(rng: random.Random, digits: int) -> int:
-    """A number with exactly `digits` digits (0-9 for one digit)."""
-    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+def _operand(rng: random.Random, digits: int, round_numbers: int = 1) -> int:
+    """A number with exactly `digits` digits (0-9 for one digit); `round_numbers=0`: never a multiple of 10."""
+    while True:
+        value = rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+        if round_numbers or value % 10:
+            return value
 
 
-def _operand_count(digits: int) -> int:
-    return 10 if digits == 1 else 9 * 10 ** (digits - 1)
+def _operand_count(digits: int, round_numbers: int = 1) -> int:
+    count = 10 if digits == 1 else 9 * 10 ** (digits - 1)
+    return count if round_numbers else count * 9 // 10
 
 
 def addition_steps(a: int, b: int) -> list[str]:
@@ -69,15 +73,16 @@ class _CommutativeTask(Task):
     prompts: ClassVar[tuple[str, ...]]
     max_digits: ClassVar[int]
 
-    def _check_options(self, digits: int) -> None:
+    def _check_options(self, digits: int, round_numbers: int = 1) -> None:
         check_range(self.name, "digits", digits, 1, self.max_digits)
+        check_range(self.name, "round_numbers", round_numbers, 0, 1)
 
-    def _space_size(self, digits: int) -> int:
-        count = _operand_count(digits)
+    def _space_size(self, digits: int, round_numbers: int = 1) -> int:
+        count = _operand_count(digits, round_numbers)
         return count * (count + 1) // 2  # unordered pairs
 
-    def _draw(self, rng: random.Random, digits: int) -> dict:
-        return {"a": _operand(rng, digits), "b": _operand(rng, digits)}
+    def _draw(self, rng: random.Random, digits: int, round_numbers: int = 1) -> dict:
+        return {"a": _operand(rng, digits, round_numbers), "b": _operand(rng, digits, round_numbers)}
 
     def _content(self, data: dict) -> str:
         return f"{data['a']}{self.symbol}{data['b']}"
@@ -108,7 +113,9 @@ class AdditionTask(_CommutativeTask):
 
 class MultiplicationTask(_CommutativeTask):
     name = "multiplication"
-    defaults: ClassVar[dict[str, Any]] = {"digits": 2}
+    # round_numbers=0: no operand is a multiple of 10. 47 * 30 is a one-digit product in disguise, and such
+    # problems were most of what a model trained on direct answers only got right (see the speedrun's task).
+    defaults: ClassVar[dict[str, Any]] = {"digits": 2, "round_numbers": 1}
     symbol, prompts, max_digits = "*", _MULTIPLICATION_PROMPTS, 20
     unseen_prompts = _UNSEEN_MULTIPLICATION_PROMPTS
 
