@@ -165,6 +165,16 @@ def test_seed_changes_the_data_and_every_training_stage(tmp_path):
     assert len({runs[0]._seed(k) for k in range(7)} | {runs[1]._seed(k) for k in range(7)}) == 14
 
 
+def test_the_plans_task_is_a_spec_whose_options_reach_the_corpus(tmp_path):
+    """`task` is a spec like the default multiplication:round_numbers=0: its options must shape the data, not just
+    its name (one-digit sums have 55 problems in all, so MINI's 300 cannot be drawn)."""
+    run = Speedrun(tmp_path, replace(MINI, task="addition:digits=1"), progress=False)
+    data = run.stage_data()
+    problems = [json.loads(line)["text"] for line in (tmp_path / "data" / "corpus.jsonl").read_text().splitlines()]
+    assert data["documents"] == len(problems) and 0 < len(problems) < 2 * 55
+    assert all("+" in text or "plus" in text or "sum" in text.lower() or "Add" in text for text in problems)
+
+
 def test_the_report_fails_a_claim_the_numbers_do_not_support():
     from nanoseek.speedrun_report import check_claims
 
