@@ -1,9 +1,8 @@
 """`nanoseek speedrun`: the DeepSeek story in one command, on a laptop.
 
-The default task is two-digit multiplication without round numbers (no factor is a multiple of 10), chosen by
-measurement: a model of the speedrun's size cannot learn to answer it directly (held-out pass@1 a few percent),
-but it can learn the worked form (partial products, then a column-by-column sum). So reasoning is necessary, not
-decoration, on every CPU and seed.
+The default task is two-digit multiplication without round factors, chosen by measurement: a model of the speedrun's
+size cannot learn to answer it directly (held-out pass@1 1.5-2.5%), but it can learn the worked form (partial
+products, then a column-by-column sum). So reasoning is necessary, not decoration, on every CPU and seed.
 
 tokenizer -> MoE + MLA pretraining with MTP on problems answered mostly directly and sometimes worked (base: it
 rarely reasons, as DeepSeek-V3-Base rarely wrote long chains of thought) -> a concise chat SFT beside the RL path
@@ -32,118 +31,13 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from nanoseek.runtime import resolve_device
+from nanoseek.speedrun_plan import PLANS, Plan
 from nanoseek.train.state import atomic_write_text
-
-
-@dataclass
-class Plan:
-    """Sizes of every stage. `cpu` finishes in under 20 minutes on 2 cores."""
-
-    # 2-digit x 2-digit, no factor a multiple of 10: unlearnable directly at this size, learnable worked. With round
-    # factors (47 * 30: a one-digit product in disguise) a direct-answers-only base reached 5-14.5% held-out.
-    task: str = "multiplication:round_numbers=0"
-    seed: int = 0  # every stage's randomness; the held-out problems do not depend on it
-    corpus_problems: int = 3600  # capped by the task's training split (3,007 of the 3,321 products)
-    # Base corpus: every problem answered directly, a quarter of them also worked (a fifth of the documents): a
-    # base that rarely reasons, as DeepSeek-V3-Base rarely wrote long chains of thought.
-    worked_fraction: float = 0.25
-    vocab_size: int = 512
-    teacher_preset: str = "tiny"
-    base_steps: int = 1000
-    # Rows per step of every pretraining and SFT stage. 12, not 16: a step of these tiny models costs about its
-    # tokens, and 12 rows gave the same RL result in 3/4 of the time (seed 1, 1 thread: RL 0.78 vs 0.64 held-out
-    # on 100 problems); 8 rows fell to 0.41, and fewer base steps cost more (600 steps: 0.30, 500: 0.15).
-    batch_size: int = 12
-    seq_len: int = 256
-    # Muon (as Moonlight trained DeepSeek-V3's architecture) for every pretraining and distillation stage: with
-    # AdamW the tiny teacher executes the worked product on 12.5% of held-out problems after 1,000 steps, with
-    # Muon on 94.5% (measured on a worked-only corpus); RL keeps AdamW at a small lr.
-    optimizer: str = "muon"
-    base_lr: float = 3e-3
-    mtp_weight: float = 0.3  # DeepSeek-V3's lambda; the base's MTP head drafts for speculative decoding
-    sft_traces: int = 300
-    sft_steps: int = 40
-    sft_worked_fraction: float = 0.0  # a concise chat model (a side row: RL starts from the base)
-    # held-out pass@1 plateaus by step 5-10 (six runs of 20 steps, 100 problems: 0.50-0.76 at step 10, 0.59-0.75 at
-    # 15, 0.58-0.78 at 20), and the later steps are the dearest (responses are 160 tokens long by then)
-    rl_steps: int = 15
-    rl_prompts: int = 16
-    rl_group: int = 8
-    rl_lr: float = 1e-4
-    max_tokens: int = 192  # a worked two-digit product is ~170 tokens
-    # Distillation, measured with round factors on seed 2's teacher (0.870 held-out) at 1 thread: the student learns
-    # the one-digit partial products from the traces, so it needs many distinct problems and many steps. 2,000 x 2
-    # samples (~1,850 traces), 900 steps: 0.575 (66%); 3,600 x 1 (3,200 traces): 900 steps 0.665, 1,200 0.715,
-    # 1,500 0.810, 2,000 0.905 (104%); seed 1's teacher (0.630) at 1,500 steps: 0.745. Fewer student_base steps
-    # cost more than they save (1,500 steps after 400: 0.730; after none: 0.635).
-    distill_problems: int = 3000  # nearly all of the task's 3,007 training problems
-    distill_samples: int = 1  # one verified trace is kept per problem anyway: a second sample bought ~10% more
-    student_preset: str = "tiny-student"
-    student_base_steps: int = 1000  # the student is pretrained on the same corpus first, as R1-Distill's were
-    student_steps: int = 2000
-    student_lr: float = 3e-3
-    eval_problems: int = 200
-    threads: int | None = None
-    device: str | None = None  # every stage's model, cache and training: cpu, cuda, cuda:1 (default: a GPU if any)
-    torchrun: int = 0  # processes per node for the training stages (0: in-process)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-PLANS: dict[str, Plan] = {
-    "cpu": Plan(),
-    # a workstation CPU (16+ cores): a bigger teacher, longer stages
-    "cpu-large": Plan(
-        corpus_problems=60000,
-        teacher_preset="bench-18m",
-        base_steps=2000,
-        batch_size=32,
-        rl_steps=80,
-        rl_prompts=32,
-        distill_problems=2000,
-        student_preset="tiny",
-        student_base_steps=1500,
-        student_steps=800,
-        eval_problems=500,
-    ),
-    # one GPU: the same recipe at bench-18m scale, many more steps
-    "gpu": Plan(
-        corpus_problems=200000,
-        teacher_preset="bench-18m",
-        base_steps=4000,
-        batch_size=64,
-        seq_len=512,
-        rl_steps=200,
-        rl_prompts=64,
-        rl_group=16,
-        distill_problems=5000,
-        student_preset="tiny",
-        student_base_steps=3000,
-        student_steps=2000,
-        eval_problems=1000,
-    ),
-    # one node of GPUs under torchrun for the training stages
-    "multi-gpu": Plan(
-        corpus_problems=500000,
-        teacher_preset="bench-300m",
-        base_steps=6000,
-        batch_size=32,
-        seq_len=512,
-        rl_steps=300,
-        rl_prompts=64,
-        rl_group=16,
-        distill_problems=10000,
-        student_preset="bench-18m",
-        student_base_steps=4000,
-        student_steps=3000,
-        eval_problems=1000,
-        torchrun=8,
-    ),
-}
 
 STAGES = ["data", "tokenizer", "base", "sft", "rl", "student", "eval", "report"]
 
@@ -161,6 +55,7 @@ class Speedrun:
 
     def run(self, stages: tuple[str, ...] | list[str] = tuple(STAGES)) -> dict[str, Any]:
         """Run `stages` in order (default: all), skipping those recorded as done."""
+        self._check_task_has_enough_problems()
         if self.plan.threads:
             import torch
 
@@ -179,6 +74,19 @@ class Speedrun:
             atomic_write_text(self.record_file, json.dumps(self.record, indent=2) + "\n")
             print(f"[{name}] finished in {result['seconds']:.0f}s", flush=True)
         return self.record
+
+    def _check_task_has_enough_problems(self) -> None:
+        """Refuse a task too small for the plan now, not at the distill or eval stage after the training stages."""
+        from nanoseek.eval import load_examples
+
+        p = self.plan
+        try:
+            load_examples(p.task, max(p.sft_traces, p.distill_problems), "train")
+            load_examples(p.task, p.eval_problems, "test")
+        except ValueError as e:  # name the plan's fields: the task's own message knows only the count
+            raise ValueError(
+                f"the plan does not fit its task: {e} (sft_traces, distill_problems, eval_problems)"
+            ) from None
 
     # ---- stages ----
     def stage_data(self) -> dict[str, Any]:
@@ -574,17 +482,13 @@ def speedrun_args(p: argparse.ArgumentParser) -> None:
 
 
 def speedrun_main(args: argparse.Namespace) -> int:
-    plan = dataclasses.replace(PLANS[args.preset], seed=args.seed)
-    if args.threads:
-        plan.threads = args.threads
+    preset = PLANS[args.preset]  # a bad --task (name, option, too few problems) is refused before the first stage
+    plan = dataclasses.replace(
+        preset, seed=args.seed, task=args.task or preset.task, threads=args.threads or preset.threads
+    )
     if args.device:
         resolve_device(args.device)  # a missing GPU is refused before the first stage
         plan.device = args.device
-    if args.task:
-        from nanoseek.eval import load_examples
-
-        load_examples(args.task, 1, "train")  # an unknown name or option fails here, listing the known ones
-        plan.task = args.task
     record = Speedrun(args.out, plan, progress=not args.no_progress).run()
     print(f"\nreport: {Path(args.out) / 'report.md'}   ({record.get('_wall', 0) / 60:.1f} minutes of stages)")
     return 0

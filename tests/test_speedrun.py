@@ -175,6 +175,16 @@ def test_the_plans_task_is_a_spec_whose_options_reach_the_corpus(tmp_path):
     assert all("+" in text or "plus" in text or "sum" in text.lower() or "Add" in text for text in problems)
 
 
+def test_every_preset_fits_its_task_and_a_plan_that_does_not_is_refused_before_training(tmp_path):
+    from nanoseek.speedrun import PLANS
+
+    for name, plan in PLANS.items():
+        Speedrun(tmp_path / name, plan, progress=False)._check_task_has_enough_problems()
+    with pytest.raises(ValueError, match="eval_problems"):
+        Speedrun(tmp_path / "too_many", replace(MINI, eval_problems=1000), progress=False).run()
+    assert not (tmp_path / "too_many" / "data").exists()  # refused before the first stage, not at eval
+
+
 def test_the_report_fails_a_claim_the_numbers_do_not_support():
     from nanoseek.speedrun_report import check_claims
 
