@@ -30,11 +30,11 @@ warnings.filterwarnings("ignore")
 
 def base_model(work: Path, task: str, steps: int) -> Path:
     """A tiny model pretrained on the task's worked and direct solutions (what RL starts from)."""
-    from nanoseek.tasks import get_task
+    from nanoseek.eval.evaluate import load_examples
     from nanoseek.tasks.corpus import solution_documents
     from nanoseek.tokenizer import Tokenizer
 
-    docs = solution_documents(get_task(task).generate(20000, seed=1), 0.5, seed=1)
+    docs = solution_documents(load_examples(task, 20000, "train", seed=1, at_most=True), 0.5, seed=1)
     (work / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     Tokenizer.train([work / "corpus.jsonl"], 512).save_pretrained(work / "tok")
     subprocess.run(
@@ -66,8 +66,8 @@ def base_model(work: Path, task: str, steps: int) -> Path:
     return work / "base" / "model"
 
 
-def nanoseek_speed(model: Path, work: Path, args) -> float:
-    out = work / "nanoseek-rl"
+def nanoseek_speed(model: Path, work: Path, args, compile: bool = False) -> float:
+    out = work / ("nanoseek-rl-compiled" if compile else "nanoseek-rl")
     subprocess.run(
         [
             sys.executable,
@@ -95,6 +95,7 @@ def nanoseek_speed(model: Path, work: Path, args) -> float:
             "--save-every",
             "100000",
             "--no-progress",
+            *(["--compile"] if compile else []),
         ],
         check=True,
         capture_output=True,
@@ -109,12 +110,13 @@ def trl_speed(model: Path, args) -> float:
     import transformers
     from trl import GRPOConfig, GRPOTrainer
 
-    from nanoseek.eval.evaluate import response
-    from nanoseek.tasks import get_task, reward
+    from nanoseek.eval.evaluate import load_examples, response
+    from nanoseek.tasks import reward
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(model)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    examples = get_task(args.task).generate(args.prompts * (args.warmup + args.steps), seed=5)
+    # a task spec ("multiplication:round_numbers=0"), read as `nanoseek rl --tasks` reads it
+    examples = load_examples(args.task, args.prompts * (args.warmup + args.steps), "train", seed=5)
     by_prompt = {}
     rows = []
     for ex in examples:
@@ -185,6 +187,11 @@ def main() -> None:
         action="store_true",
         help="leave TRL's gradient checkpointing on (GRPOConfig's default; off by default here)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time nanoseek rl --compile (rollouts on the compiled decode step, compiled before the timed steps)",
+    )
     args = parser.parse_args()
     plan = speedrun_plan(args.model)
     args.task = args.task or plan.get("task", "addition")
@@ -192,15 +199,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = args.model or base_model(work, args.task, args.base_steps)
-        ours = nanoseek_speed(model, work, args)
-        print(f"  nanoseek rl: {ours:.1f} samples/s", flush=True)
-        rows = [{"implementation": "nanoseek rl", "samples/s": f"{ours:.1f}"}]
+        ours = {"nanoseek rl": nanoseek_speed(model, work, args)}
+        if args.compile:
+            ours["nanoseek rl --compile"] = nanoseek_speed(model, work, args, compile=True)
+        rows = []
+        for name, speed in ours.items():
+            print(f"  {name}: {speed:.1f} samples/s", flush=True)
+            rows.append({"implementation": name, "samples/s": f"{speed:.1f}"})
         try:
             theirs = trl_speed(model, args)
             print(f"  TRL GRPOTrainer: {theirs:.2f} samples/s", flush=True)
             rows += [
                 {"implementation": "TRL GRPOTrainer (transformers generate)", "samples/s": f"{theirs:.2f}"},
-                {"implementation": "ratio", "samples/s": f"{ours / theirs:.1f}x"},
+                *(
+                    {"implementation": f"ratio, {name}", "samples/s": f"{speed / theirs:.1f}x"}
+                    for name, speed in ours.items()
+                ),
             ]
         except Exception as e:
             rows.append({"implementation": f"TRL failed: {type(e).__name__}: {str(e)[:150]}", "samples/s": "-"})

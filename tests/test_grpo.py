@@ -129,10 +129,59 @@ def test_scored_logprobs_are_the_engines_sampling_distribution(trainer, monkeypa
     original = grpo.policy_loss
     monkeypatch.setattr(grpo, "policy_loss", lambda *args: seen.append(args) or original(*args))
     trainer.optimize(batch)
-    logp, old, ref, _, first_mask, _ = seen[0]  # the first minibatch: the weights that sampled
-    assert first_mask.sum() == mask.sum()  # one minibatch holds the whole batch, in some order
-    for scored in (logp.detach(), old, ref):
-        assert torch.allclose(scored[first_mask].sort().values, expected.sort().values, atol=1e-5)
+    # the first minibatch (the weights that sampled) holds the whole batch, in some order, in micro-batches
+    first, tokens = [], 0
+    while tokens < mask.sum():
+        logp, old, ref, _, part_mask, *_ = seen[len(first)]
+        first.append([scored[part_mask] for scored in (logp.detach(), old, ref)])
+        tokens += part_mask.sum()
+    assert tokens == mask.sum()
+    for scored in zip(*first):
+        assert torch.allclose(torch.cat(scored).sort().values, expected.sort().values, atol=1e-5)
+
+
+def test_length_chunks_group_rows_of_similar_length():
+    lengths = [30, 190, 32, 31, 185, 29, 192, 33] * 4
+    chunks = grpo.length_chunks(lengths)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))  # every row once
+    assert [sorted({lengths[i] > 100 for i in c}) for c in chunks] == [[False], [True]]  # short apart from long
+    assert grpo.length_chunks([100] * 40) == [list(range(40))]  # nothing to save: one micro-batch
+    assert max(len(c) for c in grpo.length_chunks([100] * 40, max_rows=16)) <= 16
+
+
+@pytest.mark.parametrize("agg", ["token", "sequence", "constant"])
+def test_micro_batches_give_the_gradient_of_one_padded_pass(start, agg):
+    """Rollouts of mixed lengths are scored in micro-batches padded to their own longest row: the gradient, loss and
+    statistics must be those of the whole minibatch padded to its longest row (one loss, not a mean of losses)."""
+    from nanoseek.checkpoint import from_pretrained
+
+    torch.manual_seed(0)
+    model = from_pretrained(start, dtype=torch.float64).train()
+    config = RLConfig(out="u", init_from="u", loss_agg=agg, max_tokens=40, kl_beta=0.1, temperature=0.7)
+    example = get_task("addition").generate(1, seed=0)[0]
+    sizes = [3, 40, 4, 38, 2, 5, 36, 3]
+    batch = [Rollout(example, [5, 6, 7], [8 + (i + j) % 20 for j in range(n)], 0, 0, 0) for i, n in enumerate(sizes)]
+    ids, mask, targets = _pad(batch, pad_id=2)
+    lengths = [3 + n for n in sizes]
+    assert len(grpo.length_chunks(lengths, overhead=4)) > 1  # the micro-batches below really split the batch
+    adv = torch.randn(len(batch), dtype=torch.float64)
+    with torch.no_grad():
+        ref = grpo._token_logprobs(model, ids, targets, config.temperature)[0] - 0.05 * torch.rand(ids.shape)
+        old = grpo._token_logprobs(model, ids, targets, config.temperature)[0] + 0.1 * torch.rand(ids.shape)
+
+    def gradients(**split):
+        model.zero_grad(set_to_none=True)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(grpo, "length_chunks", lambda lengths, *a, **k: original(lengths, overhead=split["overhead"]))
+            stats = grpo._backward(model, ids, targets, mask, adv, lengths, old, ref, config)
+        return stats, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    original = grpo.length_chunks
+    (split_stats, split), (whole_stats, whole) = gradients(overhead=4), gradients(overhead=10**9)
+    assert len(split) == len(whole) > 0
+    for a, b in zip(split, whole):
+        assert torch.allclose(a, b, atol=1e-10, rtol=1e-8)
+    assert split_stats == pytest.approx(whole_stats, rel=1e-6)  # log-probs are taken in float32
 
 
 def _run(out, start, **extra):
@@ -188,3 +237,33 @@ def test_a_short_run_logs_saves_and_resumes_exactly(start, tmp_path):
     a = nanoseek.from_pretrained(tmp_path / "a" / "model").state_dict()
     b = nanoseek.from_pretrained(tmp_path / "b" / "model").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rl_compile_rolls_out_on_the_static_step_warmed_up_before_the_first_step(start, tmp_path, monkeypatch):
+    """--compile: the engine decodes rollouts and evaluations with the static step, whose graphs are built at start-up
+    for every batch bucket a step's rollouts use. ("static" stands in for "compiled": the same graph, uncompiled.)"""
+    from nanoseek.engine import engine as engine_module
+    from nanoseek.engine.step import StaticDecodeStep
+
+    build = engine_module.build_decode_step
+    monkeypatch.setattr(
+        engine_module, "build_decode_step", lambda mode, *a: build(mode.replace("compiled", "static"), *a)
+    )
+    warmed = []
+    monkeypatch.setattr(StaticDecodeStep, "warmup", lambda self, sizes: warmed.append(sizes))
+    config = RLConfig(
+        out=str(tmp_path / "run"),
+        init_from=str(start),
+        tasks=["addition"],
+        prompts_per_step=2,
+        group_size=3,
+        max_tokens=12,
+        eval_problems=4,
+        threads=1,
+        progress=False,
+        compile=True,
+    )
+    trainer = grpo.GRPOTrainer(config)
+    assert warmed == [(1, 2, 4, 8)]  # 6 rollouts a step: buckets up to 8, before any rollout
+    trainer.train_step()
+    assert trainer.engine.stats["static_steps"] > 0
