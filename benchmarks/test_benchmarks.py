@@ -191,7 +191,8 @@ def test_rl_speed_runs_with_trl_gradient_checkpointing_off():
     pytest.importorskip("trl")
     out = _smoke(
         "rl_speed.py",
-        "--base-steps 5 --prompts 2 --group 2 --max-tokens 8 --steps 2 --warmup 1 --task multiplication:round_numbers=0",
+        "--base-steps 5 --prompts 2 --group 2 --max-tokens 8 --steps 2 --warmup 1 "
+        "--task multiplication:round_numbers=0",
     )
     assert "TRL: gradient_checkpointing=False" in out and "gradient checkpointing off" in out, out
     assert "TRL failed" not in out, out
