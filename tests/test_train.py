@@ -305,7 +305,7 @@ def _every_field_changed():
     )  # fmt: skip
     rl = dict(
         out="o", init_from="i", tasks=["countdown:count=3", "addition"], recipe="r1", cold_start_examples=5,
-        cold_start_steps=6, steps=7, prompts_per_step=8, group_size=4, max_tokens=9, temperature=0.7,
+        cold_start_steps=6, steps=7, prompts_per_step=8, group_size=4, max_tokens=9, temperature=0.7, compile=True,
         advantage="dr-grpo", loss_agg="constant", clip_low=0.1, clip_high=0.3, kl_beta=0.01, epochs=2,
         minibatch_size=16, dynamic_sampling=True, format_weight=0.2, optim=rl_optim, grad_clip=0.5, eval_every=3,
         eval_problems=10, save_every=4, keep=1, seed=3, threads=2, time_budget=60.5, resume=True, progress=False,
