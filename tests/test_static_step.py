@@ -236,8 +236,12 @@ def test_int8_decode_step_multiplies_by_the_dequantized_weights(family, monkeypa
     assert _tokens(engine, prompts[:1], params) == expected[:1]
 
 
-def test_compiled_step_equals_the_eager_engine(tmp_path):
-    """The one compiled test: a tiny checkpoint, 2 prompts, so decode steps compile one graph (bucket 2)."""
+def test_compiled_step_equals_the_eager_engine(tmp_path, monkeypatch):
+    """The one compiled test: a tiny checkpoint, 2 prompts, so decode steps compile one graph (bucket 2). Graphs
+    compiled ahead of time are saved to disk, and a later engine loads them instead of compiling: the same tokens."""
+    from nanoseek.engine import graph_cache
+
+    monkeypatch.setattr(graph_cache, "directory", lambda: tmp_path / "graphs")  # nothing from an earlier run
     path = tiny_checkpoint(tmp_path, num_nextn_predict_layers=0)
     model = Engine.from_pretrained(str(path), dtype=torch.float64).model
     prompts = _prompts(model.config.vocab_size, [6, 13])
@@ -255,6 +259,41 @@ def test_compiled_step_equals_the_eager_engine(tmp_path):
     graph, calls = ahead[("decode", 2)], []
     ahead[("decode", 2)] = lambda *args: calls.append(1) or graph(*args)
     assert _tokens(warmed, prompts, params) == eager and len(calls) == warmed.stats["static_steps"] == 7
+    # a later start: both graphs come from disk (no compile), and decode as the eager engine does
+    assert len(list((tmp_path / "graphs").glob("decode-*.bin"))) == 2
+    loaded_graphs, load = [], graph_cache.load
+    monkeypatch.setattr(graph_cache, "load", lambda path: loaded_graphs.append(load(path)) or loaded_graphs[-1])
+    later = Engine.from_pretrained(str(path), dtype=torch.float64, decode_step="compiled")
+    later.fast.warmup((1, 2))
+    assert len(loaded_graphs) == 2 and all(g is not None for g in loaded_graphs)
+    assert _tokens(later, prompts, params) == eager and later.stats["static_steps"] == 7
+
+
+def test_a_saved_graph_is_named_by_everything_it_was_traced_with():
+    """A loaded graph runs unguarded, so any change in what it was traced with must give another file."""
+    from nanoseek.engine.graph_cache import graph_path
+
+    identity = ("StaticDecodeStep", "config", "torch.float32", "cpu", (), True)
+    pools = [torch.zeros(1, 9, 16, 48)]
+    args = (torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), torch.zeros(2, 16), pools)
+    base = graph_path(identity, "decode", 2, args, 2)
+    longer_table = (*args[:2], torch.zeros(2, 48), pools)  # the block table's length is a runtime value
+    assert graph_path(identity, "decode", 2, longer_table, 2) == base
+    bigger_cache = (*args[:3], [torch.zeros(1, 17, 16, 48)])
+    others = [
+        graph_path(identity, "decode", 2, bigger_cache, 2),
+        graph_path(identity, "verify", 2, args, 2),
+        graph_path(identity, "decode", 4, args, 2),
+        graph_path((*identity[:-1], False), "decode", 2, args, 2),
+        graph_path(("StaticDecodeStep", "other config", *identity[2:]), "decode", 2, args, 2),
+    ]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)  # inductor bakes the thread count into the C++
+        others.append(graph_path(identity, "decode", 2, args, 2))
+    finally:
+        torch.set_num_threads(threads)
+    assert len({base, *others}) == len(others) + 1
 
 
 def test_compiled_int8_step_equals_the_static_one(monkeypatch):

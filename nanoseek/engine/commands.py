@@ -34,7 +34,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_engine(args: argparse.Namespace, warm_sequences: int = 0):
-    """The engine the flags describe. warm_sequences: with --compile, compile (or load from inductor's disk cache)
+    """The engine the flags describe. warm_sequences: with --compile, compile (or load from disk)
     the decode step's graphs for up to this many sequences now, with a progress line each, so no request waits on a
     compile (a server: --max-running; a chat: 1)."""
     import torch

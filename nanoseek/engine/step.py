@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.stateless import _reparametrize_module  # functional_call's swap, without its per-call checks
 
+from nanoseek.engine import graph_cache
 from nanoseek.engine.packed import PackedWeights
 from nanoseek.engine.quant import Int8Experts, Int8Linear
 from nanoseek.model.indexer import index_scores, top_k_indices
@@ -200,6 +201,9 @@ class StaticDecodeStep:
         self._signature = (repr(model.config), str(next(model.parameters()).dtype), str(self.device))
         for module in _int8_modules(model):
             module.unpack()  # the int8 weights as plain tensors (buffers): the graph reads those
+        # what names this step's graphs on disk (graph_cache.py), beside the inputs' shapes
+        int8 = tuple(type(m).__name__ for m in _int8_modules(model))
+        self._graph_identity = (type(self).__name__, *self._signature, int8, undecodable is None)
         self.experts = self._transposed_experts() if compiled else [None] * len(self.graph_layers)
         # per layer: routed experts small enough to stay in the CPU's caches (always gathered: GATHER_ALWAYS_BYTES)
         self.small_experts = [c is not None and c[0].nbytes + c[1].nbytes <= GATHER_ALWAYS_BYTES for c in self.experts]
@@ -263,7 +267,7 @@ class StaticDecodeStep:
 
     @torch.inference_mode()
     def warmup(self, sizes: tuple[int, ...] = BATCH_BUCKETS) -> None:
-        """Compile (or load from inductor's disk cache) the graphs of these batch buckets now, e.g. before a server
+        """Compile (or load from disk: graph_cache.py) the graphs of these batch buckets now, e.g. before a server
         takes traffic, rather than at the first step of each size. Writes only into block 0, which nobody owns.
 
         On CPU a warmed-up step compiles its graphs ahead of time (`aot_compile`) and calls them without dynamo: no
@@ -338,7 +342,7 @@ class StaticDecodeStep:
         if first:
             print(
                 f"[nanoseek] compiling the {graph} step for batch bucket {size} (about a minute the first time, "
-                "seconds on later starts: inductor caches it on disk)...",
+                "seconds on later starts: kept on disk)...",
                 file=sys.stderr,
                 flush=True,
             )
@@ -364,16 +368,21 @@ class StaticDecodeStep:
         return out
 
     def _ahead_of_time(self, fn, graph: str, size: int, args: tuple):
-        """This bucket's graph compiled ahead of time (see `warmup`), or None where torch cannot (logged once)."""
-        try:
-            with torch._dynamo.config.patch(automatic_dynamic_shapes=False), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*grad attribute of a Tensor that is not a leaf")
-                compiled = fn.aot_compile((args, {}))  # torch's precompile API (experimental in 2.13)
-            compiled.disable_guard_check()
-        except Exception as error:  # the dynamo path still works: use it
-            logging.getLogger("nanoseek.engine").warning("decode step: no ahead-of-time graph (%s)", error)
-            self._compile_ahead = False
-            return None
+        """This bucket's graph compiled ahead of time (see `warmup`): loaded from disk where an earlier start saved it
+        (graph_cache.py), else compiled and saved; None where torch cannot compile it ahead (logged once)."""
+        path = graph_cache.graph_path(self._graph_identity, graph, size, args, 2 if graph == "decode" else 3)
+        compiled = graph_cache.load(path)
+        if compiled is None:
+            try:
+                with torch._dynamo.config.patch(automatic_dynamic_shapes=False), warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*grad attribute of a Tensor that is not a leaf")
+                    compiled = fn.aot_compile((args, {}))  # torch's precompile API (experimental in 2.13)
+                compiled.disable_guard_check()
+            except Exception as error:  # the dynamo path still works: use it
+                logging.getLogger("nanoseek.engine").warning("decode step: no ahead-of-time graph (%s)", error)
+                self._compile_ahead = False
+                return None
+            graph_cache.save(compiled, path)
         _AHEAD[self][(graph, size)] = compiled
         return compiled
 

@@ -31,6 +31,16 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def float32_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T in float32 whatever the run dtype (routing decisions), also under autocast. The autocast
+    switch is entered only when autocast is on: a compiled graph holding it (even disabled) cannot be cached by
+    torch (the AOTAutograd cache refuses `_enter_autocast` nodes), and every start recompiled each decode graph."""
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.float(), weight.float())
+    return F.linear(x.float(), weight.float())
+
+
 class Router(nn.Module):
     """Chooses each token's experts and their weights, in float32 whatever the run dtype.
 
@@ -57,8 +67,7 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [T, hidden] -> (weights [T, k] float32, expert ids [T, k], affinities [T, E])."""
-        with torch.autocast(x.device.type, enabled=False):  # routing decisions in float32 whatever the run dtype
-            logits = F.linear(x.float(), self.weight.float())
+        logits = float32_logits(x, self.weight)
         if self.softmax:
             scores = choice = logits.softmax(dim=-1)
             if self.group_limited:  # keep the topk_group groups holding the best experts

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoseek.config import ModelConfig
-from nanoseek.model.moe import MLP, Experts, MoE, Router
+from nanoseek.model.moe import MLP, Experts, MoE, Router, float32_logits
 
 
 def clipped_swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float) -> torch.Tensor:
@@ -64,8 +64,7 @@ class V4Router(Router):
         self, x: torch.Tensor, token_ids: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [T, hidden], token_ids [T] (hash layers) -> (weights [T, k] float32, expert ids [T, k], scores [T, E])."""
-        with torch.autocast(x.device.type, enabled=False):
-            logits = F.linear(x.float(), self.weight.float())
+        logits = float32_logits(x, self.weight)
         scores = F.softplus(logits).sqrt() if self.sqrt_softplus else logits.sigmoid()
         if self.hashed:
             if token_ids is None:

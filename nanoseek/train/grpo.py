@@ -81,7 +81,7 @@ class RLConfig:
     compile: bool = arg(
         False,
         "roll out and evaluate with the compiled decode step: its graphs (one per batch bucket up to 32) compile at "
-        "start-up, 10-60 s each (less from inductor's disk cache), then each decode step is cheaper: for long runs",
+        "start-up (10-60 s each the first time, about a second each from disk later), then each step is cheaper",
     )
     advantage: str = arg("grpo", choices=ADVANTAGES)
     loss_agg: str = arg("token", choices=LOSS_AGGREGATIONS)

@@ -1,0 +1,106 @@
+"""Compiled decode graphs kept on disk, so a second start loads them in about a second instead of compiling.
+
+A warmed-up CPU step compiles each batch bucket's graph ahead of time (`aot_compile`, step.py's `warmup`). torch's
+own caches do not help that path: it names each graph with a fresh uuid and turns inductor's FX graph cache off, so
+every start compiled every graph again (13-28 s a bucket for the speedrun's model on a 2-core EPYC, with the cache
+"warm"). torch can serialize such a compiled graph, though (its precompile API, experimental in 2.13): this module
+saves each one under inductor's cache directory and loads it on the next start (~2 s).
+
+A loaded graph runs without guards (as a freshly compiled one does here), so its file name is a hash of everything
+the graph was traced with: the torch version, the CPU's vector instructions and the thread count (inductor bakes both
+into its C++), the source of every module the graph runs, the model's config, dtype and int8 modules, the graph
+(decode or verify) and batch bucket, and the shape, stride and dtype of every input (the cache's pools, the packed
+weights; the block table's length is a runtime value). Weights are inputs, not constants: one file serves every
+checkpoint of a shape. Anything that fails here is logged and the graph is compiled as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+log = logging.getLogger("nanoseek.engine")
+VERSION = 1  # bump when what a file holds changes
+
+# the code a decode graph is traced from: a change to any of it makes new file names
+_TRACED_SOURCES = ("model", "engine/step.py", "engine/speculative_step.py", "engine/packed.py", "engine/quant.py")
+
+
+def enabled() -> bool:
+    return os.environ.get("NANOSEEK_GRAPH_CACHE", "1") != "0"  # 0: compile every start, keep nothing
+
+
+def directory() -> Path:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(cache_dir()) / "nanoseek_graphs"
+
+
+@functools.lru_cache(maxsize=1)
+def _source_hash() -> str:
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for name in _TRACED_SOURCES:
+        path = root / name
+        for file in sorted(path.glob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"T{tuple(value.shape)}{value.stride()}{value.dtype}{value.device}"
+    return repr(value)
+
+
+def graph_path(identity: tuple, graph: str, size: int, args: tuple, tables_index: int) -> Path:
+    """Where a step's graph of this bucket lives on disk (see the module docstring for what names it). identity: the
+    step's class, model config, dtype, device, int8 modules, whether it masks undecodable ids."""
+    leaves, _ = tree_flatten(list(args))
+    tables = args[tables_index]
+    described = [_describe(leaf) for leaf in leaves if leaf is not tables]
+    parts = [
+        VERSION,
+        torch.__version__,
+        torch.backends.cpu.get_cpu_capability(),
+        torch.get_num_threads(),
+        _source_hash(),
+        *identity,
+        graph,
+        size,
+        tables.dtype,
+        *described,
+    ]
+    key = hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+    return directory() / f"{graph}-{size}-{key}.bin"
+
+
+def load(path: Path):
+    """The compiled graph saved at `path`, or None (not there, or unreadable: logged, then compiled afresh)."""
+    if not enabled() or not path.exists():
+        return None
+    try:
+        with open(path, "rb") as f:
+            compiled = torch.compiler.load_compiled_function(f)
+        compiled.disable_guard_check()
+        return compiled
+    except Exception as error:
+        log.warning("decode step: could not load %s (%s); compiling it again", path, error)
+        return None
+
+
+def save(compiled, path: Path) -> None:
+    """Keep a freshly compiled graph for the next start (atomically: a crash leaves no half-written file)."""
+    if not enabled():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        compiled.save_compiled_function(str(path))
+    except Exception as error:
+        log.warning("decode step: could not save the compiled graph to %s (%s)", path, error)
