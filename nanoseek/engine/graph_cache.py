@@ -7,8 +7,8 @@ every start compiled every graph again (13-28 s a bucket for the speedrun's mode
 saves each one under inductor's cache directory and loads it on the next start (~2 s).
 
 A loaded graph runs without guards (as a freshly compiled one does here), so its file name is a hash of everything
-the graph was traced with: the torch version, the CPU's vector instructions and the thread count (inductor bakes both
-into its C++), the source of every module the graph runs, the model's config, dtype and int8 modules, the graph
+the graph was traced with: the torch version, the CPU (its name and the vector instructions inductor compiles for)
+and the thread count (inductor bakes both into its C++), the source of every module the graph runs, the model's config, dtype and int8 modules, the graph
 (decode or verify) and batch bucket, and the shape, stride and dtype of every input (the cache's pools, the packed
 weights; the block table's length is a runtime value). Weights are inputs, not constants: one file serves every
 checkpoint of a shape. Anything that fails here is logged and the graph is compiled as before.
@@ -53,6 +53,19 @@ def _source_hash() -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu() -> str:
+    """The vector instructions inductor compiles for (its own pick, e.g. avx512 with VNNI) and the CPU's name: a graph
+    from another machine (a shared home, a copied cache) may use instructions this one lacks."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    name = ""
+    if Path("/proc/cpuinfo").exists():
+        names = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        name = names[0] if names else ""
+    return f"{torch.backends.cpu.get_cpu_capability()} {pick_vec_isa()!s} {name}"
+
+
 def _describe(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"T{tuple(value.shape)}{value.stride()}{value.dtype}{value.device}"
@@ -68,7 +81,7 @@ def graph_path(identity: tuple, graph: str, size: int, args: tuple, tables_index
     parts = [
         VERSION,
         torch.__version__,
-        torch.backends.cpu.get_cpu_capability(),
+        _cpu(),
         torch.get_num_threads(),
         _source_hash(),
         *identity,
