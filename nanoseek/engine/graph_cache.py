@@ -8,10 +8,11 @@ saves each one under inductor's cache directory and loads it on the next start (
 
 A loaded graph runs without guards (as a freshly compiled one does here), so its file name is a hash of everything
 the graph was traced with: the torch version, the CPU (its name and the vector instructions inductor compiles for)
-and the thread count (inductor bakes both into its C++), the source of every module the graph runs, the model's config, dtype and int8 modules, the graph
-(decode or verify) and batch bucket, and the shape, stride and dtype of every input (the cache's pools, the packed
-weights; the block table's length is a runtime value). Weights are inputs, not constants: one file serves every
-checkpoint of a shape. Anything that fails here is logged and the graph is compiled as before.
+and the thread count (inductor bakes both into its C++), the source of every module the graph runs, the model's
+config, dtype and int8 modules, the graph (decode or verify) and batch bucket, and the shape, stride and dtype of
+every input (the cache's pools, the packed weights; the block table's length is a runtime value). Weights are
+inputs, not constants: one file serves every checkpoint of a shape. Anything that fails here is logged and the graph
+is compiled as before.
 """
 
 from __future__ import annotations
