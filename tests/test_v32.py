@@ -289,6 +289,23 @@ def test_static_step_selects_the_same_tokens_as_the_eager_engine(seed):
     assert [c.token_ids for c in dense] != eager
 
 
+def test_static_step_tables_outgrow_index_topk_so_every_graph_selects():
+    """A graph compiled ahead of time runs without its guards (step.py, `warmup`): one traced at a table no longer
+    than index_topk attended the whole table at every later length (index_topk 300, 700 tokens of context: other
+    tokens than the eager engine). So the step's block tables are always longer than index_topk, and a context
+    shorter than that (every visible position selected, plus masked fillers) still decodes the eager tokens."""
+    model = _v32_model(1, max_position_embeddings=512, index_topk=300).double()
+    engine = Engine(model, block_size=4, decode_step="static")
+    assert engine.fast.table_blocks(1) * 4 > 300 and engine.fast.table_blocks(400) * 4 > 400
+    prompts = [
+        torch.randint(2, model.config.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+        for n in (9, 320)
+    ]
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    eager = [c.token_ids for c in Engine(model, block_size=4).generate(prompts, params)]
+    assert [c.token_ids for c in engine.generate(prompts, params)] == eager
+
+
 @pytest.fixture(scope="module")
 def trained_v32():
     from helpers import trained_mtp_model

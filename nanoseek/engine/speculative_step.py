@@ -29,7 +29,7 @@ import logging
 
 import torch
 
-from nanoseek.engine.step import BATCH_BUCKETS, LENGTH_QUANTUM, StaticDecodeStep, _norm, _Padding
+from nanoseek.engine.step import BATCH_BUCKETS, StaticDecodeStep, _norm, _Padding
 
 
 class SpeculativeDecodeStep(StaticDecodeStep):
@@ -66,9 +66,8 @@ class SpeculativeDecodeStep(StaticDecodeStep):
     def warmup(self, sizes: tuple[int, ...] = BATCH_BUCKETS) -> None:
         """The plain step's graphs (step.py), then the verifying one of each bucket (writes only into block 0)."""
         super().warmup(sizes)
-        blocks = -(-LENGTH_QUANTUM // self.cache.block_size)
         for size in sizes:
-            self.verify([_Padding(blocks)] * size)
+            self.verify([_Padding(self.table_blocks(2))] * size)
 
     def verify(self, batch) -> list[tuple[list[int], list[float], int]]:
         """-> per sequence: (its new tokens: the accepted draft and the token after it, or the main model's own

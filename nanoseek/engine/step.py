@@ -5,7 +5,7 @@ The engine's ordinary step (engine.py + cache.py) dispatches ~100 small eager op
 Python; on small models that dispatch, not the hardware, bounds decoding. Here a decode step of n sequences is
 padded to a batch bucket B (1, 2, 4, ... 32) and becomes tensors only:
 
-- token ids and positions [B]; each sequence's block table padded to a length bucket (a multiple of 256 tokens)
+- token ids and positions [B]; each sequence's block table padded to a length bucket (a multiple of 32 tokens on CPU)
   [B, blocks]; a position mask hides the padding. Padding rows decode token 0 at position 0 into block 0, which
   belongs to nobody and is only ever read under a -inf mask.
 - attention: MLA's absorbed path over the latent cache (DeepSeek-V2/V3), or grouped-query attention over each kv
@@ -59,7 +59,12 @@ from nanoseek.model.indexer import index_scores, top_k_indices
 from nanoseek.model.moe import Experts, MoE
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
-LENGTH_QUANTUM = 256  # tokens: attention runs over the smallest multiple of this that holds every position
+# tokens: attention runs over the smallest multiple of this that holds every position. Each length is its own graph
+# (CUDA graphs), except on CPU, where one graph takes every length (`mark_dynamic`) and a fine quantum only trims
+# padding: 1.06x at 32 rows of 16-176 tokens, 1.08x at batch 1 (bench-18m, 1 thread). At least two blocks there: a
+# dynamic length traced at 1 would be specialized to 1
+LENGTH_QUANTUM = 256
+CPU_LENGTH_QUANTUM = 32
 MODES = ("eager", "static", "compiled")
 # rows up to which a matrix product is a fused multiply-and-sum (one per row, which inductor fuses into one loop that
 # reads the weight once: _contract); past it the graph calls BLAS. Small-M BLAS is slow here (bench-300m's lm_head, 4
@@ -198,6 +203,8 @@ class StaticDecodeStep:
         self.compiled = compiled
         self.device = cache.pools[0].device
         self.shapes: set[tuple[str, int, int]] = set()  # (graph, batch bucket, blocks) shapes run so far
+        # V3.2: tables stay longer than this (`table_blocks`); the indexers' own top-k, which the graph branches on
+        self.index_topk = max((a.indexer.topk for a in model.sparse_attentions()), default=0)
         self._signature = (repr(model.config), str(next(model.parameters()).dtype), str(self.device))
         for module in _int8_modules(model):
             module.unpack()  # the int8 weights as plain tensors (buffers): the graph reads those
@@ -275,9 +282,8 @@ class StaticDecodeStep:
         are off for those calls, which is safe because a graph belongs to this step alone: its model, cache pools
         and settings never change under it (weights change in place, and the graph reads them at every call)."""
         self._compile_ahead = self.compiled and self.device.type == "cpu"
-        blocks = -(-LENGTH_QUANTUM // self.cache.block_size)
         for size in sizes:
-            work = [_Padding(blocks)] * size
+            work = [_Padding(self.table_blocks(1))] * size
             self(work)
 
     @staticmethod
@@ -310,14 +316,25 @@ class StaticDecodeStep:
             return contextlib.nullcontext()
         return _reparametrize_module(self.model, self.packed.views(buffers))
 
+    def table_blocks(self, positions: int) -> int:
+        """Length in blocks of the padded block tables for attention over `positions` positions: a multiple of
+        LENGTH_QUANTUM tokens (CPU_LENGTH_QUANTUM on CPU), and for V3.2 longer than index_topk. A graph compiled
+        ahead of time runs without guards, so it must not depend on which side of index_topk the length it was
+        traced at fell: one traced at a table no longer than index_topk attended the whole table at every length
+        (found with index_topk 300, 700 tokens of context). Past index_topk every graph selects; with fewer visible
+        positions the selection is all of them (plus masked fillers), the same attention as over the whole table."""
+        bs = self.cache.block_size
+        blocks = -(-max(positions, self.index_topk + 1) // bs)
+        cpu = self.device.type == "cpu"
+        quantum = max(2, -(-CPU_LENGTH_QUANTUM // bs)) if cpu else -(-LENGTH_QUANTUM // bs)
+        return -(-blocks // quantum) * quantum
+
     def _inputs(self, batch, ahead: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (batch bucket, ids [B] of each sequence's fed token, positions [B], block tables [B, blocks]), padded
         to the bucket; the tables cover `ahead` positions past each fed token (a draft's)."""
-        n, bs = len(batch), self.cache.block_size
+        n = len(batch)
         size = next(b for b in BATCH_BUCKETS if b >= n)
-        quantum = -(-LENGTH_QUANTUM // bs)  # blocks
-        blocks = -(-(max(w.start for w in batch) + 1 + ahead) // bs)
-        blocks = -(-blocks // quantum) * quantum
+        blocks = self.table_blocks(max(w.start for w in batch) + 1 + ahead)
         pad = size - n
         ids = [w.fed[0] for w in batch] + [0] * pad
         positions = [w.start for w in batch] + [0] * pad
