@@ -30,7 +30,14 @@ log = logging.getLogger("nanoseek.engine")
 VERSION = 1  # bump when what a file holds changes
 
 # the code a decode graph is traced from: a change to any of it makes new file names
-_TRACED_SOURCES = ("model", "engine/step.py", "engine/speculative_step.py", "engine/packed.py", "engine/quant.py")
+_TRACED_SOURCES = (
+    "model",
+    "engine/step.py",
+    "engine/step_ops.py",
+    "engine/speculative_step.py",
+    "engine/packed.py",
+    "engine/quant.py",
+)
 
 
 def enabled() -> bool:

@@ -55,6 +55,7 @@ from torch.nn.utils.stateless import _reparametrize_module  # functional_call's 
 from nanoseek.engine import graph_cache
 from nanoseek.engine.packed import PackedWeights
 from nanoseek.engine.quant import Int8Experts, Int8Linear
+from nanoseek.engine.step_ops import _REALIZE, SUM_CHUNK, _contract, _dequantized, _norm, _realized, _rope  # noqa: F401
 from nanoseek.model.indexer import index_scores, top_k_indices
 from nanoseek.model.moe import Experts, MoE
 
@@ -82,9 +83,6 @@ GATHER_ALWAYS_BYTES = 8 * 1024**2
 # int8 (engine/quant.py): FBGEMM's packed weights cannot be traced, so the step reads an unpacked int8 copy (1 byte a
 # weight, dequantized inside the fused product); past this size the copy costs too much memory and int8 runs eagerly
 INT8_COPY_MAX_BYTES = 2 * 1024**3
-# inductor sums a reduction longer than 4096 through a cascade helper (for accuracy) that ran ~7x slower here (a
-# 4864-long int8 row: 1.1 ms vs 0.15 ms as two halves, measured), so the fused products sum longer rows in parts
-SUM_CHUNK = 4096
 
 _ANNOUNCED: set = set()  # (model shapes, batch bucket) whose compile this process has announced
 # per step: its graphs compiled ahead of time. Outside the step's own attributes: aot_compile serializes what it
@@ -105,92 +103,6 @@ def refusal(model: torch.nn.Module) -> str | None:
     if not dtype.is_floating_point:
         return f"weights in {dtype}"
     return None
-
-
-def _contract(equation: str, a: torch.Tensor, b: torch.Tensor, fused: bool) -> torch.Tensor:
-    """einsum of two operands. fused: as a broadcast multiply and a sum over the contracted letters, which inductor
-    turns into one loop nest (fused with whatever produces `a`) instead of a BLAS call; a matrix-vector product is
-    bound by reading the matrix either way."""
-    if not fused:
-        return torch.einsum(equation, a, b)
-    inputs, out = equation.split("->")
-    left, right = inputs.split(",")
-    if len(a) > 1 and left[0] == out[0] and left[0] not in right:
-        # rows that share the second operand (a weight): one product per row, stacked. inductor fuses reductions that
-        # read the same buffer into one loop, so the weight is read once for every row; a product over all rows at
-        # once reads it once per row (4 rows x bench-300m's lm_head: 5.5 ms vs 13.9 fused vs 11.2 in BLAS, measured)
-        rest = f"{left[1:]},{right}->{out[1:]}"
-        return torch.stack([_contract(rest, a[j], b, True) for j in range(len(a))])
-    reduced = [c for c in dict.fromkeys(left + right) if c not in out]
-    letters = list(out) + reduced  # the contracted letters last: the innermost loop of the reduction
-
-    def spread(t: torch.Tensor, names: str) -> torch.Tensor:
-        t = t.permute(*sorted(range(len(names)), key=lambda i: letters.index(names[i])))
-        present = sorted(names, key=letters.index)
-        for i, c in enumerate(letters):
-            if c not in present:
-                t = t.unsqueeze(i)
-                present.insert(i, c)
-        return t
-
-    return _sum_in_parts((spread(_realized(a), left) * spread(b, right)).flatten(len(out)))
-
-
-def _realized(x: torch.Tensor) -> torch.Tensor:
-    """x, computed into a buffer first when compiling. Footgun: inductor fuses an elementwise producer (a norm, SiLU,
-    RoPE) into the product that reads it broadcast, and so recomputes it once per output row: bench-18m's int8 lm_head
-    re-normed its input 8192 times (0.3 ms of a 1.1 ms step). inductor's own `realize` op (registered by its
-    test_operators module, private) forces the buffer; where it is missing, x is passed as it is."""
-    if not torch.compiler.is_compiling() or _REALIZE is None:
-        return x
-    return _REALIZE(x)
-
-
-def _realize_op():
-    try:
-        import torch._inductor.test_operators  # registers torch.ops._inductor_test.realize
-
-        return torch.ops._inductor_test.realize
-    except (ImportError, AttributeError):
-        return None
-
-
-_REALIZE = _realize_op()
-
-
-def _sum_in_parts(x: torch.Tensor) -> torch.Tensor:
-    """x [..., R].sum(-1), as a sum of parts of at most SUM_CHUNK when R divides into such parts (see SUM_CHUNK)."""
-    length = x.shape[-1]
-    parts = next((p for p in range(1, length + 1) if length % p == 0 and length // p <= SUM_CHUNK), 1)
-    return x.sum(-1) if parts == 1 else x.unflatten(-1, (parts, length // parts)).sum(-1).sum(-1)
-
-
-def _dequantized(equation: str, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, fused: bool):
-    """_contract with an int8 weight, then its per-output scale, accumulated in float32 whatever the activations'
-    dtype (the int8 -> float conversion fuses into the product when compiled)."""
-    return _contract(equation, x.float(), weight if fused else weight.float(), fused) * scale
-
-
-def _norm(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """RMSNorm as the model computes it (float32 statistics), written out: a fusable reduction, and in eager mode
-    ~4x cheaper than F.rms_norm on a 256-vector."""
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + module.eps)
-    if x.dtype == module.weight.dtype == torch.float32:
-        return h * module.weight
-    return module.weight * h.to(x.dtype)
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:
-    """apply_rope (model/rope.py) written with real numbers: pairs (a, b) rotate to (a c - b s, a s + b c), laid out
-    as interleaved pairs whatever the input layout (the cache's keys are stored that way)."""
-    if interleave:
-        a, b = x.unflatten(-1, (-1, 2)).unbind(-1)
-    else:
-        a, b = x.chunk(2, dim=-1)
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    a, b, c, s = a.to(work), b.to(work), cos.to(work), sin.to(work)
-    return torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(-2).to(x.dtype)
 
 
 class StaticDecodeStep:
@@ -478,9 +390,9 @@ class StaticDecodeStep:
         if attn.indexer is not None:  # V3.2: the token's index key, at the same row of the index pool
             key = self._index_rope(attn.indexer.k_norm(self._linear(x, attn.indexer.wk)), attn.indexer, cos, sin)
             index_pool.view(-1, index_pool.shape[-1]).index_copy_(0, slot, key.to(index_pool.dtype))
-            if attn.indexer.topk < rows.shape[1]:
-                assert q_resid is not None  # V3.2 always has a low-rank query (validated in ModelConfig)
-                rows, mask = self._select(attn, x, q_resid, cos, sin, index_pool, tables, rows, mask)
+            # always: tables outgrow index_topk (`table_blocks`), so no graph depends on its traced length
+            assert q_resid is not None  # V3.2 always has a low-rank query (validated in ModelConfig)
+            rows, mask = self._select(attn, x, q_resid, cos, sin, index_pool, tables, rows, mask)
         w_uk, w_uv = attn.absorbed_weights()  # [h, n, r], [h, v, r]
         fused = self.compiled and batch <= FUSED_MAX_ROWS
         query = torch.cat(
