@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,31 @@ def matmul_peak(dtype: torch.dtype) -> float:
     from nanoseek.runtime import matmul_peak as measured
 
     return measured(str(dtype).removeprefix("torch."))
+
+
+# What an AVX2-only CPU runs, asked of an AVX-512 one: torch's vectorised kernels and inductor's generated code
+# (ATEN_CPU_CAPABILITY), oneDNN (ONEDNN_MAX_CPU_ISA) and MKL (MKL_ENABLE_INSTRUCTIONS, MKL_CBWR: the AVX2 code
+# path's exact results). Softmax, norms and reductions then round as they do on the AVX2 machine; MKL on AMD
+# CPUs takes the same path either way (the same bits with or without these, measured on a 2-core EPYC).
+ISA_ENVIRONMENT = {
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "MKL_CBWR": "AVX2",
+    }
+}
+
+
+def emulate_isa(isa: str | None) -> None:
+    """Restart this script with `isa`'s environment (torch reads it once, at import), unless it already has it."""
+    if isa is None:
+        return
+    wanted = ISA_ENVIRONMENT[isa]
+    if any(os.environ.get(k) != v for k, v in wanted.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
+    if torch.backends.cpu.get_cpu_capability() != isa.upper():
+        raise SystemExit(f"asked for {isa} kernels, torch runs {torch.backends.cpu.get_cpu_capability()}")
 
 
 def timed(step: Callable[[], object], warmup: int, steps: int) -> tuple[float, list]:

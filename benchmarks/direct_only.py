@@ -7,6 +7,7 @@ so that RL has reasoning to find. Each seed runs the speedrun's own data, tokeni
 skips finished seeds), then scores the base greedily on the speedrun's held-out problems and their unseen phrasings.
 
     python benchmarks/direct_only.py --seeds 0 1 2 --threads 2      # ~4-5 minutes a seed on 2 cores
+    python benchmarks/direct_only.py --isa avx2 --out runs/direct_only_avx2   # as an AVX2-only CPU rounds
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-from common import table
+from common import ISA_ENVIRONMENT, emulate_isa, table
 
 from nanoseek.speedrun import Plan, Speedrun
 
@@ -46,7 +47,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/direct_only"))
+    parser.add_argument(
+        "--isa", choices=sorted(ISA_ENVIRONMENT), help="run the AVX2 kernels on an AVX-512 CPU (another CPU's rounding)"
+    )
     args = parser.parse_args()
+    emulate_isa(args.isa)
     results = []
     for seed in args.seeds:
         results.append(run_seed(args.out, seed, args.threads))

@@ -2,6 +2,7 @@
 
     python benchmarks/speedrun_seeds.py --seeds 0 1 2 --threads 1 2
     python benchmarks/speedrun_seeds.py --seeds 0 1 2 --threads 1 --jobs 2   # two 1-thread runs side by side
+    python benchmarks/speedrun_seeds.py --isa avx2 --out runs/speedrun_seeds_avx2   # an AVX2-only CPU's rounding
 
 Each (seed, threads) pair is a full `nanoseek speedrun` in its own directory under --out (re-running resumes
 and skips finished runs). Different thread counts change the reduction order of every matmul, so the same
@@ -20,6 +21,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from common import ISA_ENVIRONMENT, emulate_isa
 
 STAGES = ("base", "sft", "rl", "student")
 
@@ -57,7 +60,11 @@ def main() -> int:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="speedruns at once (2 only with --threads 1)")
     parser.add_argument("--out", type=Path, default=Path("runs/speedrun_seeds"))
+    parser.add_argument(
+        "--isa", choices=sorted(ISA_ENVIRONMENT), help="run the AVX2 kernels on an AVX-512 CPU (another CPU's rounding)"
+    )
     args = parser.parse_args()
+    emulate_isa(args.isa)
     pairs = [(seed, threads) for threads in args.threads for seed in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda p: run_one(args.out, p[0], p[1], args.preset), pairs))
@@ -67,7 +74,7 @@ def main() -> int:
     results = [r for r in results if "error" not in r]
     if not results:
         return 1
-    cpu = results[0]["machine"]["cpu"]
+    cpu = results[0]["machine"]["cpu"] + (f", {results[0]['machine']['isa']} kernels" if args.isa else "")
     rows = [(f"seed {r['seed']}, {r['threads']} thr", row(r)) for r in results]
     columns = list(rows[0][1])
     print(f"\nspeedrun --preset {args.preset} on {cpu}: held-out greedy pass@1 per stage\n")

@@ -444,6 +444,9 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        # The vector width torch's own kernels (and inductor's code) use: AVX512 or AVX2 round differently, and
+        # ATEN_CPU_CAPABILITY=avx2 makes an AVX-512 machine run the AVX2 ones (benchmarks/common.py: emulate_isa).
+        "isa": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),

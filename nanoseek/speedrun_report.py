@@ -58,7 +58,9 @@ def write_report(out: Path, record: dict[str, Any], plan) -> dict[str, Any]:
         "# nanoseek speedrun report",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M')} · commit `{summary['commit'] or 'unknown'}` · "
-        f"{summary['machine']['cpu']} ({summary['machine']['cores']} cores, torch {summary['machine']['torch']})"
+        f"{summary['machine']['cpu']} ({summary['machine']['cores']} cores, "
+        + (f"{summary['machine']['isa']} kernels, " if summary["machine"].get("isa") else "")
+        + f"torch {summary['machine']['torch']})"
         + (f" · GPU {summary['machine']['gpu']}" if summary["machine"]["gpu"] else ""),
         "",
         f"Task: **{plan.task}** (held-out problems never seen in training). Total: **{wall / 60:.1f} minutes**.",
