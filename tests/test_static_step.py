@@ -5,6 +5,7 @@ Most tests run the step uncompiled ("static": the same graph code, einsums inste
 
 import copy
 import logging
+import os
 
 import pytest
 import torch
@@ -429,3 +430,18 @@ def test_the_realize_op_the_fused_products_rely_on_exists_in_this_torch():
     assert step._REALIZE is not None
     x = torch.randn(3, 4)
     assert torch.equal(step._REALIZE(x), x)
+
+
+def test_graph_files_over_the_size_cap_go_least_recently_used_first(tmp_path):
+    """Every code change or new shape adds graph files: past the cap, the ones used longest ago are deleted."""
+    from nanoseek.engine.graph_cache import prune
+
+    for age, name in enumerate(["newest", "middle", "oldest"]):
+        file = tmp_path / f"{name}.bin"
+        file.write_bytes(b"x" * 100)
+        os.utime(file, (1e9 - age * 1000, 1e9 - age * 1000))
+    (tmp_path / "notes.txt").write_bytes(b"x" * 1000)  # not a graph: never touched
+    assert prune(tmp_path, cap=300) == []
+    assert prune(tmp_path, cap=250) == [tmp_path / "oldest.bin"]
+    assert prune(tmp_path, cap=100) == [tmp_path / "middle.bin"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["newest.bin", "notes.txt"]

@@ -12,11 +12,13 @@ and the thread count (inductor bakes both into its C++), the source of every mod
 config, dtype and int8 modules, the graph (decode or verify) and batch bucket, and the shape, stride and dtype of
 every input (the cache's pools, the packed weights; the block table's length is a runtime value). Weights are
 inputs, not constants: one file serves every checkpoint of a shape. Anything that fails here is logged and the graph
-is compiled as before.
+is compiled as before. Each code change or new shape adds files, so the directory is kept under a size cap
+(NANOSEEK_GRAPH_CACHE_GB, default 2): the graphs used least recently go first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -38,6 +40,15 @@ _TRACED_SOURCES = (
     "engine/packed.py",
     "engine/quant.py",
 )
+
+
+def size_cap() -> int:
+    """Bytes the directory may hold before the least recently used graphs are deleted."""
+    value = os.environ.get("NANOSEEK_GRAPH_CACHE_GB", "2")
+    try:
+        return int(float(value) * 2**30)
+    except ValueError:
+        raise ValueError(f"NANOSEEK_GRAPH_CACHE_GB must be a number of GiB, got {value!r}") from None
 
 
 def enabled() -> bool:
@@ -110,6 +121,7 @@ def load(path: Path):
         with open(path, "rb") as f:
             compiled = torch.compiler.load_compiled_function(f)
         compiled.disable_guard_check()
+        os.utime(path)  # used now: pruning keeps it over graphs not loaded lately
         return compiled
     except Exception as error:
         log.warning("decode step: could not load %s (%s); compiling it again", path, error)
@@ -123,5 +135,33 @@ def save(compiled, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         compiled.save_compiled_function(str(path))
+        prune(path.parent, size_cap())
     except Exception as error:
         log.warning("decode step: could not save the compiled graph to %s (%s)", path, error)
+
+
+def prune(folder: Path, cap: int) -> list[Path]:
+    """Delete the least recently used graph files until the folder holds at most `cap` bytes; returns the deleted.
+    A file another process deletes first, or is still loading, is skipped (it is only a cache)."""
+    files = []
+    for file in folder.glob("*.bin"):
+        with contextlib.suppress(OSError):
+            stat = file.stat()
+            files.append((stat.st_mtime, stat.st_size, file))
+    total = sum(size for _, size, _ in files)
+    deleted = []
+    for _, size, file in sorted(files, key=lambda f: f[0]):
+        if total <= cap:
+            break
+        with contextlib.suppress(OSError):
+            file.unlink()
+            deleted.append(file)
+        total -= size
+    if deleted:
+        log.info(
+            "decode step: deleted %d least recently used graph(s) to keep %s under %.1f GiB",
+            len(deleted),
+            folder,
+            cap / 2**30,
+        )
+    return deleted
