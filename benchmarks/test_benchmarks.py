@@ -239,3 +239,23 @@ def test_direct_only_base_is_the_speedrun_base_without_a_worked_document(tmp_pat
     docs = [json.loads(line)["text"] for line in Path(run.record["data"]["corpus"]).read_text().splitlines()]
     assert len(docs) == 60
     assert all("<think>\n\n</think>" in doc for doc in docs)
+
+
+def test_isa_avx2_restarts_the_script_on_torchs_avx2_kernels(tmp_path):
+    """`--isa avx2` (speedrun_seeds, direct_only): the script runs again with the AVX2 environment, and torch's own
+    kernels are then the AVX2 ones (on an AVX-512 machine this is what tells the two apart). torch reads the
+    environment once, at its first kernel: a script that already ran one must start again, not set a variable."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(HERE)!r})\n"
+        "import torch\n"
+        "torch.ones(8).softmax(0), torch.backends.cpu.get_cpu_capability()  # kernels ran before\n"
+        "from common import emulate_isa\n"
+        "emulate_isa('avx2')\n"
+        "import torch\n"
+        "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'], sys.argv[1:])\n"
+    )
+    done = subprocess.run([sys.executable, str(script), "--seed", "3"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["AVX2", "AVX2", "['--seed',", "'3']"]
