@@ -14,6 +14,9 @@
     lightning indexer, index_topk 512) with 2k, 8k and 16k tokens of context, batch 1. V3 attends to every past
     token; V3.2 scores them all with its narrow indexer and attends only to the top 512. Not run by default
     (the 16k prefills take minutes).
+(h) what MTP speculation would give on larger, memory-bound shapes: a verify step's cost against a plain step's
+    (graph calls only, batch 1, 2k tokens of context; random weights: a step costs the same whatever they are) and
+    the speed-up it implies at the acceptance rate of (d), (1 + acceptance) / cost ratio. Not run by default.
 (g) llama.cpp as the peer instead of transformers (benchmarks/llama_cpp_peer.py: bench-18m and Qwen2.5-0.5B's shape,
     f32 and q8_0 GGUFs from llama.cpp's own converter, llama-bench against the compiled engine in fp32 and int8);
     needs a llama.cpp built once with `python benchmarks/llama_cpp_peer.py --build .cache/llama.cpp`.
@@ -26,6 +29,7 @@ is `benchmarks/decode_speed_v4.py`: its prefills alone take minutes.
     python benchmarks/decode_speed.py --sections e --qwen2-vocab 32768      # (e) with a smaller vocabulary
     python benchmarks/decode_speed.py --sections f --threads 2              # (f) long context, V3 vs V3.2
     python benchmarks/decode_speed.py --sections g --threads 1              # (g) llama.cpp in .cache/llama.cpp
+    python benchmarks/decode_speed.py --sections h --threads 1 --acceptance 0.83   # (h) MTP on larger shapes
 
 Both sides are timed the same way: the prompt is prefilled (and its first token produced) before the clock starts,
 and the clock stops at the last token, so a figure is (new tokens - 1) / decode seconds. nanoseek's engine is
@@ -281,6 +285,40 @@ def section_d(checkpoint: str | None) -> list[dict]:
     return rows
 
 
+def section_h(presets: list[str], acceptance: float, context: int = 2048, calls: int = 40) -> list[dict]:
+    from nanoseek.engine.step import _Padding
+
+    rows = []
+    for name in presets:
+        model = build_model(preset(name, num_nextn_predict_layers=1)).eval()
+        engine = Engine(model, speculative=True, decode_step="compiled", cache_tokens=2 * context + 512)
+        step = engine.fast
+        step.warmup((1,))  # the plain and the verifying graph of bucket 1, ahead of time (or from disk)
+        plain, verify = [_Padding(step.table_blocks(context))], [_Padding(step.table_blocks(context + 1))]
+        times: dict[str, list[float]] = {"plain": [], "verify": []}
+        with torch.inference_mode():
+            for i in range(2 * calls + 4):  # alternating, so a drifting machine weighs on both; 4 untimed
+                kind = "plain" if i % 2 == 0 else "verify"
+                start = time.perf_counter()
+                step(plain) if kind == "plain" else step.verify(verify)
+                if i >= 4:
+                    times[kind].append(time.perf_counter() - start)
+        t_plain, t_verify = (statistics.median(times[k]) for k in ("plain", "verify"))
+        ratio = t_verify / t_plain
+        rows.append(
+            {
+                "model": name,
+                "plain step ms": f"{t_plain * 1e3:.2f}",
+                "verify + draft ms": f"{t_verify * 1e3:.2f}",
+                "cost ratio": f"{ratio:.2f}",
+                f"implied speed-up at {acceptance:.0%}": f"{(1 + acceptance) / ratio:.2f}x",
+            }
+        )
+        print(f"  h {name}: verify {t_verify * 1e3:.2f} ms vs plain {t_plain * 1e3:.2f} ms", flush=True)
+        del engine, model
+    return rows
+
+
 # Qwen2.5-0.5B's shape (the 1.5B R1-Distill student's family at a size that decodes quickly on a laptop)
 QWEN2_0_5B = dict(
     model_type="qwen2",
@@ -399,6 +437,7 @@ def main() -> None:
     parser.add_argument(
         "--long-decode-steps", nargs="+", default=["eager"], choices=["eager", "compiled"], help="(f): engine paths"
     )
+    parser.add_argument("--acceptance", type=float, default=0.83, help="(h): the MTP acceptance rate to assume")
     parser.add_argument("--llama-cpp", type=Path, default=Path(".cache/llama.cpp"), help="(g): llama.cpp's build")
     args = parser.parse_args()
     global REPEATS
@@ -451,6 +490,10 @@ def main() -> None:
             f"\n(f) long context, batch 1, random weights: V3 ({LONG_PAIR[0]}) vs V3.2 ({LONG_PAIR[1]}, index_topk "
             f"{preset(LONG_PAIR[1]).index_topk}); decode tok/s = 1 / median step of {args.long_steps}:\n"
         )
+        print(table(rows, list(rows[0])))
+    if "h" in sections:
+        rows = section_h(args.presets, args.acceptance)
+        print("\n(h) MTP verify + draft graph against the plain graph, batch 1, 2k context (graph calls only):\n")
         print(table(rows, list(rows[0])))
     if "g" in sections:
         import llama_cpp_peer
