@@ -33,8 +33,15 @@ ISA_ENVIRONMENT = {
 }
 
 
+def add_isa_argument(parser) -> None:
+    parser.add_argument(
+        "--isa", choices=sorted(ISA_ENVIRONMENT), help="run the AVX2 kernels on an AVX-512 CPU (another CPU's rounding)"
+    )
+
+
 def emulate_isa(isa: str | None) -> None:
-    """Restart this script with `isa`'s environment (torch reads it once, at import), unless it already has it."""
+    """Restart this script with `isa`'s environment (torch reads it once, at its first kernel, so setting it in a
+    running script is not enough), unless it already has it."""
     if isa is None:
         return
     wanted = ISA_ENVIRONMENT[isa]

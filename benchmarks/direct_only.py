@@ -17,7 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-from common import ISA_ENVIRONMENT, emulate_isa, table
+from common import add_isa_argument, emulate_isa, table
 
 from nanoseek.speedrun import Plan, Speedrun
 
@@ -47,9 +47,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/direct_only"))
-    parser.add_argument(
-        "--isa", choices=sorted(ISA_ENVIRONMENT), help="run the AVX2 kernels on an AVX-512 CPU (another CPU's rounding)"
-    )
+    add_isa_argument(parser)
     args = parser.parse_args()
     emulate_isa(args.isa)
     results = []

@@ -22,7 +22,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import ISA_ENVIRONMENT, emulate_isa
+from common import add_isa_argument, emulate_isa
 
 STAGES = ("base", "sft", "rl", "student")
 
@@ -60,9 +60,7 @@ def main() -> int:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="speedruns at once (2 only with --threads 1)")
     parser.add_argument("--out", type=Path, default=Path("runs/speedrun_seeds"))
-    parser.add_argument(
-        "--isa", choices=sorted(ISA_ENVIRONMENT), help="run the AVX2 kernels on an AVX-512 CPU (another CPU's rounding)"
-    )
+    add_isa_argument(parser)
     args = parser.parse_args()
     emulate_isa(args.isa)
     pairs = [(seed, threads) for threads in args.threads for seed in args.seeds]
@@ -74,7 +72,8 @@ def main() -> int:
     results = [r for r in results if "error" not in r]
     if not results:
         return 1
-    cpu = results[0]["machine"]["cpu"] + (f", {results[0]['machine']['isa']} kernels" if args.isa else "")
+    machine = results[0]["machine"]
+    cpu = machine["cpu"] + (f", {machine['isa']} kernels" if "isa" in machine else "")
     rows = [(f"seed {r['seed']}, {r['threads']} thr", row(r)) for r in results]
     columns = list(rows[0][1])
     print(f"\nspeedrun --preset {args.preset} on {cpu}: held-out greedy pass@1 per stage\n")

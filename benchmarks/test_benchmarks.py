@@ -253,7 +253,6 @@ def test_isa_avx2_restarts_the_script_on_torchs_avx2_kernels(tmp_path):
         "torch.ones(8).softmax(0), torch.backends.cpu.get_cpu_capability()  # kernels ran before\n"
         "from common import emulate_isa\n"
         "emulate_isa('avx2')\n"
-        "import torch\n"
         "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'], sys.argv[1:])\n"
     )
     done = subprocess.run([sys.executable, str(script), "--seed", "3"], capture_output=True, text=True, timeout=120)
