@@ -15,8 +15,10 @@
     token; V3.2 scores them all with its narrow indexer and attends only to the top 512. Not run by default
     (the 16k prefills take minutes).
 (h) what MTP speculation would give on larger, memory-bound shapes: a verify step's cost against a plain step's
-    (graph calls only, batch 1, 2k tokens of context; random weights: a step costs the same whatever they are) and
-    the speed-up it implies at the acceptance rate of (d), (1 + acceptance) / cost ratio. Not run by default.
+    (graph calls only, batch 1, 2k tokens of context; random weights: a step costs the same whatever they are), the
+    bytes of weights each reads (a second row gathers its own experts; the draft reads the lm_head again: an int8
+    copy by default, or the model's own), and the speed-up implied at the acceptance rate of (d),
+    (1 + acceptance) / cost ratio. Not run by default.
 (g) llama.cpp as the peer instead of transformers (benchmarks/llama_cpp_peer.py: bench-18m and Qwen2.5-0.5B's shape,
     f32 and q8_0 GGUFs from llama.cpp's own converter, llama-bench against the compiled engine in fp32 and int8);
     needs a llama.cpp built once with `python benchmarks/llama_cpp_peer.py --build .cache/llama.cpp`.
@@ -75,11 +77,11 @@ def read_bandwidth(megabytes: int = 1024) -> float:
     return buffer.numel() * 4 / best
 
 
-def weight_bytes_per_token(model) -> float:
-    """Bytes of weights one decoded token reads: every dense matrix once, k of E routed experts per MoE layer."""
-    config = model.config
+def weights_read(modules, config, rows: int = 1) -> float:
+    """Bytes of weights these modules read in a step of `rows` tokens of one sequence: every dense matrix once, k of
+    E routed experts per MoE layer and row (the static step gathers each row's own; overlaps are not subtracted)."""
     total = 0.0
-    for module in model.modules():
+    for module in modules:
         if isinstance(module, Int8Linear):
             total += module.weight_bytes
         elif isinstance(module, torch.nn.Linear):
@@ -87,10 +89,28 @@ def weight_bytes_per_token(model) -> float:
         elif isinstance(module, (Experts, Int8Experts)):
             per_expert = 3 * config.hidden_size * config.moe_intermediate_size
             size = 1 if isinstance(module, Int8Experts) else module.w_down.element_size()
-            total += config.num_experts_per_tok * per_expert * size
-    for layer in model.mtp_layers:  # not run without speculation
-        total -= sum(p.numel() * p.element_size() for p in layer.parameters())
-    return total + config.hidden_size * 4  # one embedding row
+            total += rows * config.num_experts_per_tok * per_expert * size
+    return total
+
+
+def _main_modules(model) -> list:
+    mtp = {id(m) for layer in model.mtp_layers for m in layer.modules()}  # not run without speculation
+    return [m for m in model.modules() if id(m) not in mtp]
+
+
+def weight_bytes_per_token(model) -> float:
+    """Bytes of weights one decoded token reads (the MTP layers are not run without speculation)."""
+    return weights_read(_main_modules(model), model.config) + model.config.hidden_size * 4  # + one embedding row
+
+
+def verify_bytes(model, step) -> float:
+    """Bytes of weights one verify + draft call (speculative_step.py) reads at batch 1: the main model over 2 rows,
+    the MTP layer over 2 rows, then the lm_head again for the draft (the step's int8 copy of it where it has one)."""
+    config = model.config
+    main = weights_read(_main_modules(model), config, rows=2)
+    mtp = weights_read(model.mtp_layers[0].modules(), config, rows=2)
+    head = sum(t.nbytes for t in step.draft_head) or model.lm_head.weight.nbytes
+    return main + mtp + head + 4 * config.hidden_size * 4  # + the tokens' and the MTP's embedding rows
 
 
 REPEATS = 3  # runs per figure (the median is reported); main() sets it from --repeats
@@ -285,37 +305,54 @@ def section_d(checkpoint: str | None) -> list[dict]:
     return rows
 
 
-def section_h(presets: list[str], acceptance: float, context: int = 2048, calls: int = 40) -> list[dict]:
+def _alternating_step_times(steps: dict, context: int, calls: int) -> dict[str, list[float]]:
+    """Seconds of `calls` graph calls each at `context` positions: the plain step of steps["int8"], and each step's
+    verify step, in turns (a drifting machine weighs on all), after two untimed rounds."""
     from nanoseek.engine.step import _Padding
 
+    plain = [_Padding(steps["int8"].table_blocks(context))]
+    verify = [_Padding(steps["int8"].table_blocks(context + 1))]
+    kinds = ["plain", *steps]
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
+    with torch.inference_mode():
+        for i in range(len(kinds) * (calls + 2)):
+            kind = kinds[i % len(kinds)]
+            start = time.perf_counter()
+            steps["int8"](plain) if kind == "plain" else steps[kind].verify(verify)
+            if i >= 2 * len(kinds):
+                times[kind].append(time.perf_counter() - start)
+    return times
+
+
+def section_h(presets: list[str], acceptance: float, context: int = 2048, calls: int = 40) -> list[dict]:
     rows = []
     for name in presets:
         model = build_model(preset(name, num_nextn_predict_layers=1)).eval()
-        engine = Engine(model, speculative=True, decode_step="compiled", cache_tokens=2 * context + 512)
-        step = engine.fast
-        step.warmup((1,))  # the plain and the verifying graph of bucket 1, ahead of time (or from disk)
-        plain, verify = [_Padding(step.table_blocks(context))], [_Padding(step.table_blocks(context + 1))]
-        times: dict[str, list[float]] = {"plain": [], "verify": []}
-        with torch.inference_mode():
-            for i in range(2 * calls + 4):  # alternating, so a drifting machine weighs on both; 4 untimed
-                kind = "plain" if i % 2 == 0 else "verify"
-                start = time.perf_counter()
-                step(plain) if kind == "plain" else step.verify(verify)
-                if i >= 4:
-                    times[kind].append(time.perf_counter() - start)
-        t_plain, t_verify = (statistics.median(times[k]) for k in ("plain", "verify"))
-        ratio = t_verify / t_plain
-        rows.append(
-            {
-                "model": name,
-                "plain step ms": f"{t_plain * 1e3:.2f}",
-                "verify + draft ms": f"{t_verify * 1e3:.2f}",
-                "cost ratio": f"{ratio:.2f}",
-                f"implied speed-up at {acceptance:.0%}": f"{(1 + acceptance) / ratio:.2f}x",
-            }
-        )
-        print(f"  h {name}: verify {t_verify * 1e3:.2f} ms vs plain {t_plain * 1e3:.2f} ms", flush=True)
-        del engine, model
+        steps = {}
+        for head in ("int8", "exact"):  # the draft's lm_head: the compiled step's int8 copy, or the model's own
+            engine = Engine(model, speculative=True, decode_step="compiled", cache_tokens=2 * context + 512)
+            if head == "exact":
+                engine.fast.draft_head = ()  # before any graph is built: its graphs take no int8 head
+            engine.fast.warmup((1,))  # the plain and the verifying graph of bucket 1, ahead of time (or from disk)
+            steps[head] = engine.fast
+        times = _alternating_step_times(steps, context, calls)
+        t_plain = statistics.median(times["plain"])
+        for head, step in steps.items():
+            t_verify = statistics.median(times[head])
+            ratio = t_verify / t_plain
+            rows.append(
+                {
+                    "model": name,
+                    "draft head": head,
+                    "plain step ms": f"{t_plain * 1e3:.2f}",
+                    "verify + draft ms": f"{t_verify * 1e3:.2f}",
+                    "cost ratio": f"{ratio:.2f}",
+                    "weights read ratio": f"{verify_bytes(model, step) / weight_bytes_per_token(model):.2f}",
+                    f"implied speed-up at {acceptance:.0%}": f"{(1 + acceptance) / ratio:.2f}x",
+                }
+            )
+            print(f"  h {name} {head}: verify {t_verify * 1e3:.2f} ms vs plain {t_plain * 1e3:.2f} ms", flush=True)
+        del steps, model
     return rows
 
 

@@ -96,6 +96,7 @@ def test_compiled_verify_graph_gives_plain_greedy_tokens(partly_trained):
     out = engine.generate(prompts, GREEDY)
     assert [c.token_ids for c in out] == [c.token_ids for c in plain]
     assert {graph for graph, _, _ in engine.fast.shapes} == {"verify"} and engine.stats["accepted"] > 0
+    assert engine.fast.draft_head  # on CPU the compiled step drafts through its int8 copy of the lm_head
 
 
 def test_more_sequences_than_the_largest_bucket_verify_in_chunks(partly_trained):
@@ -107,3 +108,29 @@ def test_more_sequences_than_the_largest_bucket_verify_in_chunks(partly_trained)
     assert [c.token_ids for c in out] == [c.token_ids for c in plain]
     # the first verify step: 35 = 32 + 3 (later ones run fewer: drafts accepted more often end some sequences sooner)
     assert {size for graph, size, _ in engine.fast.shapes if graph == "verify"} >= {32, 4}
+
+
+def test_int8_draft_head_only_proposes_and_follows_weight_updates(partly_trained):
+    """Drafts go through the step's int8 copy of the lm_head (a quarter of the bytes), while the output stays exactly
+    greedy decoding: even a draft head zeroed out changes only how many drafts are accepted."""
+    prompts = _prompts(partly_trained)
+    plain = [c.token_ids for c in Engine(partly_trained, block_size=4).generate(prompts, GREEDY)]
+    eager = Engine(partly_trained, block_size=4, speculative=True)
+    eager.generate(prompts, GREEDY)
+    engine = Engine(partly_trained, block_size=4, speculative=True, decode_step="static")
+    engine.fast = SpeculativeDecodeStep(
+        partly_trained, engine.cache, engine.undecodable, compiled=False, int8_draft=True
+    )
+    weight, scale = engine.fast.draft_head
+    assert weight.dtype == torch.int8 and weight.shape == partly_trained.lm_head.weight.shape
+    assert [c.token_ids for c in engine.generate(prompts, GREEDY)] == plain
+    drafted, accepted = _draft_counts(engine)
+    assert abs(accepted - _draft_counts(eager)[1]) <= 0.1 * drafted  # about as good a guess as the exact head's
+    scale.zero_()  # every draft logit 0: the drafts are id 0, rarely right
+    assert [c.token_ids for c in engine.generate(prompts, GREEDY)] == plain
+    drafted_again, accepted_again = (b - a for a, b in zip((drafted, accepted), _draft_counts(engine)))
+    assert accepted_again < accepted / 2 and drafted_again > 0
+    # weight updates (GRPO) reach the copy through refresh(), as they reach the step's other copies
+    engine.fast.refresh()
+    dequantized = weight.double() * scale.double().unsqueeze(1)
+    assert torch.allclose(dequantized, partly_trained.lm_head.weight, atol=scale.max().item())

@@ -11,7 +11,11 @@ draft needs only the main model's argmax, one graph does everything:
 - the MTP module over both rows, each reading its row's hidden state and the token after it: t0 and t1. For an
   accepted draft both rows are right; for a rejected one row 0 is (the token at p + 1 is t0) and row 1 is thrown
   away: its MTP cache entry at p + 1 is rewritten by the next step, which feeds t0 at p + 1;
-- the next draft: the argmax of the MTP logits of the last valid row (1 if accepted, else 0).
+- the next draft: the argmax of the MTP logits of the last valid row (1 if accepted, else 0). On CPU those logits
+  come from an int8 copy of the lm_head (per-row scales, a quarter of the bytes): a draft is only a guess, checked
+  by the next step's full-precision argmax, so its head need not be exact, and at batch 1 this second pass over the
+  vocabulary is one of the largest reads of the step (bench-300m: 100 of ~540 MB). The main model's logits, which
+  decide the output, stay in the model's precision.
 
 Output is exactly ordinary greedy decoding (a draft is only ever accepted when it is the main model's argmax); the
 engine's `_advance` turns the accepted tokens into output the same way as the eager path's verification.
@@ -29,14 +33,24 @@ import logging
 
 import torch
 
-from nanoseek.engine.step import BATCH_BUCKETS, StaticDecodeStep, _norm, _Padding
+from nanoseek.engine.quant import Int8Linear
+from nanoseek.engine.step import BATCH_BUCKETS, FUSED_MAX_ROWS, StaticDecodeStep, _norm, _Padding
+from nanoseek.engine.step_ops import _dequantized
 
 
 class SpeculativeDecodeStep(StaticDecodeStep):
     """The static step of an engine that drafts with the model's first MTP module (see the module docstring)."""
 
-    def __init__(self, model, cache, undecodable: torch.Tensor | None, compiled: bool = True):
+    def __init__(
+        self, model, cache, undecodable: torch.Tensor | None, compiled: bool = True, int8_draft: bool | None = None
+    ):
         super().__init__(model, cache, undecodable, compiled)
+        # the drafting head (module docstring): int8 by default where the compiled step runs on CPU and the lm_head
+        # is not int8 already. Uncompiled ("static") steps keep the exact head: the tests' reference for the drafts
+        if int8_draft is None:
+            int8_draft = compiled and self.device.type == "cpu"
+        int8_draft = int8_draft and not isinstance(model.lm_head, Int8Linear)
+        self.draft_head = self._quantized_head() if int8_draft else ()  # (int8 weight [V, hidden], scale [V]) or ()
         self._verify_fn = self._compile(self._verify_and_draft) if compiled else self._verify_and_draft
         self._told = False  # whether the log said that sampled requests do not speculate here
 
@@ -62,6 +76,19 @@ class SpeculativeDecodeStep(StaticDecodeStep):
             self._told = True
         return False
 
+    def _quantized_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lm_head as (int8 weight, float32 scale per row): symmetric, as quant.py's weights."""
+        weight = self.model.lm_head.weight.detach().float()
+        scale = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)
+        return torch.round(weight / scale.unsqueeze(1)).to(torch.int8), scale
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        super().refresh()
+        if self.draft_head:  # the int8 copy follows weight updates too
+            for copy, fresh in zip(self.draft_head, self._quantized_head()):
+                copy.copy_(fresh)
+
     @torch.inference_mode()
     def warmup(self, sizes: tuple[int, ...] = BATCH_BUCKETS) -> None:
         """The plain step's graphs (step.py), then the verifying one of each bucket (writes only into block 0)."""
@@ -79,7 +106,8 @@ class SpeculativeDecodeStep(StaticDecodeStep):
         drafts = torch.tensor([w.draft[0] for w in batch] + [0] * (size - n), device=self.device)
         graph = len(self.graph_layers)
         index_pools = self.cache.index_pools[:graph] or [None] * graph
-        args = (ids, drafts, positions, tables, self.cache.pools[:graph], index_pools, self.experts, self._buffers())
+        pools = self.cache.pools[:graph]
+        args = (ids, drafts, positions, tables, pools, index_pools, self.experts, self._buffers(), self.draft_head)
         target, logprobs, drafted = (t.tolist() for t in self._run(self._verify_fn, "verify", size, args))
         out = []
         for work, chosen, chosen_logprobs, draft in zip(batch, target, logprobs, drafted):
@@ -88,14 +116,15 @@ class SpeculativeDecodeStep(StaticDecodeStep):
         return out
 
     # ---- the graph ----
-    def _verify_and_draft(self, ids, drafts, positions, tables, pools, index_pools, experts, buffers):
+    def _verify_and_draft(self, ids, drafts, positions, tables, pools, index_pools, experts, buffers, draft_head):
         """The graph: `_verify_and_draft_rows` reading the model's weights from the packed buffers (packed.py)."""
         with self._weights_from(buffers):
-            return self._verify_and_draft_rows(ids, drafts, positions, tables, pools, index_pools, experts)
+            return self._verify_and_draft_rows(ids, drafts, positions, tables, pools, index_pools, experts, draft_head)
 
-    def _verify_and_draft_rows(self, ids, drafts, positions, tables, pools, index_pools, experts):
+    def _verify_and_draft_rows(self, ids, drafts, positions, tables, pools, index_pools, experts, draft_head):
         """ids, drafts, positions [B] (each sequence's last token, its draft, the token's position: the draft's is
-        one more); tables [B, blocks]; pools, index_pools, experts: of the main layers, then of the MTP layer.
+        one more); tables [B, blocks]; pools, index_pools, experts: of the main layers, then of the MTP layer;
+        draft_head: the int8 lm_head copy the draft is chosen with, or () for the model's own.
         -> (the main model's greedy choices after the token and after the draft [B, 2], their log-probabilities
         [B, 2], the next draft [B]). Rows: 2 per sequence, r = 2 b + j (j = 0 the token, 1 the draft)."""
         batch, main = ids.shape[0], len(self.layers)
@@ -114,4 +143,13 @@ class SpeculativeDecodeStep(StaticDecodeStep):
         x = _norm(mtp.shared_head.norm, x)
         target = target.view(batch, 2)
         last = torch.arange(batch, device=ids.device) * 2 + (target[:, 0] == drafts).long()  # last valid row
-        return target, logprobs, self._logits(x.index_select(0, last)).argmax(dim=-1)
+        return target, logprobs, self._draft_logits(x.index_select(0, last), draft_head).argmax(dim=-1)
+
+    def _draft_logits(self, x: torch.Tensor, draft_head: tuple) -> torch.Tensor:
+        """The MTP logits the next draft is the argmax of: through the int8 head where there is one and the rows fit
+        a fused product (past FUSED_MAX_ROWS the unfused path would dequantize the whole head each call)."""
+        if not draft_head or (self.compiled and x.shape[0] > FUSED_MAX_ROWS):
+            return self._logits(x)
+        weight, scale = draft_head
+        logits = _dequantized("bi,oi->bo", x, weight, scale, self.compiled)
+        return logits if self.undecodable is None else logits.masked_fill(self.undecodable, float("-inf"))
