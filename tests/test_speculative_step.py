@@ -96,7 +96,8 @@ def test_compiled_verify_graph_gives_plain_greedy_tokens(partly_trained):
     out = engine.generate(prompts, GREEDY)
     assert [c.token_ids for c in out] == [c.token_ids for c in plain]
     assert {graph for graph, _, _ in engine.fast.shapes} == {"verify"} and engine.stats["accepted"] > 0
-    assert engine.fast.draft_head  # on CPU the compiled step drafts through its int8 copy of the lm_head
+    # on CPU the compiled step drafts through its int8 copy of the lm_head, and says so (`nanoseek info`, serve's log)
+    assert engine.fast.draft_head and engine.decode_step == "compiled, speculative, int8 draft head"
 
 
 def test_more_sequences_than_the_largest_bucket_verify_in_chunks(partly_trained):

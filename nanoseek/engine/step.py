@@ -516,5 +516,6 @@ def build_decode_step(mode: str, model, cache, undecodable: torch.Tensor | None,
     if speculative:  # drafts verified (greedy) and proposed in the same graph call
         from nanoseek.engine.speculative_step import SpeculativeDecodeStep
 
-        return SpeculativeDecodeStep(model, cache, undecodable, compiled=mode == "compiled"), f"{mode}, speculative"
+        step = SpeculativeDecodeStep(model, cache, undecodable, compiled=mode == "compiled")
+        return step, f"{mode}, speculative" + (", int8 draft head" if step.draft_head else "")
     return StaticDecodeStep(model, cache, undecodable, compiled=mode == "compiled"), mode
