@@ -6,7 +6,7 @@ from __future__ import annotations
 import anthropic
 import httpx2 as httpx
 import pytest
-from test_server import run_server
+from server_harness import run_server
 from test_tools import REASONED_CALL, scripted
 
 WEATHER = {

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_server import ScriptedEngine, run_server
+from server_harness import ScriptedEngine, run_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 SKIP_VARIABLE = "NANOSEEK_SKIP_BROWSER"

@@ -14,7 +14,7 @@ import threading
 import jsonschema_rs
 import pytest
 from helpers import tiny_checkpoint
-from test_server import client, run_server
+from server_harness import client, run_server
 
 from nanoseek.engine import Engine, SamplingParams
 from nanoseek.engine.grammar import Constraint, lark_grammar

@@ -179,7 +179,7 @@ class CalculatorEngine:
 
     def __init__(self, delay: float = 0.03):
         from helpers import tiny_tokenizer
-        from test_server import ScriptedEngine
+        from server_harness import ScriptedEngine
 
         self.inner = ScriptedEngine([], delay=delay, max_running=8, tokenizer=tiny_tokenizer())
         self.tokenizer, self.max_context = self.inner.tokenizer, 512
@@ -206,7 +206,7 @@ def test_generation_from_a_live_server_survives_kill_9(tmp_path):
     import sys
     import time
 
-    from test_server import ScriptedEngine, run_server
+    from server_harness import ScriptedEngine, run_server
 
     # per-request scripts: the double's steps read the request's own script
     step, finish = ScriptedEngine._step, ScriptedEngine._finish

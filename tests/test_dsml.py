@@ -22,7 +22,7 @@ import pytest
 from helpers import tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_server import ScriptedEngine, client, run_server, sse_data
+from server_harness import ScriptedEngine, client, run_server, sse_data
 from test_tools import run
 
 from nanoseek import dsml

@@ -611,7 +611,7 @@ def test_engine_from_a_released_style_directory_chats(tmp_path):
 
 def test_a_released_style_qwen2_student_serves_through_the_openai_client(tmp_path):
     """R1-Distill-Qwen layout (qwen2 weights + its template that opens <think>) behind `nanoseek serve`'s app."""
-    from test_server import client, run_server
+    from server_harness import client, run_server
 
     _r1_distill_tokenizer(tmp_path)
     from nanoseek.tokenizer import Tokenizer

@@ -4,7 +4,7 @@ the requests beside it still get their normal answers."""
 import httpx2 as httpx
 import pytest
 from helpers import tiny_checkpoint
-from test_server import USER, assert_error, run_server, sse_data
+from server_harness import USER, assert_error, run_server, sse_data
 
 from nanoseek.engine import Engine
 

@@ -15,7 +15,7 @@ import pytest
 from helpers import tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_server import RecordingEngine, ScriptedEngine, client, run_server, sse_data
+from server_harness import RecordingEngine, ScriptedEngine, client, run_server, sse_data
 
 from nanoseek.server.constraints import cache_salt
 from nanoseek.server.prompts import ChatPrompt, render_chat
