@@ -179,6 +179,39 @@ def test_decode_speed_times_speculation_and_its_plain_step_on_both_paths():
     assert "eager (asked for)" in out and "compiled, speculative" in out, out
 
 
+def test_bytes_per_token_leave_mtp_layers_out_and_a_verify_call_adds_the_draft_rows_reads():
+    import types
+
+    import decode_speed
+    import torch
+
+    from nanoseek.config import preset
+    from nanoseek.model import build_model
+
+    without, with_mtp = (build_model(preset("nano", num_nextn_predict_layers=n), seed=0) for n in (0, 1))
+    plain = decode_speed.weight_bytes_per_token(with_mtp)
+    assert plain == decode_speed.weight_bytes_per_token(without)  # a plain step never runs the MTP layer
+    head = with_mtp.lm_head.weight
+    int8_head = (torch.zeros(head.shape, dtype=torch.int8), torch.zeros(head.shape[0]))
+    exact = decode_speed.verify_bytes(with_mtp, types.SimpleNamespace(draft_head=()))
+    int8 = decode_speed.verify_bytes(with_mtp, types.SimpleNamespace(draft_head=int8_head))
+    assert exact - int8 == head.nbytes - sum(t.nbytes for t in int8_head)
+    # beyond a plain step: the draft row's own k experts in each MoE layer, the MTP layer (a MoE layer here) over
+    # both rows, the head read again for the draft, and 3 more embedding rows (the draft's, the MTP's two)
+    config, mtp = with_mtp.config, with_mtp.mtp_layers[0]
+    expert = 3 * config.hidden_size * config.moe_intermediate_size * 4
+    draft_experts = (config.num_hidden_layers - config.first_k_dense_replace) * config.num_experts_per_tok * expert
+    mtp_bytes = sum(m.weight.nbytes for m in mtp.modules() if isinstance(m, torch.nn.Linear))
+    mtp_bytes += 2 * config.num_experts_per_tok * expert
+    assert exact == plain + draft_experts + mtp_bytes + head.nbytes + 3 * config.hidden_size * 4
+
+
+@pytest.mark.slow
+def test_decode_speed_prices_a_verify_call_with_both_draft_heads():
+    out = _smoke("decode_speed.py", "--sections h --presets nano --threads 1")
+    assert "weights read ratio" in out and " int8 " in out and " exact " in out, out
+
+
 @pytest.mark.slow
 def test_step_buckets_compares_the_two_thresholds_per_bucket():
     out = _smoke("step_buckets.py", "--preset nano --buckets 1 4 --rounds 1")
