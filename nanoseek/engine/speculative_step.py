@@ -33,7 +33,7 @@ import logging
 
 import torch
 
-from nanoseek.engine.quant import Int8Linear
+from nanoseek.engine.quant import Int8Linear, pack_int8, unpack_int8
 from nanoseek.engine.step import BATCH_BUCKETS, FUSED_MAX_ROWS, StaticDecodeStep, _norm, _Padding
 from nanoseek.engine.step_ops import _dequantized
 
@@ -77,10 +77,8 @@ class SpeculativeDecodeStep(StaticDecodeStep):
         return False
 
     def _quantized_head(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The lm_head as (int8 weight, float32 scale per row): symmetric, as quant.py's weights."""
-        weight = self.model.lm_head.weight.detach().float()
-        scale = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)
-        return torch.round(weight / scale.unsqueeze(1)).to(torch.int8), scale
+        """The lm_head as (int8 weight, float32 scale per row), quantized as quant.py quantizes every int8 weight."""
+        return unpack_int8(pack_int8(self.model.lm_head.weight))
 
     @torch.no_grad()
     def refresh(self) -> None:
@@ -151,5 +149,4 @@ class SpeculativeDecodeStep(StaticDecodeStep):
         if not draft_head or (self.compiled and x.shape[0] > FUSED_MAX_ROWS):
             return self._logits(x)
         weight, scale = draft_head
-        logits = _dequantized("bi,oi->bo", x, weight, scale, self.compiled)
-        return logits if self.undecodable is None else logits.masked_fill(self.undecodable, float("-inf"))
+        return self._decodable(_dequantized("bi,oi->bo", x, weight, scale, self.compiled))

@@ -357,10 +357,11 @@ class StaticDecodeStep:
         return x + (self._moe(layer.mlp, h, copies, small) if isinstance(layer.mlp, MoE) else self._mlp(layer.mlp, h))
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self._linear(hidden, self.model.lm_head).float()
-        if self.undecodable is not None:
-            logits = logits.masked_fill(self.undecodable, float("-inf"))
-        return logits
+        return self._decodable(self._linear(hidden, self.model.lm_head).float())
+
+    def _decodable(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits with the ids past the tokenizer's vocabulary at -inf (never chosen)."""
+        return logits if self.undecodable is None else logits.masked_fill(self.undecodable, float("-inf"))
 
     def _linear(self, x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
         fused = self.compiled and x.shape[0] <= FUSED_MAX_ROWS
