@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow lint speedrun bench clean
+.PHONY: venv test test-slow test-avx2 lint speedrun bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)  # tests marked slow: the speed benchmarks end to end at their smallest settings (~3 min)
 	$(BIN)/python -m pytest -q -m slow
+
+test-avx2: $(STAMP)  # the suite on torch's AVX2 kernels: an AVX2-only CPU's rounding, checked on an AVX-512 one
+	$(BIN)/python benchmarks/on_isa.py avx2 -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check nanoseek tests benchmarks

@@ -39,12 +39,25 @@ def add_isa_argument(parser) -> None:
     )
 
 
+def isa_environment(isa: str) -> dict[str, str]:
+    """`isa`'s environment, with inductor's cache in a directory of its own. Footgun: inductor's FX graph cache does
+    not key on the vector ISA it compiled for, so a graph compiled for AVX-512 was served to an AVX2 run from the
+    shared cache, and its kernels, rebuilt for 8-wide vectors, decoded garbage tokens (the compiled-step tests failed
+    on torch's AVX2 kernels that way, and passed with a cache of their own)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    inductor = cache_dir()
+    if not inductor.endswith(f"-{isa}"):
+        inductor += f"-{isa}"
+    return {**ISA_ENVIRONMENT[isa], "TORCHINDUCTOR_CACHE_DIR": inductor}
+
+
 def emulate_isa(isa: str | None) -> None:
     """Restart this script with `isa`'s environment (torch reads it once, at its first kernel, so setting it in a
     running script is not enough), unless it already has it."""
     if isa is None:
         return
-    wanted = ISA_ENVIRONMENT[isa]
+    wanted = isa_environment(isa)
     if any(os.environ.get(k) != v for k, v in wanted.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
     if torch.backends.cpu.get_cpu_capability() != isa.upper():

@@ -286,8 +286,13 @@ def test_isa_avx2_restarts_the_script_on_torchs_avx2_kernels(tmp_path):
         "torch.ones(8).softmax(0), torch.backends.cpu.get_cpu_capability()  # kernels ran before\n"
         "from common import emulate_isa\n"
         "emulate_isa('avx2')\n"
-        "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'], sys.argv[1:])\n"
+        "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
+        "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'], cache_dir(), sys.argv[1:])\n"
     )
-    done = subprocess.run([sys.executable, str(script), "--seed", "3"], capture_output=True, text=True, timeout=120)
+    shared = tmp_path / "inductor"
+    environment = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(shared)}
+    command = [sys.executable, str(script), "--seed", "3"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["AVX2", "AVX2", "['--seed',", "'3']"]
+    # compiled graphs go to a cache of their own: inductor's does not key on the ISA (common.isa_environment)
+    assert done.stdout.split() == ["AVX2", "AVX2", f"{shared}-avx2", "['--seed',", "'3']"]

@@ -202,14 +202,44 @@ class Speedrun:
     def stage_student(self) -> dict[str, Any]:
         """R1-Distill in miniature: a small pretrained base (the student) fine-tuned on the RL model's verified
         reasoning traces."""
-        import torch
+        base = self._student_base_config()
+        # The student's pretraining needs nothing from the teacher: on a CPU with 2+ threads it runs in a second
+        # process on one thread while this one samples the teacher's traces on the others. Neither tiny job gains
+        # much from a second thread (measured at 2 threads vs 1: 1.14-1.3x), so side by side they take ~2/3 of the time.
+        beside = self._start_beside(base)
+        student_base = None if beside else self._train(base)
+        traces = self.out / "data" / "teacher_traces.jsonl"
+        try:
+            summary = self._teacher_traces(traces, threads_left=bool(beside))
+        except BaseException:
+            if beside:
+                beside.kill()  # its checkpoints stay: the next run resumes it
+            raise
+        if beside:
+            student_base = self._finish_beside(beside, base)
+        if summary["traces"] == 0:
+            raise ValueError(
+                "the RL model produced no verified trace to distil: its pass@1 is ~0; train the base "
+                "longer (a bigger --preset) or check the rl stage's plot"
+            )
+        # Rows no longer than the longest trace: a worked product is 148-185 tokens, one to a row either way, so
+        # the student learns from as many traces a step as with 256-token rows, with ~6% padding instead of 32%
+        # (a step of this tiny model is mostly fixed cost: ~3% faster at 1 thread, measured)
+        seq_len = min(self.plan.seq_len, _longest_example(traces, self.out / "tokenizer") - 1)
+        return {
+            "checkpoint": str(self._train(self._student_config(traces, student_base, seq_len))),
+            "traces": summary["traces"],
+            "seq_len": seq_len,
+            "student_base": str(student_base),
+        }
 
-        from nanoseek.train.distill import GenerateConfig, generate
+    def _student_base_config(self):
+        """The student pretrained on the teacher's corpus, as R1-Distill's students were pretrained models."""
         from nanoseek.train.optim import OptimConfig
         from nanoseek.train.trainer import TrainConfig
 
         p = self.plan
-        base = TrainConfig(
+        return TrainConfig(
             out=str(self.out / "student_base"),
             data=[str(self.out / "base" / "data")],
             tokenizer=str(self.out / "tokenizer"),
@@ -227,44 +257,37 @@ class Speedrun:
             progress=self.progress,
             resume=(self.out / "student_base" / "run.json").exists(),
         )
-        # The student's pretraining needs nothing from the teacher: on a CPU with 2+ threads it runs in a second
-        # process on one thread while this one samples the teacher's traces on the others. Neither tiny job gains
-        # much from a second thread (measured at 2 threads vs 1: 1.14-1.3x), so side by side they take ~2/3 of the time.
-        beside = self._start_beside(base)
-        student_base = None if beside else self._train(base)
-        traces = self.out / "data" / "teacher_traces.jsonl"
-        try:
-            with _threads(torch.get_num_threads() - 1 if beside else None):
-                summary = generate(
-                    GenerateConfig(
-                        out=str(traces),
-                        tasks=[p.task],
-                        problems=p.distill_problems,
-                        samples=p.distill_samples,
-                        teacher=self.record["rl"]["checkpoint"],
-                        temperature=0.6,
-                        max_tokens=p.max_tokens,
-                        seed=self._seed(3),
-                        device=p.device,
-                        progress=self.progress,
-                    )
+
+    def _teacher_traces(self, traces: Path, threads_left: bool) -> dict[str, Any]:
+        """The RL model's verified traces, one sampled per problem (threads_left: a thread is the student's)."""
+        import torch
+
+        from nanoseek.train.distill import GenerateConfig, generate
+
+        p = self.plan
+        with _threads(torch.get_num_threads() - 1 if threads_left else None):
+            return generate(
+                GenerateConfig(
+                    out=str(traces),
+                    tasks=[p.task],
+                    problems=p.distill_problems,
+                    samples=p.distill_samples,
+                    teacher=self.record["rl"]["checkpoint"],
+                    temperature=0.6,
+                    max_tokens=p.max_tokens,
+                    seed=self._seed(3),
+                    device=p.device,
+                    progress=self.progress,
                 )
-        except BaseException:
-            if beside:
-                beside.kill()  # its checkpoints stay: the next run resumes it
-            raise
-        if beside:
-            student_base = self._finish_beside(beside, base)
-        if summary["traces"] == 0:
-            raise ValueError(
-                "the RL model produced no verified trace to distil: its pass@1 is ~0; train the base "
-                "longer (a bigger --preset) or check the rl stage's plot"
             )
-        # Rows no longer than the longest trace: a worked product is 148-185 tokens, one to a row either way, so
-        # the student learns from as many traces a step as with 256-token rows, with ~6% padding instead of 32%
-        # (a step of this tiny model is mostly fixed cost: ~3% faster at 1 thread, measured)
-        seq_len = min(p.seq_len, _longest_example(traces, self.out / "tokenizer") - 1)
-        config = TrainConfig(
+
+    def _student_config(self, traces: Path, student_base: Path, seq_len: int):
+        """SFT of the pretrained student on the traces."""
+        from nanoseek.train.optim import OptimConfig
+        from nanoseek.train.trainer import TrainConfig
+
+        p = self.plan
+        return TrainConfig(
             out=str(self.out / "student"),
             data=[str(traces)],
             mode="sft",
@@ -284,12 +307,6 @@ class Speedrun:
             progress=self.progress,
             resume=(self.out / "student" / "run.json").exists(),
         )
-        return {
-            "checkpoint": str(self._train(config)),
-            "traces": summary["traces"],
-            "seq_len": seq_len,
-            "student_base": str(student_base),
-        }
 
     def stage_eval(self) -> dict[str, Any]:
         stages = ("base", "sft", "rl", "student")

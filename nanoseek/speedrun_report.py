@@ -14,29 +14,48 @@ MODEL_STAGES = ("base", "sft", "rl", "student")
 
 
 def write_report(out: Path, record: dict[str, Any], plan) -> dict[str, Any]:
-    from nanoseek.config import ModelConfig
-    from nanoseek.model.sizes import latent_cache_bytes_per_token, parameter_counts
+    """summary.json (its keys are a contract: benchmarks and users read them), then report.md from it."""
+    summary = _summary(record, plan)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    lines = [
+        *_header(summary, plan),
+        *_stage_table(summary["stages"], plan),
+        "",
+        "## Does the run show what it claims?",
+        "",
+        *[f"- {'PASS' if c['ok'] else '**FAIL**'}: {c['text']}" for c in summary["claims"].values()],
+        *_model_table(summary["stages"]),
+        "",
+        "## Time per stage",
+        "",
+        "| stage | seconds |",
+        "| --- | --- |",
+        *[f"| {k} | {v['seconds']:.0f} |" for k, v in _timed_stages(record)],
+        *_plot_section(out),
+        *_talk_to_it(summary["stages"]["rl"]["checkpoint"]),
+    ]
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    print("\n".join(lines[-6:]), flush=True)
+    return {"report": str(out / "report.md"), "summary": str(out / "summary.json")}
+
+
+def _timed_stages(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The record's stages that were timed (keys starting with _ are the plan and bookkeeping)."""
+    return [(k, v) for k, v in record.items() if not k.startswith("_") and isinstance(v, dict) and "seconds" in v]
+
+
+def _summary(record: dict[str, Any], plan) -> dict[str, Any]:
     from nanoseek.speedrun import commit, machine
 
     evals = record["eval"]
-    stages = {
-        s: {
-            "checkpoint": record[s]["checkpoint"],
-            "pass1": evals[s]["pass1"],
-            "seconds": record[s]["seconds"],
-            "active_params": evals[s]["active_params"],
-            "mean_length": evals[s]["mean_length"],
-            **(
-                {"pass1_unseen_phrasing": evals[s]["pass1_unseen_phrasing"]}
-                if "pass1_unseen_phrasing" in evals[s]
-                else {}
-            ),
-        }
-        for s in MODEL_STAGES
-    }
+    stages = {}
+    for s in MODEL_STAGES:
+        stages[s] = {"checkpoint": record[s]["checkpoint"], "pass1": evals[s]["pass1"], "seconds": record[s]["seconds"]}
+        keep = ("active_params", "mean_length", "pass1_unseen_phrasing")
+        stages[s].update({k: evals[s][k] for k in keep if k in evals[s]})
     claims = check_claims(stages)
-    wall = sum(v.get("seconds", 0) for k, v in record.items() if not k.startswith("_") and isinstance(v, dict))
-    summary = {
+    wall = sum(v["seconds"] for _, v in _timed_stages(record))
+    return {
         "wall_seconds": round(wall, 1),
         "stages": stages,
         "machine": machine(),
@@ -48,22 +67,35 @@ def write_report(out: Path, record: dict[str, Any], plan) -> dict[str, Any]:
         "student_vs_teacher": claims["student_vs_teacher"]["value"],
         "claims": claims,
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
-    plots = _plots(out)
-    teacher = ModelConfig.from_json(Path(stages["rl"]["checkpoint"]) / "config.json")
-    student = ModelConfig.from_json(Path(stages["student"]["checkpoint"]) / "config.json")
-    unseen = all("pass1_unseen_phrasing" in stages[s] for s in MODEL_STAGES)
-    lines = [
+
+def _header(summary: dict[str, Any], plan) -> list[str]:
+    m = summary["machine"]
+    return [
         "# nanoseek speedrun report",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M')} · commit `{summary['commit'] or 'unknown'}` · "
-        f"{summary['machine']['cpu']} ({summary['machine']['cores']} cores, "
-        + (f"{summary['machine']['isa']} kernels, " if summary["machine"].get("isa") else "")
-        + f"torch {summary['machine']['torch']})"
-        + (f" · GPU {summary['machine']['gpu']}" if summary["machine"]["gpu"] else ""),
+        f"{m['cpu']} ({m['cores']} cores, "
+        + (f"{m['isa']} kernels, " if m.get("isa") else "")
+        + f"torch {m['torch']})"
+        + (f" · GPU {m['gpu']}" if m["gpu"] else ""),
         "",
-        f"Task: **{plan.task}** (held-out problems never seen in training). Total: **{wall / 60:.1f} minutes**.",
+        f"Task: **{plan.task}** (held-out problems never seen in training). "
+        f"Total: **{summary['wall_seconds'] / 60:.1f} minutes**.",
+    ]
+
+
+def _stage_table(stages: dict[str, dict[str, Any]], plan) -> list[str]:
+    """Held-out pass@1 of every model stage (and on unseen phrasings, when the eval measured them)."""
+    unseen = all("pass1_unseen_phrasing" in stages[s] for s in MODEL_STAGES)
+    what = {
+        "base": f"pretrained; {plan.worked_fraction / (1 + plan.worked_fraction):.0%} of its documents reason, "
+        "the rest answer directly",
+        "sft": "concise chat SFT of the base (a side row: RL starts from the base)",
+        "rl": "GRPO with verifiable rewards on the base (R1-Zero)",
+        "student": "distilled from the RL model's verified traces (R1-Distill)",
+    }
+    lines = [
         "",
         "## Held-out pass@1 by stage",
         "",
@@ -72,13 +104,6 @@ def write_report(out: Path, record: dict[str, Any], plan) -> dict[str, Any]:
         + " mean response tokens | active params | time |",
         "| --- | --- | --- |" + (" --- |" if unseen else "") + " --- | --- | --- |",
     ]
-    what = {
-        "base": f"pretrained; {plan.worked_fraction / (1 + plan.worked_fraction):.0%} of its documents reason, "
-        "the rest answer directly",
-        "sft": "concise chat SFT of the base (a side row: RL starts from the base)",
-        "rl": "GRPO with verifiable rewards on the base (R1-Zero)",
-        "student": "distilled from the RL model's verified traces (R1-Distill)",
-    }
     for s in MODEL_STAGES:
         st = stages[s]
         lines.append(
@@ -86,30 +111,41 @@ def write_report(out: Path, record: dict[str, Any], plan) -> dict[str, Any]:
             + (f" {st['pass1_unseen_phrasing']:.1%} |" if unseen else "")
             + f" {st['mean_length']:.0f} | {st['active_params'] / 1e6:.2f}M | {st['seconds']:.0f}s |"
         )
-    lines += ["", "## Does the run show what it claims?", ""]
-    lines += [f"- {'PASS' if c['ok'] else '**FAIL**'}: {c['text']}" for c in claims.values()]
-    lines += [
+    return lines
+
+
+def _model_table(stages: dict[str, dict[str, Any]]) -> list[str]:
+    from nanoseek.config import ModelConfig
+    from nanoseek.model.sizes import latent_cache_bytes_per_token, parameter_counts
+
+    lines = [
         "",
         "## Models",
         "",
         "| model | total params | active per token | latent cache per token (bf16, all layers) |",
         "| --- | --- | --- | --- |",
     ]
-    for name, config in (("teacher (base / sft / rl)", teacher), ("student", student)):
+    for name, stage in (("teacher (base / sft / rl)", "rl"), ("student", "student")):
+        config = ModelConfig.from_json(Path(stages[stage]["checkpoint"]) / "config.json")
         counts = parameter_counts(config)
         cache = latent_cache_bytes_per_token(config, 2)
         lines.append(
             f"| {name} | {counts.total / 1e6:.2f}M | {counts.active / 1e6:.2f}M | "
             f"{cache['mla_all_layers']:,} B (MHA would need {cache['mha_all_layers']:,} B) |"
         )
-    lines += ["", "## Time per stage", "", "| stage | seconds |", "| --- | --- |"]
-    lines += [f"| {k} | {v['seconds']:.0f} |" for k, v in record.items() if not k.startswith("_") and "seconds" in v]
-    if plots:
-        lines += ["", "## Plots", ""]
-        for title, path in plots:
-            lines += [f"### {title}", "", f"![{title}]({path.relative_to(out)})", ""]
-    rl_model = stages["rl"]["checkpoint"]
-    lines += [
+    return lines
+
+
+def _plot_section(out: Path) -> list[str]:
+    plots = _plots(out)
+    lines = ["", "## Plots", ""] if plots else []
+    for title, path in plots:
+        lines += [f"### {title}", "", f"![{title}]({path.relative_to(out)})", ""]
+    return lines
+
+
+def _talk_to_it(rl_model: str) -> list[str]:
+    return [
         "",
         "## Talk to it",
         "",
@@ -119,9 +155,6 @@ def write_report(out: Path, record: dict[str, Any], plan) -> dict[str, Any]:
         "```",
         "",
     ]
-    atomic_write_text(out / "report.md", "\n".join(lines))
-    print("\n".join(lines[-6:]), flush=True)
-    return {"report": str(out / "report.md"), "summary": str(out / "summary.json")}
 
 
 def check_claims(stages: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -180,8 +180,11 @@ def test_micro_batches_give_the_gradient_of_one_padded_pass(start, agg):
     (split_stats, split), (whole_stats, whole) = gradients(overhead=4), gradients(overhead=10**9)
     assert len(split) == len(whole) > 0
     for a, b in zip(split, whole):
-        assert torch.allclose(a, b, atol=1e-10, rtol=1e-8)
-    assert split_stats == pytest.approx(whole_stats, rel=1e-6)  # log-probs are taken in float32
+        # float64 everywhere but routing, which runs in float32 whatever the model's dtype (moe.py): its gradient
+        # differs between paddings in float32's last bits (1.9e-7 of its largest entry on torch's AVX2 kernels)
+        tolerance = 1e-12 if a.dtype == torch.float64 else 1e-5
+        assert (a - b).abs().max() <= tolerance * b.abs().max()
+    assert split_stats == pytest.approx(whole_stats, rel=1e-10)
 
 
 def _run(out, start, **extra):

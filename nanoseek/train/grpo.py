@@ -493,7 +493,10 @@ def _token_logprobs(
 ):
     """Log-probability of each next token (and the policy's entropy) at every position under the sampling policy
     softmax(logits / temperature): [B, T] each."""
-    logits = model(ids).float() / temperature
+    logits = model(ids)
+    # at least float32 (a bf16 model's log-softmax in bf16 is too coarse for ratios), never less: `.float()` would
+    # round a float64 model's logits to float32, and then two paddings of one batch differ in the last bit
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
     logp_all = F.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
