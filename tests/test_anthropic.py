@@ -85,3 +85,22 @@ def test_errors_have_anthropic_shape(server):
     with pytest.raises(anthropic.NotFoundError) as e:
         sdk(base).messages.create(model="other", max_tokens=8, messages=ASK)
     assert e.value.body["error"]["type"] == "not_found_error"
+
+
+def test_the_servers_root_as_base_url_reaches_the_same_endpoint(server):
+    """Clients given the server's root (the SDK's base_url, Claude Code's ANTHROPIC_BASE_URL) post to Anthropic's own
+    /v1/messages: the same messages, and errors in Anthropic's shape there too (not the OpenAI routes' shape)."""
+    base, _ = server
+    at_root = anthropic.Anthropic(base_url=base, api_key="sk-test", max_retries=0, timeout=60)
+    m = at_root.messages.create(model="tiny", max_tokens=400, messages=ASK, tools=[WEATHER])
+    assert [b.type for b in m.content] == ["thinking", "text", "tool_use"] and m.stop_reason == "tool_use"
+    r = httpx.post(f"{base}/v1/messages", json={"messages": ASK}, headers={"x-api-key": "sk-test"})
+    assert r.status_code == 400 and r.json()["type"] == "error" and "max_tokens" in r.json()["error"]["message"]
+    with pytest.raises(anthropic.AuthenticationError) as e:
+        anthropic.Anthropic(base_url=base, api_key="wrong", max_retries=0).messages.create(
+            model="tiny", max_tokens=8, messages=ASK
+        )
+    assert e.value.body["error"]["type"] == "authentication_error"
+    # the OpenAI routes beside it keep their own shape
+    r = httpx.post(f"{base}/v1/chat/completions", json={"messages": []}, headers={"x-api-key": "sk-test"})
+    assert r.status_code == 400 and "type" not in r.json() and "message" in r.json()["error"], r.text

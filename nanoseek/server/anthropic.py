@@ -1,5 +1,5 @@
 """Anthropic's Messages API at /anthropic/v1/messages, as DeepSeek serves it (its `/anthropic` base URL), so
-Anthropic-SDK clients work against nanoseek.
+Anthropic-SDK clients work against nanoseek; also at Anthropic's own /v1/messages, for clients given the server's root.
 
 A request becomes the equivalent chat completion request (system, text, thinking and tool_use blocks of
 assistant turns, tool_result blocks as tool messages; a final assistant message is a prefill, i.e. a prefix

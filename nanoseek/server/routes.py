@@ -11,7 +11,7 @@ Where this API differs from OpenAI's or DeepSeek's:
   and constrained decoding keeps the arguments valid against the function's parameters schema. Thinking is
   switched with DeepSeek's `thinking`, reasoning_effort "none" or chat_template_kwargs; FIM (suffix) and chat
   prefix completion are served on /v1 and on DeepSeek's /beta paths; Anthropic's Messages API at
-  /anthropic/v1/messages (anthropic.py).
+  /anthropic/v1/messages and /v1/messages (anthropic.py).
 - top_logprobs > 0 (and /v1/completions logprobs > 0) are refused: only the chosen tokens' logprobs exist.
 - logit_bias and non-zero frequency/presence penalties are refused (0 and {} are accepted); other unknown
   fields are ignored.
@@ -82,7 +82,7 @@ from nanoseek.server.schemas import (
     describe_validation_errors,
     error_body,
 )
-from nanoseek.server.security import APIKeys, Guard, SameOrigin
+from nanoseek.server.security import ANTHROPIC_ROOT_PATH, APIKeys, Guard, SameOrigin
 
 log = logging.getLogger("nanoseek.server")
 STATIC = Path(__file__).parent / "static"
@@ -201,6 +201,8 @@ def create_app(load_engine: Callable[[], ServedEngine], config: ServerConfig | N
         events = stream_messages(server, job, stream, tick) if body.stream else None
         return await answer(request, job, events, lambda: message_response(job, prompt, model, message_id))
 
+    # the same endpoint at Anthropic's own path, for clients whose base URL is this server's root
+    app.add_api_route(ANTHROPIC_ROOT_PATH, anthropic_messages, methods=["POST"], include_in_schema=False)
     # DeepSeek's beta paths (chat prefix completion, FIM): the same endpoints here
     app.add_api_route("/beta/chat/completions", chat_completions, methods=["POST"], include_in_schema=False)
     app.add_api_route("/beta/completions", completions, methods=["POST"], include_in_schema=False)

@@ -148,7 +148,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if scope["path"].startswith(ANTHROPIC_PREFIX):  # its clients read Anthropic's error shape
+        if is_anthropic(scope["path"]):  # its clients read Anthropic's error shape
             send = _anthropic_errors(send)
         if self.keys.enabled and scope["path"].startswith(PROTECTED):
             key = self.keys.match(headers.get(b"authorization", b""))
@@ -259,6 +259,17 @@ def _netloc(origin: str) -> str | None:
 
 PROTECTED = ("/v1/", "/beta/", "/anthropic/")  # paths that need an API key when keys are set
 ANTHROPIC_PREFIX = "/anthropic/"
+# Anthropic's own path, for clients given the server's root as their base URL (the SDK's base_url, Claude Code's
+# ANTHROPIC_BASE_URL): DeepSeek serves the API under /anthropic, Anthropic at /v1/messages
+ANTHROPIC_ROOT_PATH = "/v1/messages"
+
+
+def is_anthropic(path: str) -> bool:
+    return (
+        path.startswith(ANTHROPIC_PREFIX) or path == ANTHROPIC_ROOT_PATH or path.startswith(ANTHROPIC_ROOT_PATH + "/")
+    )
+
+
 ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
