@@ -104,3 +104,19 @@ def test_the_servers_root_as_base_url_reaches_the_same_endpoint(server):
     # the OpenAI routes beside it keep their own shape
     r = httpx.post(f"{base}/v1/chat/completions", json={"messages": []}, headers={"x-api-key": "sk-test"})
     assert r.status_code == 400 and "type" not in r.json() and "message" in r.json()["error"], r.text
+
+
+def test_count_tokens_is_the_prompt_a_message_would_read(server):
+    """/v1/messages/count_tokens (both paths, through the SDK): the input_tokens a create() with the same request
+    reports, more for a longer conversation, and 404 in Anthropic's shape for another model."""
+    base, _ = server
+    client, at_root = sdk(base), anthropic.Anthropic(base_url=base, api_key="sk-test", max_retries=0, timeout=60)
+    created = client.messages.create(model="tiny", max_tokens=50, messages=ASK, tools=[WEATHER])
+    counted = [c.messages.count_tokens(model="tiny", messages=ASK, tools=[WEATHER]) for c in (client, at_root)]
+    assert [c.input_tokens for c in counted] == [created.usage.input_tokens] * 2 and created.usage.input_tokens > 5
+    longer = [*ASK, {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "And tomorrow?"}]
+    more = at_root.messages.count_tokens(model="tiny", messages=longer, tools=[WEATHER]).input_tokens
+    assert more > counted[0].input_tokens
+    with pytest.raises(anthropic.NotFoundError) as e:
+        at_root.messages.count_tokens(model="other", messages=ASK)
+    assert e.value.body["error"]["type"] == "not_found_error"

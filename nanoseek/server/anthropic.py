@@ -52,6 +52,12 @@ class MessagesRequest(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
+class CountTokensRequest(MessagesRequest):
+    """/v1/messages/count_tokens: a Messages request without max_tokens (what the prompt would cost)."""
+
+    max_tokens: int = Field(1, ge=1)
+
+
 def _text(blocks: str | list[dict[str, Any]], where: str) -> str:
     if isinstance(blocks, str):
         return blocks

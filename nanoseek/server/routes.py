@@ -44,7 +44,14 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nanoseek.server.anthropic import MessagesRequest, MessageStream, chat_request, message_response, stream_messages
+from nanoseek.server.anthropic import (
+    CountTokensRequest,
+    MessagesRequest,
+    MessageStream,
+    chat_request,
+    message_response,
+    stream_messages,
+)
 from nanoseek.server.constraints import cache_salt, with_extensions
 from nanoseek.server.jobs import Job, ServedEngine, Server, ServerConfig
 from nanoseek.server.prompts import (
@@ -201,8 +208,18 @@ def create_app(load_engine: Callable[[], ServedEngine], config: ServerConfig | N
         events = stream_messages(server, job, stream, tick) if body.stream else None
         return await answer(request, job, events, lambda: message_response(job, prompt, model, message_id))
 
-    # the same endpoint at Anthropic's own path, for clients whose base URL is this server's root
+    @app.post("/anthropic/v1/messages/count_tokens", include_in_schema=False)
+    async def anthropic_count_tokens(body: CountTokensRequest) -> dict[str, int]:
+        """The prompt's tokens as this model renders and encodes it (agents budget their context with it)."""
+        engine = server.ready()
+        server.check_model(body.model)
+        prompt = await asyncio.to_thread(render_chat, engine.tokenizer, chat_request(body))
+        return {"input_tokens": len((await encode(engine, [prompt.text]))[0])}
+
+    # the same endpoints at Anthropic's own paths, for clients whose base URL is this server's root
     app.add_api_route(ANTHROPIC_ROOT_PATH, anthropic_messages, methods=["POST"], include_in_schema=False)
+    count_path = f"{ANTHROPIC_ROOT_PATH}/count_tokens"
+    app.add_api_route(count_path, anthropic_count_tokens, methods=["POST"], include_in_schema=False)
     # DeepSeek's beta paths (chat prefix completion, FIM): the same endpoints here
     app.add_api_route("/beta/chat/completions", chat_completions, methods=["POST"], include_in_schema=False)
     app.add_api_route("/beta/completions", completions, methods=["POST"], include_in_schema=False)
