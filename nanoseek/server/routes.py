@@ -97,8 +97,17 @@ STATIC = Path(__file__).parent / "static"
 
 def create_app(load_engine: Callable[[], ServedEngine], config: ServerConfig | None = None) -> FastAPI:
     """The FastAPI app; `load_engine` runs in a background thread at startup."""
-    config = config or ServerConfig()
-    server = Server(load_engine, config)
+    server = Server(load_engine, config or ServerConfig())
+    app = _guarded_app(server)
+    _openai_routes(app, server)
+    _anthropic_routes(app, server)
+    _service_routes(app, server)
+    return app
+
+
+def _guarded_app(server: Server) -> FastAPI:
+    """The app with its lifespan (the engine loads in the background), middleware and error handlers."""
+    config = server.config
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -121,27 +130,36 @@ def create_app(load_engine: Callable[[], ServedEngine], config: ServerConfig | N
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(SameOrigin, allowed_origins=config.allowed_origins, allowed_hosts=config.allowed_hosts)
     _install_error_handlers(app)
-    tick = config.keepalive_seconds
+    return app
 
-    async def admit(
-        request: Request, engine: ServedEngine, body, prompts, max_tokens, logprobs, constraint=None
-    ) -> Job:
-        """The body's sampling params, constraint and prefix-cache namespace (API key, user id), then the job."""
-        params = params_from_request(body, max_tokens, config, logprobs)
-        salt = cache_salt(getattr(request.state, "api_key", None), body.user_id or body.user)
-        params = with_extensions(params, constraint, salt)
-        return server.admit(request, engine, await encode(engine, prompts), params)
 
-    async def answer(request: Request, job: Job, events: AsyncIterator | None, final: Callable) -> Response:
-        """Stream the SSE `events`, or collect every sample and answer `final()`; the job is released either way."""
-        if events is not None:
-            return EventStream(events, partial(server.release, job))
-        try:
-            if not await collect(job, request, tick):
-                return Response(status_code=CLIENT_GONE)
-            return JSONResponse(final())
-        finally:
-            server.release(job)
+async def _admit(
+    server: Server, request: Request, engine: ServedEngine, body, prompts, max_tokens, logprobs, constraint=None
+) -> Job:
+    """The body's sampling params, constraint and prefix-cache namespace (API key, user id), then the job."""
+    params = params_from_request(body, max_tokens, server.config, logprobs)
+    salt = cache_salt(getattr(request.state, "api_key", None), body.user_id or body.user)
+    params = with_extensions(params, constraint, salt)
+    return server.admit(request, engine, await encode(engine, prompts), params)
+
+
+async def _answer(
+    server: Server, request: Request, job: Job, events: AsyncIterator | None, final: Callable
+) -> Response:
+    """Stream the SSE `events`, or collect every sample and answer `final()`; the job is released either way."""
+    if events is not None:
+        return EventStream(events, partial(server.release, job))
+    try:
+        if not await collect(job, request, server.config.keepalive_seconds):
+            return Response(status_code=CLIENT_GONE)
+        return JSONResponse(final())
+    finally:
+        server.release(job)
+
+
+def _openai_routes(app: FastAPI, server: Server) -> None:
+    """/v1/chat/completions and /v1/completions, also at DeepSeek's /beta paths."""
+    tick = server.config.keepalive_seconds
 
     @app.post(
         "/v1/chat/completions",
@@ -157,19 +175,14 @@ def create_app(load_engine: Callable[[], ServedEngine], config: ServerConfig | N
             )
         prompt = await asyncio.to_thread(render_chat, engine.tokenizer, body)  # scans and renders long texts
         max_tokens = body.max_completion_tokens or body.max_tokens
-        job = await admit(request, engine, body, [prompt.text], max_tokens, bool(body.logprobs), prompt.constraint)
+        logprobs = bool(body.logprobs)
+        job = await _admit(server, request, engine, body, [prompt.text], max_tokens, logprobs, prompt.constraint)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         ctx = ChatContext(
-            f"chatcmpl-{uuid.uuid4().hex}",
-            model,
-            int(time.time()),
-            prompt,
-            engine.tokenizer,
-            include_usage,
-            bool(body.logprobs),
+            f"chatcmpl-{uuid.uuid4().hex}", model, int(time.time()), prompt, engine.tokenizer, include_usage, logprobs
         )
         events = stream_events(server, job, ChatStream(job, ctx), tick) if body.stream else None
-        return await answer(request, job, events, lambda: chat_response(job, ctx))
+        return await _answer(server, request, job, events, lambda: chat_response(job, ctx))
 
     @app.post(
         "/v1/completions",
@@ -181,20 +194,24 @@ def create_app(load_engine: Callable[[], ServedEngine], config: ServerConfig | N
         model = server.check_model(body.model)
         check_text_options(body)
         prompts = fim_prompts(engine.tokenizer, completion_prompts(body.prompt), body.suffix)
-        job = await admit(request, engine, body, prompts, body.max_tokens, body.logprobs is not None)
+        logprobs = body.logprobs is not None
+        job = await _admit(server, request, engine, body, prompts, body.max_tokens, logprobs)
         echo = [prompt_text(engine, p) if body.echo else "" for p in prompts]
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         ctx = TextContext(
-            f"cmpl-{uuid.uuid4().hex}",
-            model,
-            int(time.time()),
-            engine.tokenizer,
-            include_usage,
-            body.logprobs is not None,
-            echo,
+            f"cmpl-{uuid.uuid4().hex}", model, int(time.time()), engine.tokenizer, include_usage, logprobs, echo
         )
         events = stream_events(server, job, TextStream(job, ctx), tick) if body.stream else None
-        return await answer(request, job, events, lambda: text_response(job, ctx))
+        return await _answer(server, request, job, events, lambda: text_response(job, ctx))
+
+    # DeepSeek's beta paths (chat prefix completion, FIM): the same endpoints here
+    app.add_api_route("/beta/chat/completions", chat_completions, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/beta/completions", completions, methods=["POST"], include_in_schema=False)
+
+
+def _anthropic_routes(app: FastAPI, server: Server) -> None:
+    """Anthropic's Messages API and count_tokens, under DeepSeek's /anthropic and at Anthropic's own paths."""
+    tick = server.config.keepalive_seconds
 
     @app.post("/anthropic/v1/messages", include_in_schema=False)
     async def anthropic_messages(body: MessagesRequest, request: Request) -> Response:
@@ -202,11 +219,11 @@ def create_app(load_engine: Callable[[], ServedEngine], config: ServerConfig | N
         model = server.check_model(body.model)
         chat = chat_request(body)
         prompt = await asyncio.to_thread(render_chat, engine.tokenizer, chat)
-        job = await admit(request, engine, chat, [prompt.text], chat.max_tokens, False, prompt.constraint)
+        job = await _admit(server, request, engine, chat, [prompt.text], chat.max_tokens, False, prompt.constraint)
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
         stream = MessageStream(job, prompt, model, message_id)
         events = stream_messages(server, job, stream, tick) if body.stream else None
-        return await answer(request, job, events, lambda: message_response(job, prompt, model, message_id))
+        return await _answer(server, request, job, events, lambda: message_response(job, prompt, model, message_id))
 
     @app.post("/anthropic/v1/messages/count_tokens", include_in_schema=False)
     async def anthropic_count_tokens(body: CountTokensRequest) -> dict[str, int]:
@@ -220,9 +237,10 @@ def create_app(load_engine: Callable[[], ServedEngine], config: ServerConfig | N
     app.add_api_route(ANTHROPIC_ROOT_PATH, anthropic_messages, methods=["POST"], include_in_schema=False)
     count_path = f"{ANTHROPIC_ROOT_PATH}/count_tokens"
     app.add_api_route(count_path, anthropic_count_tokens, methods=["POST"], include_in_schema=False)
-    # DeepSeek's beta paths (chat prefix completion, FIM): the same endpoints here
-    app.add_api_route("/beta/chat/completions", chat_completions, methods=["POST"], include_in_schema=False)
-    app.add_api_route("/beta/completions", completions, methods=["POST"], include_in_schema=False)
+
+
+def _service_routes(app: FastAPI, server: Server) -> None:
+    """The model list, health, metrics and the browser chat."""
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> dict[str, Any]:
@@ -238,7 +256,7 @@ def create_app(load_engine: Callable[[], ServedEngine], config: ServerConfig | N
         reason = server.unavailable()
         if reason:
             return JSONResponse(error_body(reason, type="server_error", code="unavailable"), status_code=503)
-        return JSONResponse({"status": "ok", "model": config.model_name})
+        return JSONResponse({"status": "ok", "model": server.config.model_name})
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
@@ -249,7 +267,6 @@ def create_app(load_engine: Callable[[], ServedEngine], config: ServerConfig | N
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
 
 
 def _model_card(server: Server) -> dict[str, Any]:
