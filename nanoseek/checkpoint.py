@@ -308,91 +308,121 @@ def from_pretrained(
     """Load a checkpoint directory (or hub id). dtype None keeps the stored dtype; routing stays float32."""
     path = resolve_model_path(name_or_path)
     config = ModelConfig.from_json(path / "config.json")
-    fp8_block = _fp8_block_size(path)
     weight_map = _weight_files(path)
     config = _drop_absent_mtp(config, weight_map)
     device = torch.device(device or "cpu")
     with torch.device("meta"):
         model = DeepseekV3ForCausalLM(config)
     expected = model.state_dict()
-    loaded: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
     with ExitStack() as stack:
-        handles = {
-            name: stack.enter_context(_open_safetensors(path / name)) for name in sorted(set(weight_map.values()))
-        }
-
-        def read_stored(key: str) -> torch.Tensor:
-            try:
-                t = handles[weight_map[key]].get_tensor(key)
-            except (SafetensorError, OSError, ValueError) as e:
-                raise CheckpointError(
-                    f"{path / weight_map[key]}: cannot read {key!r} (truncated or corrupt?): {e}"
-                ) from None
-            used.add(key)
-            return t
-
-        def read(key: str, shape: torch.Size) -> torch.Tensor:
-            if key not in weight_map:
-                raise CheckpointError(f"{path}: missing tensor {key!r} (expected shape {tuple(shape)})")
-            t = read_stored(key)
-            if t.shape != shape:
-                raise CheckpointError(
-                    f"{path / weight_map[key]}: {key!r} has shape {tuple(t.shape)}, the config implies {tuple(shape)}"
-                )
-            if t.dtype == torch.float8_e4m3fn:
-                scale = f"{key}_scale_inv"
-                if scale not in weight_map:
-                    raise CheckpointError(f"{path}: {key!r} is stored as float8 without its block scales {scale!r}")
-                t = dequantize_fp8(t, read_stored(scale), fp8_block, f"{path / weight_map[scale]}: {scale!r}")
-            return t
-
+        reader = _ShardReader(path, weight_map, stack)
         if config.is_v4:
-            loaded = _load_v4(expected, weight_map, read_stored, dtype, device, fp8_block, path)
+            loaded = _load_v4(expected, weight_map, reader.read_stored, dtype, device, reader.fp8_block, path)
         else:
-            for key, meta in expected.items():
-                if config.tie_word_embeddings and key == "lm_head.weight":
-                    continue
-                match = _EXPERTS.match(key)
-                if match is None:
-                    t = read(key, meta.shape)
-                    loaded[key] = t.to(device=device, dtype=_target_dtype(key, key, dtype, handles[weight_map[key]]))
-                    continue
-                prefix, kind = match.groups()
-                probe = f"{prefix}.0.down_proj.weight"
-                if probe not in weight_map:
-                    raise CheckpointError(f"{path}: missing tensor {probe!r}")
-                target_dtype = _target_dtype(key, probe, dtype, handles[weight_map[probe]])
-                stacked = torch.empty(meta.shape, dtype=target_dtype, device=device)
-                half = meta.shape[-1] // 2
-                for e in range(meta.shape[0]):
-                    if kind == "w_down":
-                        stacked[e] = read(f"{prefix}.{e}.down_proj.weight", meta.shape[1:][::-1]).t()
-                    else:
-                        stacked[e, :, :half] = read(
-                            f"{prefix}.{e}.gate_proj.weight", torch.Size([half, meta.shape[1]])
-                        ).t()
-                        stacked[e, :, half:] = read(
-                            f"{prefix}.{e}.up_proj.weight", torch.Size([half, meta.shape[1]])
-                        ).t()
-                loaded[key] = stacked
+            loaded = _load_v3(expected, config, reader, dtype, device)
+    tied = config.tie_word_embeddings
     unexpected = sorted(
         k
         for k in weight_map
-        if k not in used and not _IGNORABLE.search(k) and not (config.tie_word_embeddings and k == "lm_head.weight")
+        if k not in reader.used and not _IGNORABLE.search(k) and not (tied and k == "lm_head.weight")
     )
     if unexpected:
         raise CheckpointError(
             f"{path}: {len(unexpected)} tensor(s) the config has no place for, e.g. {unexpected[:3]} in "
             f"{weight_map[unexpected[0]]}; does config.json match the weights?"
         )
-    if config.tie_word_embeddings:
+    if tied:
         loaded["lm_head.weight"] = loaded["model.embed_tokens.weight"]
     model.load_state_dict(loaded, assign=True, strict=True)
-    if config.tie_word_embeddings:
+    if tied:
         model.lm_head.weight = model.model.embed_tokens.weight
     _init_buffers(model, device)
     return model.eval()
+
+
+class _ShardReader:
+    """Tensors of a checkpoint's safetensors shards by name, each read checked (shape, FP8 scales) and recorded in
+    `used`, so tensors the config has no place for can be reported afterwards."""
+
+    def __init__(self, path: Path, weight_map: dict[str, str], stack: ExitStack):
+        self.path, self.weight_map, self.used = path, weight_map, set()
+        self.fp8_block = _fp8_block_size(path)
+        shards = sorted(set(weight_map.values()))
+        self.handles = {name: stack.enter_context(_open_safetensors(path / name)) for name in shards}
+
+    def handle(self, key: str):
+        return self.handles[self.weight_map[key]]
+
+    def read_stored(self, key: str) -> torch.Tensor:
+        try:
+            t = self.handle(key).get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as e:
+            where = self.path / self.weight_map[key]
+            raise CheckpointError(f"{where}: cannot read {key!r} (truncated or corrupt?): {e}") from None
+        self.used.add(key)
+        return t
+
+    def read(self, key: str, shape: torch.Size) -> torch.Tensor:
+        """`key` with the shape the config implies, FP8 dequantised with its block scales."""
+        path, weight_map = self.path, self.weight_map
+        if key not in weight_map:
+            raise CheckpointError(f"{path}: missing tensor {key!r} (expected shape {tuple(shape)})")
+        t = self.read_stored(key)
+        if t.shape != shape:
+            raise CheckpointError(
+                f"{path / weight_map[key]}: {key!r} has shape {tuple(t.shape)}, the config implies {tuple(shape)}"
+            )
+        if t.dtype == torch.float8_e4m3fn:
+            scale = f"{key}_scale_inv"
+            if scale not in weight_map:
+                raise CheckpointError(f"{path}: {key!r} is stored as float8 without its block scales {scale!r}")
+            t = dequantize_fp8(t, self.read_stored(scale), self.fp8_block, f"{path / weight_map[scale]}: {scale!r}")
+        return t
+
+
+def _load_v3(
+    expected: dict[str, torch.Tensor],
+    config: ModelConfig,
+    reader: _ShardReader,
+    dtype: torch.dtype | None,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """Our state dict from a V3-family checkpoint: one tensor per key, routed experts stacked from per-expert ones."""
+    loaded = {}
+    for key, meta in expected.items():
+        if config.tie_word_embeddings and key == "lm_head.weight":
+            continue
+        match = _EXPERTS.match(key)
+        if match is None:
+            t = reader.read(key, meta.shape)
+            loaded[key] = t.to(device=device, dtype=_target_dtype(key, key, dtype, reader.handle(key)))
+        else:
+            loaded[key] = _stacked_experts(key, meta.shape, *match.groups(), reader, dtype, device)
+    return loaded
+
+
+def _stacked_experts(
+    key: str,
+    shape: torch.Size,
+    prefix: str,
+    kind: str,
+    reader: _ShardReader,
+    dtype: torch.dtype | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """[experts, in, out] from `prefix.{e}.(gate|up|down)_proj.weight` ([out, in] each): w_down, or gate | up."""
+    probe = f"{prefix}.0.down_proj.weight"
+    if probe not in reader.weight_map:
+        raise CheckpointError(f"{reader.path}: missing tensor {probe!r}")
+    stacked = torch.empty(shape, dtype=_target_dtype(key, probe, dtype, reader.handle(probe)), device=device)
+    half = shape[-1] // 2
+    for e in range(shape[0]):
+        if kind == "w_down":
+            stacked[e] = reader.read(f"{prefix}.{e}.down_proj.weight", shape[1:][::-1]).t()
+        else:
+            stacked[e, :, :half] = reader.read(f"{prefix}.{e}.gate_proj.weight", torch.Size([half, shape[1]])).t()
+            stacked[e, :, half:] = reader.read(f"{prefix}.{e}.up_proj.weight", torch.Size([half, shape[1]])).t()
+    return stacked
 
 
 _STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
