@@ -11,7 +11,8 @@ Where this API differs from OpenAI's or DeepSeek's:
   and constrained decoding keeps the arguments valid against the function's parameters schema. Thinking is
   switched with DeepSeek's `thinking`, reasoning_effort "none" or chat_template_kwargs; FIM (suffix) and chat
   prefix completion are served on /v1 and on DeepSeek's /beta paths; Anthropic's Messages API at
-  /anthropic/v1/messages and /v1/messages (anthropic.py).
+  /anthropic/v1/messages and /v1/messages (anthropic.py); OpenAI's Responses API at /v1/responses, stateless
+  (responses_api.py).
 - top_logprobs > 0 (and /v1/completions logprobs > 0) are refused: only the chosen tokens' logprobs exist.
 - logit_bias and non-zero frequency/presence penalties are refused (0 and {} are accepted); other unknown
   fields are ignored.
@@ -75,6 +76,14 @@ from nanoseek.server.responses import (
     stream_events,
     text_response,
 )
+from nanoseek.server.responses_api import (
+    ResponseContext,
+    ResponsesRequest,
+    ResponseStream,
+    response_object,
+    stream_response,
+)
+from nanoseek.server.responses_api import chat_request as responses_chat_request
 from nanoseek.server.schemas import (
     GENERATION_RESPONSES,
     SSE,
@@ -158,7 +167,7 @@ async def _answer(
 
 
 def _openai_routes(app: FastAPI, server: Server) -> None:
-    """/v1/chat/completions and /v1/completions, also at DeepSeek's /beta paths."""
+    """/v1/chat/completions and /v1/completions (also at DeepSeek's /beta paths), and /v1/responses."""
     tick = server.config.keepalive_seconds
 
     @app.post(
@@ -203,6 +212,18 @@ def _openai_routes(app: FastAPI, server: Server) -> None:
         )
         events = stream_events(server, job, TextStream(job, ctx), tick) if body.stream else None
         return await _answer(server, request, job, events, lambda: text_response(job, ctx))
+
+    @app.post("/v1/responses", responses={**GENERATION_RESPONSES, 200: {"content": SSE}})
+    async def create_response(body: ResponsesRequest, request: Request) -> Response:
+        """OpenAI's Responses API (responses_api.py): the same engine path as a chat completion."""
+        engine = server.ready()
+        model = server.check_model(body.model)
+        chat = responses_chat_request(body)
+        prompt = await asyncio.to_thread(render_chat, engine.tokenizer, chat)
+        job = await _admit(server, request, engine, chat, [prompt.text], chat.max_tokens, False, prompt.constraint)
+        ctx = ResponseContext(body, prompt, model, engine.tokenizer)
+        events = stream_response(server, job, ResponseStream(job, ctx), tick) if body.stream else None
+        return await _answer(server, request, job, events, lambda: response_object(job, ctx))
 
     # DeepSeek's beta paths (chat prefix completion, FIM): the same endpoints here
     app.add_api_route("/beta/chat/completions", chat_completions, methods=["POST"], include_in_schema=False)

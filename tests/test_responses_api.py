@@ -1,0 +1,130 @@
+"""OpenAI's Responses API at /v1/responses, driven by the official `openai` SDK against a live server with a
+scripted engine (exact reasoning, text and tool-call output)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import httpx2 as httpx
+import openai
+import pytest
+from server_harness import ScriptedEngine, run_server
+from test_tools import REASONED_CALL, scripted
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+CHAT_WEATHER = {"type": "function", "function": {k: v for k, v in WEATHER.items() if k != "type"}}
+
+
+class Recording(ScriptedEngine):
+    """Keeps the token ids of every prompt it is given."""
+
+    prompts: ClassVar[list[list[int]]] = []
+
+    def submit(self, prompt, params, on_delta=None):
+        Recording.prompts.append(self.encode(prompt))
+        return super().submit(prompt, params, on_delta)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with run_server(lambda: scripted(REASONED_CALL, Recording)) as (base, _):
+        yield base
+
+
+def client(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def _items(response) -> list[tuple]:
+    """The output items without their ids."""
+    out = []
+    for item in response.output:
+        if item.type == "reasoning":
+            out.append(("reasoning", item.content[0].text))
+        elif item.type == "message":
+            out.append(("message", item.content[0].text))
+        else:
+            out.append(("function_call", item.name, item.arguments, item.call_id.startswith("call_")))
+    return out
+
+
+EXPECTED = [
+    ("reasoning", "Need the tool."),
+    ("message", "Let me check."),
+    ("function_call", "get_weather", '{"city": "Paris"}', True),
+]
+
+
+def test_create_gives_reasoning_text_and_a_function_call(server):
+    r = client(server).responses.create(model="tiny", input="Weather in Paris?", tools=[WEATHER])
+    assert r.object == "response" and r.status == "completed" and _items(r) == EXPECTED
+    assert r.output_text == "Let me check." and r.usage.output_tokens > 0
+    assert r.usage.input_tokens == len(Recording.prompts[-1]) and r.usage.total_tokens > r.usage.input_tokens
+    assert r.usage.output_tokens_details.reasoning_tokens > 0
+
+
+def test_stream_assembles_into_the_same_response(server):
+    with client(server).responses.stream(model="tiny", input="Weather in Paris?", tools=[WEATHER]) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert _items(final) == EXPECTED and final.status == "completed" and final.usage.output_tokens > 0
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    for kind in ("reasoning_text", "output_text", "function_call_arguments"):
+        assert f"response.{kind}.delta" in kinds and f"response.{kind}.done" in kinds
+    assert kinds.count("response.output_item.added") == kinds.count("response.output_item.done") == 3
+
+
+def test_input_items_render_the_prompt_of_the_equivalent_chat_messages(server):
+    """instructions, developer text, an earlier turn's reasoning (dropped), function_call and function_call_output
+    items: the engine is given exactly the prompt of the chat completion with the same conversation."""
+    items = [
+        {"role": "developer", "content": "Answer briefly."},
+        {"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "x"}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me check."}]},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "18C"},
+    ]
+    client(server).responses.create(model="tiny", instructions="Be kind.", input=items, tools=[WEATHER])
+    responses_prompt = Recording.prompts[-1]
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    messages = [
+        {"role": "system", "content": "Be kind."},
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    ]
+    client(server).chat.completions.create(model="tiny", messages=messages, tools=[CHAT_WEATHER])
+    assert Recording.prompts[-1] == responses_prompt
+
+
+def test_max_output_tokens_and_reasoning_effort(server):
+    r = client(server).responses.create(model="tiny", input="Weather in Paris?", max_output_tokens=2)
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    with_thinking = Recording.prompts[-1]
+    client(server).responses.create(model="tiny", input="Weather in Paris?", reasoning={"effort": "none"})
+    assert Recording.prompts[-1] != with_thinking  # the prompt closes the think block
+
+
+def test_what_is_not_supported_is_refused_with_what_to_do(server):
+    c = client(server)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.responses.create(model="tiny", input="hi", previous_response_id="resp_1")
+    assert "whole conversation in input" in e.value.message and e.value.body["param"] == "previous_response_id"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.responses.create(model="tiny", input="hi", tools=[{"type": "web_search"}])
+    assert "only function tools" in e.value.message
+    image = [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png"}]}]
+    with pytest.raises(openai.BadRequestError) as e:
+        c.responses.create(model="tiny", input=image)
+    assert "input_image" in e.value.message
+    with pytest.raises(openai.NotFoundError):
+        c.responses.create(model="other", input="hi")
+    r = httpx.post(f"{server}/v1/responses", json={"model": "tiny"})
+    assert r.status_code == 400 and "input" in r.json()["error"]["message"]
