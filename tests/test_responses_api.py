@@ -128,3 +128,27 @@ def test_what_is_not_supported_is_refused_with_what_to_do(server):
         c.responses.create(model="other", input="hi")
     r = httpx.post(f"{server}/v1/responses", json={"model": "tiny"})
     assert r.status_code == 400 and "input" in r.json()["error"]["message"]
+
+
+def test_tool_choice_and_text_format_map_onto_their_chat_fields():
+    from nanoseek.server.responses_api import ResponsesRequest, chat_request
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    body = ResponsesRequest(
+        input="hi",
+        tools=[WEATHER],
+        tool_choice={"type": "function", "name": "get_weather"},
+        text={"format": {"type": "json_schema", "name": "answer", "schema": schema, "strict": True}},
+        max_output_tokens=7,
+        parallel_tool_calls=False,
+    )
+    chat = chat_request(body)
+    assert (
+        chat.tool_choice.function.name == "get_weather" and chat.tools[0].function.parameters == WEATHER["parameters"]
+    )
+    assert chat.response_format.type == "json_schema" and chat.response_format.json_schema.schema_ == schema
+    assert chat.response_format.json_schema.strict and chat.max_tokens == 7 and chat.parallel_tool_calls is False
+    assert chat_request(
+        ResponsesRequest(input="hi", text={"format": {"type": "json_object"}})
+    ).response_format.type == ("json_object")
+    assert chat_request(ResponsesRequest(input="hi", text={"format": {"type": "text"}})).response_format is None
