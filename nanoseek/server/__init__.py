@@ -79,6 +79,11 @@ def chat(args: argparse.Namespace) -> int:
 
 
 COMMANDS = [
-    ("serve", "OpenAI-compatible HTTP server (reasoning_content, metrics) with a browser chat at /", serve_args, serve),
+    (
+        "serve",
+        "HTTP server: OpenAI chat, completions, responses; Anthropic messages; a browser chat at /",
+        serve_args,
+        serve,
+    ),
     ("chat", "chat in the terminal with a checkpoint (in-process) or a server (--url)", chat_args, chat),
 ]
