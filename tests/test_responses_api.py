@@ -107,6 +107,11 @@ def test_input_items_render_the_prompt_of_the_equivalent_chat_messages(server):
 def test_max_output_tokens_and_reasoning_effort(server):
     r = client(server).responses.create(model="tiny", input="Weather in Paris?", max_output_tokens=2)
     assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert [i.type for i in r.output] == ["reasoning"] and r.output[0].status == "incomplete"
+    with client(server).responses.stream(model="tiny", input="Weather in Paris?", max_output_tokens=2) as stream:
+        last = list(stream)[-1]  # as OpenAI's: response.incomplete, not .completed (get_final_response refuses it)
+    assert last.type == "response.incomplete" and last.response.incomplete_details.reason == "max_output_tokens"
+    assert [i.status for i in last.response.output] == ["incomplete"]
     with_thinking = Recording.prompts[-1]
     client(server).responses.create(model="tiny", input="Weather in Paris?", reasoning={"effort": "none"})
     assert Recording.prompts[-1] != with_thinking  # the prompt closes the think block

@@ -221,6 +221,13 @@ def _status(finish_reason: str) -> str:
     return "incomplete" if finish_reason == "length" else "completed"
 
 
+def _finished(items: list[dict[str, Any]], status: str) -> list[dict[str, Any]]:
+    """The output items, the last one marked incomplete when max_output_tokens cut it off."""
+    if status == "incomplete" and items:
+        items[-1]["status"] = "incomplete"
+    return items
+
+
 def _reasoning_item(text: str, status: str = "completed") -> dict[str, Any]:
     content = [{"type": "reasoning_text", "text": text}]
     return {"type": "reasoning", "id": _id("rs"), "summary": [], "content": content, "status": status}
@@ -246,7 +253,8 @@ def response_object(job: Job, ctx: ResponseContext) -> dict[str, Any]:
     items += [_message_item(text)] if text else []
     items += [_call_item(call["function"]["name"], call["function"]["arguments"]) for call in calls]
     usage = _usage(job, ctx.prompt, ctx.tokenizer, output.splitter)
-    return ctx.response(_status(c.finish_reason), items, usage)
+    status = _status(c.finish_reason)
+    return ctx.response(status, _finished(items, status), usage)
 
 
 def event(kind: str, data: dict[str, Any], sequence: int) -> str:
@@ -337,8 +345,9 @@ class ResponseStream:
         return out
 
     def finish(self, finish_reason: str) -> list[str]:
-        out = self._close()
         status = _status(finish_reason)
+        _finished(self.items, status)
+        out = self._close()
         usage = _usage(self.job, self.ctx.prompt, self.ctx.tokenizer, self.output.splitter)
         response = self.ctx.response(status, self.items, usage)
         return [*out, self._event(f"response.{status}", {"response": response})]
