@@ -157,3 +157,29 @@ def test_tool_choice_and_text_format_map_onto_their_chat_fields():
         ResponsesRequest(input="hi", text={"format": {"type": "json_object"}})
     ).response_format.type == ("json_object")
     assert chat_request(ResponsesRequest(input="hi", text={"format": {"type": "text"}})).response_format is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"input": [{"role": "user", "content": 5}]},
+        {"input": [{"role": "user", "content": [5, {"type": "input_text"}]}]},
+        {"input": [{"type": "function_call_output", "call_id": "c", "output": {"a": 1}}]},
+        {"input": [{"type": "function_call", "arguments": "{}"}]},
+        {"input": [{"role": "robot", "content": "hi"}]},
+        {"input": [{"type": "web_search_call"}]},
+        {"input": []},
+        {"input": "hi", "text": {"format": "json"}},
+        {"input": "hi", "text": {"format": {"type": "json_schema"}}},
+        {"input": "hi", "reasoning": {"effort": 5}},
+        {"input": "hi", "tool_choice": {"type": "function"}},
+        {"input": "hi", "tool_choice": "sometimes"},
+        {"input": "hi", "tools": [{"type": "function"}]},
+        {"input": "hi", "max_output_tokens": 0},
+        {"input": 7},
+    ],
+)
+def test_malformed_requests_are_400s_never_500s(server, body):
+    r = httpx.post(f"{server}/v1/responses", json={"model": "tiny", **body})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"] and r.json()["error"]["type"] == "invalid_request_error"

@@ -59,9 +59,11 @@ class ResponsesRequest(BaseModel):
 # request -> chat request
 
 
-def _part_text(content: str | list[Any], where: str) -> str:
+def _part_text(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
+    if not isinstance(content, list):
+        raise APIError(400, f"{where}.content must be a string or a list of text parts", param="input")
     parts = []
     for i, part in enumerate(content):
         if not isinstance(part, dict) or part.get("type") not in ("input_text", "output_text", "text"):
@@ -122,6 +124,8 @@ def _tool_choice(choice: str | dict[str, Any] | None) -> str | dict[str, Any] | 
 
 def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     fmt = (text or {}).get("format")
+    if fmt is not None and not isinstance(fmt, dict):
+        raise APIError(400, 'text.format must be an object such as {"type": "json_object"}', param="text")
     if not fmt or fmt.get("type") == "text":
         return None
     if fmt.get("type") == "json_schema":
