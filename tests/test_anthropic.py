@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import anthropic
 import httpx2 as httpx
+import openai
 import pytest
 from server_harness import run_server
 from test_tools import REASONED_CALL, scripted
@@ -120,3 +121,20 @@ def test_count_tokens_is_the_prompt_a_message_would_read(server):
     with pytest.raises(anthropic.NotFoundError) as e:
         at_root.messages.count_tokens(model="other", messages=ASK)
     assert e.value.body["error"]["type"] == "not_found_error"
+
+
+def test_model_aliases_answer_under_the_id_the_client_sent():
+    """`serve --model-alias`: DeepSeek's ids or an agent's own model names reach the model, responses name the id
+    sent, /v1/models lists them; an unknown id is a 404 that says how to add it; "*" answers to any id."""
+    with run_server(lambda: scripted(REASONED_CALL), model_aliases=["deepseek-chat", "deepseek-reasoner"]) as (base, _):
+        c = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=60)
+        assert c.chat.completions.create(model="deepseek-chat", messages=ASK).model == "deepseek-chat"
+        assert c.models.retrieve("deepseek-reasoner").id == "deepseek-reasoner"
+        assert [m.id for m in c.models.list()] == ["tiny", "deepseek-chat", "deepseek-reasoner"]
+        with pytest.raises(openai.NotFoundError) as e:
+            c.chat.completions.create(model="gpt-9", messages=ASK)
+        assert "deepseek-chat" in e.value.message and "--model-alias" in e.value.message
+    with run_server(lambda: scripted(REASONED_CALL), model_aliases=["*"]) as (base, _):
+        m = sdk(base).messages.create(model="claude-haiku-4-5", max_tokens=400, messages=ASK)
+        assert m.model == "claude-haiku-4-5" and m.content[1].text.startswith("Let me check.")
+        assert [m.id for m in openai.OpenAI(base_url=f"{base}/v1", api_key="x").models.list()] == ["tiny"]

@@ -16,6 +16,15 @@ def serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", action="extend", nargs="+", default=[], metavar="KEY", help="accepted bearer keys")
     p.add_argument("--api-key-file", help="file with one accepted key per line (keeps keys out of `ps`)")
     p.add_argument("--model-name", help="the model id clients send (default: the checkpoint directory's name)")
+    p.add_argument(
+        "--model-alias",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="more model ids to answer to, e.g. the names an agent sends (*: any id); responses name the id the "
+        "client sent, and an alias changes nothing else (deepseek-chat does not turn thinking off here)",
+    )
     p.add_argument("--max-waiting", type=int, default=256, help="queued sequences (prompts x n) before a 429")
     p.add_argument("--rate-limit-rpm", type=int, help="requests per minute per API key")
     p.add_argument("--rate-limit-tpm", type=int, help="tokens (prompt + n x max_tokens) per minute per API key")

@@ -38,6 +38,7 @@ def serve_main(args: Any) -> int:
     args.model = str(path)
     config = ServerConfig(
         model_name=args.model_name or path.name,
+        model_aliases=list(args.model_alias),
         api_keys=keys,
         max_waiting=args.max_waiting,
         rate_limit_rpm=args.rate_limit_rpm,

@@ -36,6 +36,7 @@ DEFAULT_MAX_TOKENS_CAP = 16384
 @dataclass
 class ServerConfig:
     model_name: str = "nanoseek"
+    model_aliases: list[str] = field(default_factory=list)  # more ids clients may send ("*": any)
     api_keys: list[str] = field(default_factory=list)
     max_waiting: int = 256  # queued requests beyond this get a 429
     rate_limit_rpm: int | None = None
@@ -257,14 +258,18 @@ class Server:
         return self.engine
 
     def check_model(self, name: str | None) -> str:
-        if name is not None and name != self.config.model_name:
-            raise APIError(
-                404,
-                f"the model '{name}' does not exist; this server serves '{self.config.model_name}'",
-                param="model",
-                code="model_not_found",
-            )
-        return self.config.model_name
+        """The id a response names: the one the client sent (the model's own or an alias), else the model's."""
+        c = self.config
+        if name is None or name == c.model_name or name in c.model_aliases or "*" in c.model_aliases:
+            return name or c.model_name
+        aliases = f" (or {', '.join(c.model_aliases)})" if c.model_aliases else ""
+        raise APIError(
+            404,
+            f"the model '{name}' does not exist; this server serves '{c.model_name}'{aliases}; "
+            "`nanoseek serve --model-alias NAME` adds ids it answers to",
+            param="model",
+            code="model_not_found",
+        )
 
     def admit(self, request: Request, engine: ServedEngine, prompts: list[list[int]], params: SamplingParams) -> Job:
         """Backpressure (in sequences: prompts x n), rate limits, then the engine (whose ValueError is a request

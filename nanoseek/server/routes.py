@@ -265,12 +265,12 @@ def _service_routes(app: FastAPI, server: Server) -> None:
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(server)]}
+        ids = [server.config.model_name, *(a for a in server.config.model_aliases if a != "*")]
+        return {"object": "list", "data": [_model_card(server, i) for i in ids]}
 
     @app.get("/v1/models/{model}", response_model=ModelCard, responses={404: {"model": ErrorResponse}})
     async def model_info(model: str) -> dict[str, Any]:
-        server.check_model(model)
-        return _model_card(server)
+        return _model_card(server, server.check_model(model))
 
     @app.get("/health", responses={503: {"model": ErrorResponse}})
     async def health() -> Response:
@@ -290,10 +290,10 @@ def _service_routes(app: FastAPI, server: Server) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
 
-def _model_card(server: Server) -> dict[str, Any]:
+def _model_card(server: Server, model_id: str) -> dict[str, Any]:
     engine = server.engine
     return {
-        "id": server.config.model_name,
+        "id": model_id,
         "object": "model",
         "created": server.created,
         "owned_by": "nanoseek",
