@@ -1,6 +1,8 @@
 """A sequence the engine fails alone (finish_reason "error") reaches its client as a 500 or an error event, and
 the requests beside it still get their normal answers."""
 
+import json
+
 import httpx2 as httpx
 import pytest
 from helpers import tiny_checkpoint
@@ -67,3 +69,26 @@ def test_prefix_cache_is_shared_only_between_requests_of_the_same_user(tmp_path)
     assert hits(b"alice") > 0  # the same user reuses its cached prompt
     assert hits(b"bob") == 0  # another user never does
     assert hits(b"") == 0
+
+
+def _stream_types(url: str, body: dict) -> list[dict]:
+    """The JSON of every `data:` line of an SSE response."""
+    with httpx.stream("POST", url, json=body, timeout=60) as response:
+        assert response.status_code == 200
+        return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def test_a_failed_responses_or_messages_stream_ends_with_an_error_event(served):
+    """/v1/responses and Anthropic's /v1/messages: a failed sequence is an `error` event, never a completed response
+    or message (and a 500 without streaming)."""
+    ask = {"model": "tiny", "temperature": 0}
+    responses = {**ask, "input": "hi", "max_output_tokens": POISON, "stream": True}
+    events = _stream_types(f"{served}/v1/responses", responses)
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "generation_failed"
+    assert not any(e["type"] == "response.completed" for e in events)
+    messages = {**ask, "messages": USER, "max_tokens": POISON, "stream": True}
+    events = _stream_types(f"{served}/anthropic/v1/messages", messages)
+    assert events[-1]["type"] == "error" and events[-1]["error"]["type"] == "api_error"
+    assert not any(e["type"] == "message_stop" for e in events)
+    for path, body in (("/v1/responses", responses), ("/anthropic/v1/messages", messages)):
+        assert httpx.post(f"{served}{path}", json={**body, "stream": False}, timeout=60).status_code == 500

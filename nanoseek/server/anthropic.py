@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nanoseek.server.jobs import Job, Server
 from nanoseek.server.prompts import ChatPrompt
-from nanoseek.server.responses import ABORTED, ChatOutput
+from nanoseek.server.responses import ChatOutput, stream_failure
 from nanoseek.server.schemas import APIError, ChatCompletionRequest, describe_validation_errors
 from nanoseek.server.security import anthropic_error
 from nanoseek.server.tools import collect_calls
@@ -202,12 +202,11 @@ def _usage(job: Job) -> dict[str, int]:
 def message_response(job: Job, prompt: ChatPrompt, model: str, message_id: str) -> dict[str, Any]:
     c = job.finals[0]
     output = ChatOutput(prompt)
-    r1, events = output.feed(c.text)
-    r2, rest = output.finish()
-    text, calls = collect_calls(events + rest)
+    reasoning, events = output.read(c.text)
+    text, calls = collect_calls(events)
     blocks: list[dict[str, Any]] = []
     if output.splitter.reasoned:
-        blocks.append({"type": "thinking", "thinking": r1 + r2, "signature": ""})
+        blocks.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     if text:
         blocks.append({"type": "text", "text": text})
     for call in calls:
@@ -272,10 +271,7 @@ class MessageStream:
         return event("content_block_delta", {"index": self.index, "delta": delta})
 
     def on_text(self, text: str, final: bool) -> list[str]:
-        reasoning, events = self.output.feed(text)
-        if final:
-            r, more = self.output.finish()
-            reasoning, events = reasoning + r, events + more
+        reasoning, events = self.output.read(text, final)
         out = []
         if reasoning:
             if self.block != "thinking":
@@ -309,8 +305,8 @@ async def stream_messages(server: Server, job: Job, stream: MessageStream, tick:
                 yield event("ping", {})
                 continue
             _, delta, _ = item
-            if delta.finish_reason == "abort":
-                yield event("error", {"error": anthropic_error(503, ABORTED.message)["error"]})
+            if (failure := stream_failure(delta.finish_reason)) is not None:
+                yield event("error", {"error": anthropic_error(failure.status, failure.message)["error"]})
                 return
             for line in stream.on_text(delta.text, delta.completion is not None):
                 yield line

@@ -84,6 +84,12 @@ FAILED = APIError(
 )
 
 
+def stream_failure(finish_reason: str | None) -> APIError | None:
+    """The error a stream ends with when its sequence was aborted or failed; None while it goes on. Every API's
+    stream checks it, so a failed generation is never reported as a finished one."""
+    return {"abort": ABORTED, "error": FAILED}.get(finish_reason)
+
+
 def _any_aborted(job: Job) -> bool:
     return any(c.finish_reason == "abort" for c in job.finals.values())
 
@@ -137,6 +143,14 @@ class ChatOutput:
         reasoning, content = self.splitter.feed(text)
         return reasoning, self._events(content)
 
+    def read(self, text: str, final: bool = True) -> tuple[str, list[Event]]:
+        """feed(text), and finish() too when `text` is the last chunk (a whole output: final)."""
+        reasoning, events = self.feed(text)
+        if final:
+            more_reasoning, more = self.finish()
+            reasoning, events = reasoning + more_reasoning, events + more
+        return reasoning, events
+
     def finish(self) -> tuple[str, list[Event]]:
         r1, events = self.feed("")
         r2, content = self.splitter.finish()
@@ -155,8 +169,15 @@ def _end_think_id(tokenizer: Any) -> int | None:
     return tokenizer.token_to_id("</think>") if tokenizer is not None else None
 
 
+def output_reasoning_tokens(
+    prompt: ChatPrompt, tokenizer: Any, token_ids: list[int], splitter: ReasoningSplitter
+) -> int:
+    """A chat output's tokens spent reasoning (0 when the prompt turned thinking off)."""
+    return reasoning_tokens(token_ids, _end_think_id(tokenizer), splitter) if prompt.thinking else 0
+
+
 def _reasoning_tokens(ctx: ChatContext, c: Any, splitter: ReasoningSplitter) -> int:
-    return reasoning_tokens(c.token_ids, _end_think_id(ctx.tokenizer), splitter) if ctx.prompt.thinking else 0
+    return output_reasoning_tokens(ctx.prompt, ctx.tokenizer, c.token_ids, splitter)
 
 
 def _finish_reason(reason: str, called: bool) -> str:
@@ -168,11 +189,10 @@ def chat_response(job: Job, ctx: ChatContext) -> dict[str, Any]:
     for index in range(job.total):
         c = job.finals[index]
         output = ChatOutput(ctx.prompt)
-        r1, events = output.feed(c.text)
-        r2, rest = output.finish()
-        content, calls = collect_calls(events + rest)
+        reasoning, events = output.read(c.text)
+        content, calls = collect_calls(events)
         reasoning_total += _reasoning_tokens(ctx, c, output.splitter)
-        reasoning_content = r1 + r2 if output.splitter.reasoned else None
+        reasoning_content = reasoning if output.splitter.reasoned else None
         message = {"role": "assistant", "content": content, "reasoning_content": reasoning_content}
         if calls:
             message["content"] = content or None
@@ -242,10 +262,8 @@ class ChatStream:
         output, c = self.outputs[index], delta.completion
         if self.logprobs is not None:
             self.logprobs.track(index, delta, logprob)
-        reasoning, events = output.feed(delta.text)
+        reasoning, events = output.read(delta.text, final=c is not None)
         if c is not None:
-            r, more = output.finish()
-            reasoning, events = reasoning + r, events + more
             self.reasoning += _reasoning_tokens(self.ctx, c, output.splitter)
         out = []
         if reasoning:
@@ -337,8 +355,8 @@ async def stream_events(server: Server, job: Job, render: ChatStream | TextStrea
                 yield ": keep-alive\n\n"
                 continue
             index, delta, logprob = event
-            if delta.finish_reason in ("abort", "error"):
-                yield sse((ABORTED if delta.finish_reason == "abort" else FAILED).body())
+            if (failure := stream_failure(delta.finish_reason)) is not None:
+                yield sse(failure.body())
                 return
             for line in render.on_event(index, delta, logprob):
                 yield line

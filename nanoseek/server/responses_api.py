@@ -29,8 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nanoseek.server.jobs import Job, Server
 from nanoseek.server.prompts import ChatPrompt
-from nanoseek.server.reasoning import reasoning_tokens
-from nanoseek.server.responses import ABORTED, ChatOutput
+from nanoseek.server.responses import ChatOutput, output_reasoning_tokens, stream_failure
 from nanoseek.server.schemas import APIError, ChatCompletionRequest, describe_validation_errors
 from nanoseek.server.tools import collect_calls, new_call_id
 
@@ -174,8 +173,7 @@ def _id(prefix: str) -> str:
 def _usage(job: Job, prompt: ChatPrompt, tokenizer: Any, splitter) -> dict[str, Any]:
     c = job.finals.get(0)
     prompt_tokens, hit, ids = (c.prompt_tokens, c.prompt_cache_hit_tokens, c.token_ids) if c else (0, 0, [])
-    end_think = tokenizer.token_to_id("</think>") if tokenizer is not None else None
-    reasoning = reasoning_tokens(ids, end_think, splitter) if prompt.thinking and ids else 0
+    reasoning = output_reasoning_tokens(prompt, tokenizer, ids, splitter)
     return {
         "input_tokens": prompt_tokens,
         "input_tokens_details": {"cached_tokens": hit},
@@ -250,10 +248,9 @@ def _call_item(name: str, arguments: str, status: str = "completed") -> dict[str
 def response_object(job: Job, ctx: ResponseContext) -> dict[str, Any]:
     c = job.finals[0]
     output = ChatOutput(ctx.prompt)
-    r1, events = output.feed(c.text)
-    r2, rest = output.finish()
-    text, calls = collect_calls(events + rest)
-    items = [_reasoning_item(r1 + r2)] if output.splitter.reasoned else []
+    reasoning, events = output.read(c.text)
+    text, calls = collect_calls(events)
+    items = [_reasoning_item(reasoning)] if output.splitter.reasoned else []
     items += [_message_item(text)] if text else []
     items += [_call_item(call["function"]["name"], call["function"]["arguments"]) for call in calls]
     usage = _usage(job, ctx.prompt, ctx.tokenizer, output.splitter)
@@ -325,10 +322,7 @@ class ResponseStream:
         return out
 
     def on_text(self, text: str, final: bool) -> list[str]:
-        reasoning, events = self.output.feed(text)
-        if final:
-            r, more = self.output.finish()
-            reasoning, events = reasoning + r, events + more
+        reasoning, events = self.output.read(text, final)
         out = []
         if reasoning:
             if self.open is None or self.open["type"] != "reasoning":
@@ -371,8 +365,8 @@ async def stream_response(server: Server, job: Job, stream: ResponseStream, tick
                 yield ": keep-alive\n\n"
                 continue
             _, delta, _ = item
-            if delta.finish_reason == "abort":
-                yield stream.error(ABORTED.message, "server_shutting_down")
+            if (failure := stream_failure(delta.finish_reason)) is not None:
+                yield stream.error(failure.message, failure.code)
                 return
             for line in stream.on_text(delta.text, delta.completion is not None):
                 yield line

@@ -56,6 +56,7 @@ from nanoseek.server.anthropic import (
 from nanoseek.server.constraints import cache_salt, with_extensions
 from nanoseek.server.jobs import Job, ServedEngine, Server, ServerConfig
 from nanoseek.server.prompts import (
+    ChatPrompt,
     check_text_options,
     completion_prompts,
     encode,
@@ -152,6 +153,16 @@ async def _admit(
     return server.admit(request, engine, await encode(engine, prompts), params)
 
 
+async def _chat_job(
+    server: Server, request: Request, engine: ServedEngine, chat: ChatCompletionRequest, max_tokens, logprobs: bool
+) -> tuple[ChatPrompt, Job]:
+    """A chat request (also one translated from the Responses or Messages API) rendered and admitted. Rendering
+    runs in a worker thread: it scans and renders long texts."""
+    prompt = await asyncio.to_thread(render_chat, engine.tokenizer, chat)
+    job = await _admit(server, request, engine, chat, [prompt.text], max_tokens, logprobs, prompt.constraint)
+    return prompt, job
+
+
 async def _answer(
     server: Server, request: Request, job: Job, events: AsyncIterator | None, final: Callable
 ) -> Response:
@@ -182,10 +193,9 @@ def _openai_routes(app: FastAPI, server: Server) -> None:
             raise APIError(
                 400, "top_logprobs > 0 is not supported; logprobs=true gives the chosen tokens'", param="top_logprobs"
             )
-        prompt = await asyncio.to_thread(render_chat, engine.tokenizer, body)  # scans and renders long texts
         max_tokens = body.max_completion_tokens or body.max_tokens
         logprobs = bool(body.logprobs)
-        job = await _admit(server, request, engine, body, [prompt.text], max_tokens, logprobs, prompt.constraint)
+        prompt, job = await _chat_job(server, request, engine, body, max_tokens, logprobs)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         ctx = ChatContext(
             f"chatcmpl-{uuid.uuid4().hex}", model, int(time.time()), prompt, engine.tokenizer, include_usage, logprobs
@@ -219,8 +229,7 @@ def _openai_routes(app: FastAPI, server: Server) -> None:
         engine = server.ready()
         model = server.check_model(body.model)
         chat = responses_chat_request(body)
-        prompt = await asyncio.to_thread(render_chat, engine.tokenizer, chat)
-        job = await _admit(server, request, engine, chat, [prompt.text], chat.max_tokens, False, prompt.constraint)
+        prompt, job = await _chat_job(server, request, engine, chat, chat.max_tokens, False)
         ctx = ResponseContext(body, prompt, model, engine.tokenizer)
         events = stream_response(server, job, ResponseStream(job, ctx), tick) if body.stream else None
         return await _answer(server, request, job, events, lambda: response_object(job, ctx))
@@ -239,8 +248,7 @@ def _anthropic_routes(app: FastAPI, server: Server) -> None:
         engine = server.ready()
         model = server.check_model(body.model)
         chat = chat_request(body)
-        prompt = await asyncio.to_thread(render_chat, engine.tokenizer, chat)
-        job = await _admit(server, request, engine, chat, [prompt.text], chat.max_tokens, False, prompt.constraint)
+        prompt, job = await _chat_job(server, request, engine, chat, chat.max_tokens, False)
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
         stream = MessageStream(job, prompt, model, message_id)
         events = stream_messages(server, job, stream, tick) if body.stream else None
