@@ -148,7 +148,9 @@ def _ours_decode_once(
     return rate, engine
 
 
-def theirs_decode(path: str, prompt: list[int], new_tokens: int, dtype=torch.float32) -> tuple[float, list[int]]:
+def theirs_decode(
+    path: str, prompt: list[int], new_tokens: int, dtype=torch.float32, device: str = "cpu"
+) -> tuple[float, list[int]]:
     """Median decode tokens/s of transformers' greedy `generate` over REPEATS runs, timed as ours_decode times the
     engine: from the first generated token (prefill done) to the last, within one `generate` call; and its ids."""
     import transformers
@@ -160,11 +162,13 @@ def theirs_decode(path: str, prompt: list[int], new_tokens: int, dtype=torch.flo
             self.times: list[float] = []
 
         def __call__(self, input_ids, scores, **kwargs):
+            if input_ids.is_cuda:  # the token exists once its kernels ran, not when they were queued
+                torch.cuda.synchronize(input_ids.device)
             self.times.append(time.perf_counter())
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
-    ids = torch.tensor([prompt])
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval().to(device)
+    ids = torch.tensor([prompt], device=device)
     rates = []
     with torch.inference_mode():
         model.generate(ids[:, :8], max_new_tokens=4, do_sample=False)

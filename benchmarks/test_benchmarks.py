@@ -296,3 +296,38 @@ def test_isa_avx2_restarts_the_script_on_torchs_avx2_kernels(tmp_path):
     assert done.returncode == 0, done.stderr
     # compiled graphs go to a cache of their own: inductor's does not key on the ISA (common.isa_environment)
     assert done.stdout.split() == ["AVX2", "AVX2", f"{shared}-avx2", "['--seed',", "'3']"]
+
+
+def test_gpu_check_runs_every_part_and_a_failing_part_does_not_stop_the_others(tmp_path, monkeypatch):
+    """gpu_check.py is what a lent GPU runs, once, for minutes: it must not meet its own bugs there. --quick on the
+    CPU runs every part end to end (the decode rows greedy-equal to transformers, GRPO trained and saved); a part
+    that raises keeps what it measured before, records its error, the parts after it still run, and the exit status
+    says it failed."""
+    import gpu_check
+
+    out = tmp_path / "quick"
+    assert gpu_check.main(["--out", str(out), "--device", "cpu", "--quick"]) == 0
+    results = json.loads((out / "gpu_check.json").read_text())
+    assert [results[part]["ok"] for part in gpu_check.PARTS] == [True] * len(gpu_check.PARTS)
+    rows = results["decode"]["batch 1"]
+    assert len(rows) == 4 and all(row["same ids"] and row["tok/s"] > 0 for row in rows)
+    assert results["decode"]["continuous batching"]["prompts"] == 4
+    assert list(results["speedrun"]["stage seconds"]) == list(gpu_check.QUICK_STAGES)
+    assert (out / "speedrun" / "rl" / "model" / "config.json").exists()
+
+    calls = []
+
+    def fails_on_its_second_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_decode(*args, **kwargs)
+
+    real_decode = gpu_check.ours_decode
+    monkeypatch.setattr(gpu_check, "ours_decode", fails_on_its_second_call)
+    out = tmp_path / "broken"
+    assert gpu_check.main(["--out", str(out), "--device", "cpu", "--quick", "--parts", "decode", "env"]) == 1
+    results = json.loads((out / "gpu_check.json").read_text())
+    assert not results["decode"]["ok"] and "illegal memory access" in results["decode"]["error"]
+    assert len(results["decode"]["batch 1"]) == 1  # what it measured before failing is kept
+    assert results["env"]["ok"] and results["env"]["device"] == "cpu"
