@@ -88,6 +88,16 @@ def test_errors_have_anthropic_shape(server):
     assert e.value.body["error"]["type"] == "not_found_error"
 
 
+def test_errors_name_the_clients_message_not_the_chat_message_it_became(server):
+    """With a system prompt (the chat layer's messages[0]) the client's messages[0] is the chat's messages[1]: an
+    error must name the one the client sent."""
+    base, _ = server
+    orphan = [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "18C"}]}]
+    body = {"model": "tiny", "max_tokens": 8, "system": "Be brief.", "messages": orphan}
+    r = httpx.post(f"{base}/anthropic/v1/messages", json=body, headers={"x-api-key": "sk-test"})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("messages[0]: a tool message"), r.text
+
+
 def test_the_servers_root_as_base_url_reaches_the_same_endpoint(server):
     """Clients given the server's root (the SDK's base_url, Claude Code's ANTHROPIC_BASE_URL) post to Anthropic's own
     /v1/messages: the same messages, and errors in Anthropic's shape there too (not the OpenAI routes' shape)."""

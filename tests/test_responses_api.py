@@ -183,3 +183,13 @@ def test_malformed_requests_are_400s_never_500s(server, body):
     r = httpx.post(f"{server}/v1/responses", json={"model": "tiny", **body})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["message"] and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_errors_name_the_input_item_not_the_chat_message_it_became(server):
+    """An error found while rendering the conversation names the client's own field: with instructions (a system
+    message ahead of the input), input[1] is the chat layer's messages[2]."""
+    orphan = [{"role": "user", "content": "hi"}, {"type": "function_call_output", "call_id": "c1", "output": "18C"}]
+    r = httpx.post(f"{server}/v1/responses", json={"model": "tiny", "instructions": "Be brief.", "input": orphan})
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["message"].startswith("input[1]: a tool message"), error
+    assert error["param"] == "input[1].role"

@@ -19,12 +19,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from nanoseek.server.jobs import Job, Server
 from nanoseek.server.prompts import ChatPrompt
 from nanoseek.server.responses import ChatOutput, stream_failure
-from nanoseek.server.schemas import APIError, ChatCompletionRequest, describe_validation_errors
+from nanoseek.server.schemas import APIError, ChatCompletionRequest, adapted_chat_request
 from nanoseek.server.security import anthropic_error
 from nanoseek.server.tools import collect_calls
 
@@ -69,10 +69,12 @@ def _text(blocks: str | list[dict[str, Any]], where: str) -> str:
     return "".join(parts)
 
 
-def _messages(body: MessagesRequest) -> list[dict[str, Any]]:
+def _messages(body: MessagesRequest) -> tuple[list[dict[str, Any]], list[str]]:
+    """The chat messages, and the field each came from (a user message's tool results become tool messages)."""
     out: list[dict[str, Any]] = []
     if body.system:
         out.append({"role": "system", "content": _text(body.system, "system")})
+    origins = ["system"] * len(out)
     for i, message in enumerate(body.messages):
         where = f"messages[{i}].content"
         blocks = [{"type": "text", "text": message.content}] if isinstance(message.content, str) else message.content
@@ -118,9 +120,10 @@ def _messages(body: MessagesRequest) -> list[dict[str, Any]]:
             if calls:
                 item["tool_calls"] = calls
             out.append(item)
+        origins += [f"messages[{i}]"] * (len(out) - len(origins))
     if out[-1]["role"] == "assistant" and not out[-1].get("tool_calls"):
         out[-1]["prefix"] = True  # Anthropic's prefill: the answer continues the last assistant message
-    return out
+    return out, origins
 
 
 def _tool_choice(choice: dict[str, Any] | None) -> tuple[Any, bool | None]:
@@ -148,9 +151,10 @@ def chat_request(body: MessagesRequest) -> ChatCompletionRequest:
     thinking = (body.thinking or {}).get("type")
     if thinking not in (None, "enabled", "disabled", "adaptive"):
         raise APIError(400, "thinking.type must be enabled or disabled", param="thinking")
+    messages, origins = _messages(body)
     request = {
         "model": body.model,
-        "messages": _messages(body),
+        "messages": messages,
         "max_tokens": body.max_tokens,
         "stop": body.stop_sequences or None,
         "temperature": body.temperature,
@@ -162,11 +166,7 @@ def chat_request(body: MessagesRequest) -> ChatCompletionRequest:
         "thinking": {"type": "disabled" if thinking == "disabled" else "enabled"},
         "user_id": (body.metadata or {}).get("user_id"),
     }
-    try:
-        return ChatCompletionRequest.model_validate({k: v for k, v in request.items() if v is not None}, strict=False)
-    except ValidationError as e:
-        message, param = describe_validation_errors(list(e.errors()))
-        raise APIError(400, message, param=param) from None
+    return adapted_chat_request(request, origins)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -146,7 +146,7 @@ def _messages(body: ChatCompletionRequest, markers: tuple[str, ...]) -> list[dic
     keep_reasoning = _tool_turns(body.messages)
     out = []
     for i, message in enumerate(body.messages):
-        where = f"messages[{i}]"
+        where = body.where(i)
         if message.content is None and not (message.role == "assistant"):
             raise APIError(
                 400,

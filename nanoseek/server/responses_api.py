@@ -25,12 +25,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from nanoseek.server.jobs import Job, Server
 from nanoseek.server.prompts import ChatPrompt
 from nanoseek.server.responses import ChatOutput, output_reasoning_tokens, stream_failure
-from nanoseek.server.schemas import APIError, ChatCompletionRequest, describe_validation_errors
+from nanoseek.server.schemas import APIError, ChatCompletionRequest, adapted_chat_request
 from nanoseek.server.tools import collect_calls, new_call_id
 
 
@@ -72,11 +72,13 @@ def _part_text(content: Any, where: str) -> str:
     return "".join(parts)
 
 
-def _messages(body: ResponsesRequest) -> list[dict[str, Any]]:
+def _messages(body: ResponsesRequest) -> tuple[list[dict[str, Any]], list[str]]:
+    """The chat messages, and the input field each came from (errors about a message name that field)."""
     out: list[dict[str, Any]] = [{"role": "system", "content": body.instructions}] if body.instructions else []
+    origins = ["instructions"] * len(out)
     items = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else body.input
     for i, item in enumerate(items):
-        where, kind = f"input[{i}]", item.get("type", "message")
+        where, kind = "input" if isinstance(body.input, str) else f"input[{i}]", item.get("type", "message")
         if kind == "message":
             role = item.get("role")
             if role not in ("user", "assistant", "system", "developer"):
@@ -99,7 +101,8 @@ def _messages(body: ResponsesRequest) -> list[dict[str, Any]]:
             out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
         elif kind != "reasoning":  # earlier reasoning is dropped, as DeepSeek drops reasoning_content
             raise APIError(400, f"{where}: items of type {kind!r} are not supported", param="input")
-    return out
+        origins += [where] * (len(out) - len(origins))
+    return out, origins
 
 
 def _tools(body: ResponsesRequest) -> list[dict[str, Any]] | None:
@@ -142,9 +145,10 @@ def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
             "in input (earlier output items included)",
             param="previous_response_id",
         )
+    messages, origins = _messages(body)
     request = {
         "model": body.model,
-        "messages": _messages(body),
+        "messages": messages,
         "max_tokens": body.max_output_tokens,
         "temperature": body.temperature,
         "top_p": body.top_p,
@@ -155,11 +159,7 @@ def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
         "response_format": _response_format(body.text),
         "user": body.user,
     }
-    try:
-        return ChatCompletionRequest.model_validate({k: v for k, v in request.items() if v is not None}, strict=False)
-    except ValidationError as e:
-        message, param = describe_validation_errors(list(e.errors()))
-        raise APIError(400, message, param=param) from None
+    return adapted_chat_request(request, origins)
 
 
 # ---------------------------------------------------------------------------------------------------------------

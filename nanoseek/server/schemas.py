@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 MAX_N = 16  # samples per request
@@ -219,6 +219,25 @@ class ChatCompletionRequest(_Sampling):
     thinking: Thinking | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max", "ultra"] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # where each message came from in the client's own request when an adapter built this one (Responses API:
+    # "instructions", "input[3]"; Anthropic: "system", "messages[1]"), so errors name the client's fields, not ours
+    _origins: list[str] = PrivateAttr(default_factory=list)
+
+    def where(self, i: int) -> str:
+        """How errors name messages[i]: by the field of the request the client sent."""
+        return self._origins[i] if i < len(self._origins) else f"messages[{i}]"
+
+
+def adapted_chat_request(fields: dict[str, Any], origins: list[str]) -> ChatCompletionRequest:
+    """The chat request another API's request became (anthropic.py, responses_api.py; None fields left out), with
+    the field of the client's request each message came from."""
+    try:
+        request = ChatCompletionRequest.model_validate({k: v for k, v in fields.items() if v is not None}, strict=False)
+    except ValidationError as e:
+        message, param = describe_validation_errors(list(e.errors()))
+        raise APIError(400, message, param=param) from None
+    request._origins = origins
+    return request
 
 
 class CompletionRequest(_Sampling):
