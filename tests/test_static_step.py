@@ -297,12 +297,17 @@ def test_a_saved_graph_is_named_by_everything_it_was_traced_with():
     assert len({base, *others}) == len(others) + 1
 
 
-def test_compiled_int8_step_equals_the_static_one(monkeypatch):
+def test_compiled_int8_step_equals_the_static_one_and_its_graph_loads_from_disk(tmp_path, monkeypatch):
     """int8 compiled: the unpacked weights dequantized inside fused products (and inputs forced into buffers, see
-    step._realized) give the tokens of the uncompiled step, which equals the dequantized float model (above)."""
-    config = random_config(3, num_nextn_predict_layers=0, max_position_embeddings=64)
-    quantized = random_model(config, 3)
-    quantize_int8(quantized, min_weights=0)
+    step._realized) give the tokens of the uncompiled step, which equals the dequantized float model (above). Its
+    graph compiled ahead of time loads on a later start: it once failed to (the experts' packed FBGEMM weights were
+    pickled with it), so every int8 start compiled again."""
+    from nanoseek.engine import graph_cache
+
+    monkeypatch.setattr(graph_cache, "directory", lambda: tmp_path / "graphs")
+    config = random_config(4, num_nextn_predict_layers=0, max_position_embeddings=64)  # MoE in every layer
+    quantized = random_model(config, 4)
+    assert quantize_int8(quantized, min_weights=0)["experts"] > 0
     _weight_only_int8_forward(monkeypatch)
     prompts = _prompts(config.vocab_size, [6, 13])
     params = SamplingParams(max_tokens=8, **GREEDY)
@@ -310,6 +315,13 @@ def test_compiled_int8_step_equals_the_static_one(monkeypatch):
     engine = Engine(quantized, decode_step="compiled")
     assert engine.decode_step == "compiled"
     assert _tokens(engine, prompts, params) == expected and engine.stats["static_steps"] == 7
+    Engine(quantized, decode_step="compiled").fast.warmup((2,))  # compiled ahead of time, saved
+    loaded, load = [], graph_cache.load
+    monkeypatch.setattr(graph_cache, "load", lambda path: loaded.append(load(path)) or loaded[-1])
+    later = Engine(quantized, decode_step="compiled")
+    later.fast.warmup((2,))
+    assert len(loaded) == 1 and loaded[0] is not None
+    assert _tokens(later, prompts, params) == expected
 
 
 def test_two_models_compiled_in_one_process_keep_static_weight_shapes():

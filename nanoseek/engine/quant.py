@@ -113,6 +113,14 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+class _ExpertWeights(tuple):
+    """Each expert's (gate_up, down) packed weights. A tuple subclass, not a list, because of a torch footgun: a
+    compiled graph saved to disk (graph_cache.py) leaves out the module attributes it never reads, but its pickler's
+    hook never sees plain lists and tuples, so a list of these was pickled whole, FBGEMM weights and all, and the
+    saved int8 graph failed to load ("Unable to cast _Missing(tensor guard tree) to Tensor"): every int8 start
+    compiled again. A subclass goes through the hook."""
+
+
 class Int8Experts(nn.Module):
     """A layer's routed experts with each expert's two matrices packed as int8; always one expert at a time."""
 
@@ -120,7 +128,8 @@ class Int8Experts(nn.Module):
         super().__init__()
         self.num_experts, self.intermediate = experts.num_experts, experts.intermediate
         self.weight_bytes = experts.w_gate_up.numel() + experts.w_down.numel()
-        self.packed = [(pack_int8(up.t()), pack_int8(down.t())) for up, down in zip(experts.w_gate_up, experts.w_down)]
+        pairs = ((pack_int8(up.t()), pack_int8(down.t())) for up, down in zip(experts.w_gate_up, experts.w_down))
+        self.packed = _ExpertWeights(pairs)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         return per_expert(self.expert, x, weights, ids, counts)
