@@ -1,7 +1,7 @@
 """The one script to run when a GPU is lent (issue 17's GPU half). A lent device comes for a few minutes, once: this
 script is prepared so that they go to measuring, not to debugging. Every part runs on --device, writes its figures
-to OUT/gpu_check.json the moment it finishes (a run cut short keeps what it measured), and a part that fails records
-its error and traceback and lets the next part run.
+to OUT/gpu_check.json as it goes (a run cut short keeps what it measured; its part shows "ok": null), and a part that
+fails records its error and traceback and lets the next part run.
 
   env       torch and CUDA versions, the device's name and memory
   decode    bench-18m (random weights), batch 1 at 16 and 2k tokens of context: the engine's eager step and its
@@ -165,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="where the speedrun runs (default: OUT; on a lent device: /tmp)")
     parser.add_argument("--device", default="cuda", help="cuda, cuda:1, or cpu (with --quick: the suite's check)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    parser.add_argument("--speedrun-preset", default="cpu", help="the speedrun plan to run on the device")
+    parser.add_argument(
+        "--speedrun-preset", default="cpu", choices=["cpu", "cpu-large", "gpu"], help="the speedrun plan to run there"
+    )
     parser.add_argument("--quick", action="store_true", help="every part at its smallest (minutes -> seconds)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per decode figure; the median is reported")
     args = parser.parse_args(argv)
