@@ -365,6 +365,44 @@ def test_engine_commands_decode_eagerly_unless_compile_and_pass_the_device(monke
     assert warmed == [(1, 2, 4)]  # a server with --max-running 3 compiles the buckets it can use, at start-up
 
 
+def test_generate_and_eval_compile_the_buckets_their_run_needs_at_start_up(monkeypatch):
+    """`generate` / `eval --compile` warm the step up front (graphs compiled ahead of time, loaded from disk on later
+    starts) for the sequences they decode at once: before, they compiled through dynamo mid-run, at each new batch
+    size, and never used the graphs on disk."""
+    import argparse
+
+    from nanoseek.engine import commands
+    from nanoseek.engine.step import StaticDecodeStep
+    from nanoseek.eval import commands as eval_commands
+
+    warmed = []
+
+    class Warmed(Exception):
+        pass
+
+    class FakeStep:
+        buckets_for = staticmethod(StaticDecodeStep.buckets_for)
+
+        @staticmethod
+        def warmup(sizes):
+            warmed.append(sizes)
+            raise Warmed  # the run itself is not what this test is about
+
+    fake = classmethod(lambda cls, path, **kw: argparse.Namespace(fast=FakeStep()))
+    monkeypatch.setattr(Engine, "from_pretrained", fake)
+    runs = [
+        (commands.generate_args, commands.generate_main, ["m", "--prompt", "a", "--prompt", "b", "--n", "2"]),
+        (eval_commands.eval_args, eval_commands.eval_main, ["m", "--n", "3"]),
+        (eval_commands.eval_args, eval_commands.eval_main, ["m", "--n", "50", "--samples", "4", "--max-running", "16"]),
+    ]
+    for add_args, run, argv in runs:
+        parser = argparse.ArgumentParser()
+        add_args(parser)
+        with pytest.raises(Warmed):
+            run(parser.parse_args([*argv, "--compile"]))
+    assert warmed == [(1, 2, 4), (1, 2, 4), (1, 2, 4, 8, 16)]
+
+
 def test_transposed_expert_copies_follow_weight_updates():
     """The compiled step reads experts from transposed copies; run that path uncompiled, then update the weights
     in place (as GRPO does) and reset the prefix cache (as GRPO does): the copies follow."""

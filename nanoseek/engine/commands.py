@@ -131,7 +131,8 @@ def render(engine, prompt, raw: bool, system: str | None = None) -> str | list[i
 def generate_main(args: argparse.Namespace) -> int:
     prompts = _read_prompts(args)
     params = params_from_flags(args, n=args.n)
-    engine = load_engine(args)
+    # --compile: the graphs of the batch sizes this run decodes, compiled ahead of time (or loaded from disk)
+    engine = load_engine(args, warm_sequences=min(len(prompts) * args.n, args.max_running))
     start = time.perf_counter()
     results = engine.generate(
         [render(engine, p, args.raw, args.system) for p in prompts],

@@ -34,7 +34,8 @@ def eval_main(args: argparse.Namespace) -> int:
     from nanoseek.eval.evaluate import evaluate, load_examples, table
 
     examples = [ex for spec in args.tasks for ex in load_examples(spec, args.n, seed=args.seed)]
-    engine = load_engine(args)
+    # --compile: the batch sizes the run decodes, compiled ahead of time (or loaded from disk) before the first problem
+    engine = load_engine(args, warm_sequences=min(len(examples) * (1 + args.samples), args.max_running))
     if engine.tokenizer is None:
         raise ValueError(f"{args.model} has no tokenizer files: evaluation needs the chat template")
     results = evaluate(
