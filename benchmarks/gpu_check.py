@@ -6,14 +6,15 @@ fails records its error and traceback and lets the next part run.
   env       torch and CUDA versions, the device's name and memory
   decode    bench-18m (random weights), batch 1 at 16 and 2k tokens of context: the engine's eager step and its
             compiled step (on CUDA: captured as CUDA graphs, torch.compile mode reduce-overhead, engine/step.py)
-            against transformers' generate on the same device, greedy ids compared; then 32 concurrent prompts
-            through continuous batching against batch 1, compiled
+            against transformers' generate on the same device, greedy ids compared
   speedrun  the whole speedrun on the device (default: `--preset cpu`'s recipe, the story a laptop tells, here in
             a few minutes; the GPU preset's own sizes take longer than a lent device stays): every stage, GRPO's
             rollouts and updates and the teacher's traces included; its run under --work, its summary.json and
             report.md copied beside gpu_check.json
+  batching  32 concurrent prompts through continuous batching against batch 1, compiled (last: on a GPU every
+            batch bucket is a CUDA graph of its own, minutes of compiling)
 
-    python benchmarks/gpu_check.py --out DIR                               # on a GPU (about 8 minutes)
+    python benchmarks/gpu_check.py --out DIR                               # on a GPU (minutes; never timed on one)
     python benchmarks/gpu_check.py --out /tmp/g --device cpu --quick        # every part at its smallest, on CPU
 
 On the `device` tool's H200 (its python3 holds torch and transformers; nothing is installed: the checkout is put on
@@ -48,13 +49,20 @@ from nanoseek.runtime import resolve_device
 
 warnings.filterwarnings("ignore")
 
-PARTS = ("env", "decode", "speedrun")
+PARTS = ("env", "decode", "speedrun", "batching")  # the order they run in: the figures wanted most first
 
-# (preset, contexts, new tokens, decode steps, concurrent prompts) of the decode part: full and --quick
+# the decode and batching parts' sizes, full and --quick (the uncompiled static step: the same graph, no compile)
 DECODE = {
-    "full": ("bench-18m", (16, 2048), 128, ("eager", "compiled"), 32),
-    "quick": ("nano", (16, 64), 8, ("eager", "static"), 4),
+    "full": dict(preset="bench-18m", contexts=(16, 2048), new_tokens=128, steps=("eager", "compiled"), concurrent=32),
+    "quick": dict(preset="nano", contexts=(16, 64), new_tokens=8, steps=("eager", "static"), concurrent=4),
 }
+
+
+def _decode_model(args: argparse.Namespace, device: torch.device) -> tuple[dict, torch.nn.Module]:
+    sizes = DECODE["quick" if args.quick else "full"]
+    config = preset(sizes["preset"], num_nextn_predict_layers=0, max_position_embeddings=4096)
+    return sizes, build_model(config).to(device)
+
 
 # --quick's speedrun: the test suite's miniature plan, run up to GRPO (a 12-step teacher writes no verified traces
 # for the student stage to learn from)
@@ -89,16 +97,15 @@ def part_env(device: torch.device, args: argparse.Namespace, save) -> dict:
 
 
 def part_decode(device: torch.device, args: argparse.Namespace, save) -> dict:
-    name, contexts, new_tokens, steps, concurrent = DECODE["quick" if args.quick else "full"]
-    config = preset(name, num_nextn_predict_layers=0, max_position_embeddings=4096)
-    model = build_model(config).to(device)
+    sizes, model = _decode_model(args, device)
+    name, vocab, new_tokens = sizes["preset"], model.config.vocab_size, sizes["new_tokens"]
     result: dict = {"batch 1": []}
     with tempfile.TemporaryDirectory() as path:
         model.save_pretrained(path)
-        for context in contexts:
-            prompt = torch.randint(2, config.vocab_size, (context,), generator=torch.Generator().manual_seed(0))
+        for context in sizes["contexts"]:
+            prompt = torch.randint(2, vocab, (context,), generator=torch.Generator().manual_seed(0))
             theirs, their_ids = theirs_decode(path, prompt.tolist(), new_tokens, device=str(device))
-            for step in steps:
+            for step in sizes["steps"]:
                 ours, engine = ours_decode(model, [prompt.tolist()], new_tokens, decode_step=step)
                 row = {"model": name, "context": context, "decode step": engine.decode_step, "tok/s": round(ours, 1)}
                 row |= {"transformers tok/s": round(theirs, 1), "ratio": round(ours / theirs, 2)}
@@ -106,15 +113,21 @@ def part_decode(device: torch.device, args: argparse.Namespace, save) -> dict:
                 result["batch 1"].append(row)
                 save(result)
                 print(f"  decode {name} context {context} {step}: {ours:.1f} tok/s vs transformers {theirs:.1f}")
-    g = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(2, config.vocab_size, (16 + 8 * i,), generator=g).tolist() for i in range(concurrent)]
-    tokens = 8 if args.quick else 48
-    single, _ = ours_decode(model, prompts[:1], tokens, decode_step=steps[-1])
-    many, _ = ours_decode(model, prompts, tokens, decode_step=steps[-1])
-    batching = {"prompts": concurrent, "decode step": steps[-1], "tok/s": round(many, 1)}
-    result["continuous batching"] = batching | {"batch-1 tok/s": round(single, 1), "ratio": round(many / single, 2)}
-    print(f"  {concurrent} concurrent ({steps[-1]}): {many:.1f} tok/s vs batch 1 {single:.1f}")
     return result
+
+
+def part_batching(device: torch.device, args: argparse.Namespace, save) -> dict:
+    """Continuous batching against batch 1 (last by default: on a GPU each batch bucket is its own CUDA graph)."""
+    sizes, model = _decode_model(args, device)
+    concurrent, step, g = sizes["concurrent"], sizes["steps"][-1], torch.Generator().manual_seed(1)
+    vocab = model.config.vocab_size
+    prompts = [torch.randint(2, vocab, (16 + 8 * i,), generator=g).tolist() for i in range(concurrent)]
+    tokens = 8 if args.quick else 48
+    single, _ = ours_decode(model, prompts[:1], tokens, decode_step=step)
+    many, _ = ours_decode(model, prompts, tokens, decode_step=step)
+    print(f"  {concurrent} concurrent ({step}): {many:.1f} tok/s vs batch 1 {single:.1f}")
+    result = {"model": sizes["preset"], "prompts": concurrent, "decode step": step, "tok/s": round(many, 1)}
+    return result | {"batch-1 tok/s": round(single, 1), "ratio": round(many / single, 2)}
 
 
 def part_speedrun(device: torch.device, args: argparse.Namespace, save) -> dict:
@@ -151,7 +164,7 @@ def run_part(name: str, device: torch.device, args: argparse.Namespace, results:
 
     partial: dict = {}
     try:
-        fn = {"env": part_env, "decode": part_decode, "speedrun": part_speedrun}[name]
+        fn = {"env": part_env, "decode": part_decode, "speedrun": part_speedrun, "batching": part_batching}[name]
         save(fn(device, args, lambda measured: partial.update(measured) or save(partial)), ok=True)
     except Exception as error:  # keep going: the next part may still measure something
         failure = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
