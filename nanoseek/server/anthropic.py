@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nanoseek.server.jobs import Job, Server
+from nanoseek.server.jobs import Job
 from nanoseek.server.prompts import ChatPrompt
-from nanoseek.server.responses import ChatOutput, stream_failure
+from nanoseek.server.responses import ChatOutput
 from nanoseek.server.schemas import APIError, ChatCompletionRequest, adapted_chat_request
 from nanoseek.server.security import anthropic_error
 from nanoseek.server.tools import collect_calls
@@ -243,7 +242,7 @@ class MessageStream:
         self.index = -1
         self.called = False
 
-    def start(self) -> str:
+    def start(self) -> list[str]:
         message = {
             "id": self.id,
             "type": "message",
@@ -254,7 +253,13 @@ class MessageStream:
             "stop_sequence": None,
             "usage": {"input_tokens": 0, "output_tokens": 0},
         }
-        return event("message_start", {"message": message})
+        return [event("message_start", {"message": message})]
+
+    def keepalive(self) -> str:
+        return event("ping", {})
+
+    def error(self, e: APIError) -> str:
+        return event("error", {"error": anthropic_error(e.status, e.message)["error"]})
 
     def _open(self, kind: str, block: dict[str, Any]) -> list[str]:
         out = self._close()
@@ -293,27 +298,3 @@ class MessageStream:
         usage = _usage(self.job)
         delta = {"stop_reason": _stop_reason(finish_reason, self.called), "stop_sequence": None}
         return [*self._close(), event("message_delta", {"delta": delta, "usage": usage}), event("message_stop", {})]
-
-
-async def stream_messages(server: Server, job: Job, stream: MessageStream, tick: float) -> AsyncIterator[str]:
-    """The SSE body: `ping` events while nothing happens (DeepSeek's `: keep-alive` comment's equivalent here),
-    an `error` event if the request fails after the headers were sent."""
-    try:
-        yield stream.start()
-        async for item in job.events(tick):
-            if item is None:
-                yield event("ping", {})
-                continue
-            _, delta, _ = item
-            if (failure := stream_failure(delta.finish_reason)) is not None:
-                yield event("error", {"error": anthropic_error(failure.status, failure.message)["error"]})
-                return
-            for line in stream.on_text(delta.text, delta.completion is not None):
-                yield line
-            if delta.completion is not None:
-                for line in stream.finish(delta.completion.finish_reason):
-                    yield line
-    except APIError as e:
-        yield event("error", {"error": anthropic_error(e.status, e.message)["error"]})
-    finally:
-        server.release(job)

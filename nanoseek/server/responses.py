@@ -344,6 +344,32 @@ class TextStream:
         return sse(_chunk_head(self.ctx, "text_completion", usage(self.job)) | {"choices": []})
 
 
+async def stream_items(server: Server, job: Job, stream: Any, tick: float) -> AsyncIterator[str]:
+    """The SSE body of the Responses and Anthropic streams (responses_api.py, anthropic.py: text deltas assembled into
+    output items or content blocks, then a finish). The stream gives its own opening events, keep-alive, and error
+    event, sent when the request fails after the headers went out."""
+    try:
+        for line in stream.start():
+            yield line
+        async for item in job.events(tick):
+            if item is None:
+                yield stream.keepalive()
+                continue
+            _, delta, _ = item
+            if (failure := stream_failure(delta.finish_reason)) is not None:
+                yield stream.error(failure)
+                return
+            for line in stream.on_text(delta.text, delta.completion is not None):
+                yield line
+            if delta.completion is not None:
+                for line in stream.finish(delta.completion.finish_reason):
+                    yield line
+    except APIError as e:
+        yield stream.error(e)
+    finally:
+        server.release(job)
+
+
 async def stream_events(server: Server, job: Job, render: ChatStream | TextStream, tick: float) -> AsyncIterator[str]:
     """The SSE body of both endpoints: keep-alive comments while nothing happens (the client sees the request is
     alive, and the server notices a client that left), an error event if the request is aborted."""

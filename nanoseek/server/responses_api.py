@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nanoseek.server.jobs import Job, Server
+from nanoseek.server.jobs import Job
 from nanoseek.server.prompts import ChatPrompt
-from nanoseek.server.responses import ChatOutput, output_reasoning_tokens, stream_failure
+from nanoseek.server.responses import ChatOutput, output_reasoning_tokens
 from nanoseek.server.schemas import APIError, ChatCompletionRequest, adapted_chat_request
 from nanoseek.server.tools import collect_calls, new_call_id
 
@@ -350,30 +349,8 @@ class ResponseStream:
         response = self.ctx.response(status, self.items, usage)
         return [*out, self._event(f"response.{status}", {"response": response})]
 
-    def error(self, message: str, code: str) -> str:
-        return self._event("error", {"code": code, "message": message, "param": None})
+    def keepalive(self) -> str:
+        return ": keep-alive\n\n"
 
-
-async def stream_response(server: Server, job: Job, stream: ResponseStream, tick: float) -> AsyncIterator[str]:
-    """The SSE body: `: keep-alive` comments while nothing happens, an `error` event if the request fails after the
-    headers were sent."""
-    try:
-        for line in stream.start():
-            yield line
-        async for item in job.events(tick):
-            if item is None:
-                yield ": keep-alive\n\n"
-                continue
-            _, delta, _ = item
-            if (failure := stream_failure(delta.finish_reason)) is not None:
-                yield stream.error(failure.message, failure.code)
-                return
-            for line in stream.on_text(delta.text, delta.completion is not None):
-                yield line
-            if delta.completion is not None:
-                for line in stream.finish(delta.completion.finish_reason):
-                    yield line
-    except APIError as e:
-        yield stream.error(e.message, e.code or "invalid_request_error")
-    finally:
-        server.release(job)
+    def error(self, e: APIError) -> str:
+        return self._event("error", {"code": e.code or "invalid_request_error", "message": e.message, "param": None})

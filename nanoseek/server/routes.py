@@ -51,7 +51,6 @@ from nanoseek.server.anthropic import (
     MessageStream,
     chat_request,
     message_response,
-    stream_messages,
 )
 from nanoseek.server.constraints import cache_salt, with_extensions
 from nanoseek.server.jobs import Job, ServedEngine, Server, ServerConfig
@@ -75,6 +74,7 @@ from nanoseek.server.responses import (
     chat_response,
     collect,
     stream_events,
+    stream_items,
     text_response,
 )
 from nanoseek.server.responses_api import (
@@ -82,7 +82,6 @@ from nanoseek.server.responses_api import (
     ResponsesRequest,
     ResponseStream,
     response_object,
-    stream_response,
 )
 from nanoseek.server.responses_api import chat_request as responses_chat_request
 from nanoseek.server.schemas import (
@@ -231,7 +230,7 @@ def _openai_routes(app: FastAPI, server: Server) -> None:
         chat = responses_chat_request(body)
         prompt, job = await _chat_job(server, request, engine, chat, chat.max_tokens, False)
         ctx = ResponseContext(body, prompt, model, engine.tokenizer)
-        events = stream_response(server, job, ResponseStream(job, ctx), tick) if body.stream else None
+        events = stream_items(server, job, ResponseStream(job, ctx), tick) if body.stream else None
         return await _answer(server, request, job, events, lambda: response_object(job, ctx))
 
     # DeepSeek's beta paths (chat prefix completion, FIM): the same endpoints here
@@ -251,7 +250,7 @@ def _anthropic_routes(app: FastAPI, server: Server) -> None:
         prompt, job = await _chat_job(server, request, engine, chat, chat.max_tokens, False)
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
         stream = MessageStream(job, prompt, model, message_id)
-        events = stream_messages(server, job, stream, tick) if body.stream else None
+        events = stream_items(server, job, stream, tick) if body.stream else None
         return await _answer(server, request, job, events, lambda: message_response(job, prompt, model, message_id))
 
     @app.post("/anthropic/v1/messages/count_tokens", include_in_schema=False)
